@@ -1,0 +1,9 @@
+// `recast-engine`: every verb, with LibTorch. Users run `recast`, which execs
+// this binary for the verbs that need LibTorch.
+
+#include "recast/cli/verbs.h"
+
+int main(int argc, char** argv) {
+  using namespace recast::cli;
+  return run_cli(argc, argv, {{"inspect", add_inspect}, {"list", add_list}, {"repack", add_repack}});
+}

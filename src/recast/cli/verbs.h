@@ -1,0 +1,59 @@
+#pragma once
+
+// The verbs of the recast CLI. Each verb lives in its own file and defines its
+// options once: an options struct, one registration function that declares them
+// to CLI11 (which also writes --help), and a run function.
+//
+// Two executables share this table. `recast` is the front: it does not link
+// LibTorch (whose start-up alone costs ~0.65 s here), answers --help,
+// --version and the torch-free verbs itself, and hands every other verb to
+// `recast-engine` beside it (exec, same arguments).
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace recast::cli {
+
+// Returned by a verb's registration: runs the verb after parsing; returns the
+// exit code. Errors are thrown (recast::Error -> 1, recast::UsageError -> 2).
+using Runner = std::function<int()>;
+
+struct VerbInfo {
+  const char* name;
+  const char* summary;
+  bool needs_torch;  // handled by recast-engine
+};
+
+inline constexpr VerbInfo kVerbs[] = {
+    {"inspect", "Show the tensors, dtypes, shapes, parameter count and metadata of a checkpoint "
+                "(file or directory)", false},
+    {"list", "List the registered model families and recipes", true},
+    {"repack", "Rewrite a checkpoint's weights as (sharded) safetensors, optionally cast", true},
+};
+
+const VerbInfo& verb_info(const std::string& name);
+
+using AddVerb = Runner (*)(CLI::App& app);
+struct VerbImpl {
+  const char* name;
+  AddVerb add;
+};
+
+// Parses the command line and runs the chosen verb; verbs of kVerbs without an
+// implementation in `impls` are listed in --help but cannot run here.
+int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls);
+
+Runner add_inspect(CLI::App& app);
+Runner add_list(CLI::App& app);
+Runner add_repack(CLI::App& app);
+
+// Human-readable sizes for tables: 1.5 GB, 12.0 MB, 512 B.
+std::string human_bytes(uint64_t bytes);
+// 124,439,808
+std::string with_commas(uint64_t n);
+
+}  // namespace recast::cli

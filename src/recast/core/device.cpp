@@ -1,0 +1,53 @@
+#include "recast/core/device.h"
+
+#include "recast/core/error.h"
+
+#include <torch/cuda.h>
+
+namespace recast {
+
+bool cuda_available() { return torch::cuda::is_available(); }
+
+c10::Device select_device(std::string_view spec) {
+  if (spec == "auto") return cuda_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  if (spec == "cpu") return c10::Device(c10::kCPU);
+  if (spec.substr(0, 4) == "cuda") {
+    int index = 0;
+    if (spec.size() > 4) {
+      if (spec[4] != ':' || spec.size() == 5 ||
+          spec.find_first_not_of("0123456789", 5) != std::string_view::npos || spec.size() > 8) {
+        throw UsageError(msg("--device: invalid value ", quote(spec), " (expected cpu, cuda, cuda:N or auto)"));
+      }
+      index = std::stoi(std::string(spec.substr(5)));
+    }
+    if (!cuda_available()) {
+      throw UsageError(msg("--device ", spec, ": no CUDA device is available to this LibTorch"));
+    }
+    auto count = static_cast<int>(torch::cuda::device_count());
+    if (index >= count) {
+      throw UsageError(msg("--device ", spec, ": only ", count, " CUDA device(s) present"));
+    }
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw UsageError(msg("--device: invalid value ", quote(spec), " (expected cpu, cuda, cuda:N or auto)"));
+}
+
+c10::ScalarType parse_dtype(std::string_view spec) {
+  if (spec == "f32" || spec == "float32" || spec == "fp32") return c10::kFloat;
+  if (spec == "bf16" || spec == "bfloat16") return c10::kBFloat16;
+  if (spec == "f16" || spec == "float16" || spec == "fp16") return c10::kHalf;
+  if (spec == "f64" || spec == "float64") return c10::kDouble;
+  throw UsageError(msg("--dtype: invalid value ", quote(spec), " (expected f32, bf16 or f16)"));
+}
+
+std::string dtype_flag_name(c10::ScalarType type) {
+  switch (type) {
+    case c10::kFloat: return "f32";
+    case c10::kBFloat16: return "bf16";
+    case c10::kHalf: return "f16";
+    case c10::kDouble: return "f64";
+    default: return c10::toString(type);
+  }
+}
+
+}  // namespace recast

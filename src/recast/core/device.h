@@ -1,0 +1,22 @@
+#pragma once
+
+// Device and dtype selection shared by every verb: --device cpu|cuda|cuda:N|auto
+// and --dtype f32|bf16|f16.
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <string>
+#include <string_view>
+
+namespace recast {
+
+// "auto" picks CUDA when LibTorch sees a GPU. Asking for CUDA without one is an
+// error (UsageError), never a silent fallback.
+c10::Device select_device(std::string_view spec);
+c10::ScalarType parse_dtype(std::string_view spec);
+// "f32", "bf16", "f16", ... (the CLI spelling).
+std::string dtype_flag_name(c10::ScalarType type);
+bool cuda_available();
+
+}  // namespace recast

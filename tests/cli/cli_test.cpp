@@ -1,0 +1,187 @@
+// The recast executable as users meet it: exit codes (0 ok, 1 failure, 2 usage),
+// one-line errors on stderr, and no partial output after a failure.
+
+#include "io/malformed_cases.h"
+#include "recast/io/checkpoint.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+
+namespace recast::testing {
+namespace {
+
+struct Result {
+  int code = -1;       // exit status; -1 when killed by a signal
+  int signal = 0;
+  std::string out;
+  std::string err;
+};
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+Result run(const std::vector<std::string>& args) {
+  TempDir io_dir;
+  std::string cmd = shell_quote(RECAST_BINARY);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " >" + io_dir.file("out") + " 2>" + io_dir.file("err") + " </dev/null";
+  int status = std::system(cmd.c_str());
+  Result r;
+  if (WIFEXITED(status)) r.code = WEXITSTATUS(status);
+  // sh reports a child killed by signal N as exit status 128 + N.
+  if (r.code > 128) r.signal = r.code - 128;
+  r.out = read_bytes(io_dir.file("out"));
+  r.err = read_bytes(io_dir.file("err"));
+  return r;
+}
+
+void expect_one_line_error(const Result& r, int code, const std::string& expected) {
+  EXPECT_EQ(r.code, code) << r.err;
+  EXPECT_EQ(r.signal, 0) << "killed by signal " << r.signal;
+  EXPECT_EQ(r.err.rfind("recast: error: ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+}
+
+TEST(Cli, HelpAndVersion) {
+  Result help = run({"--help"});
+  EXPECT_EQ(help.code, 0);
+  for (const char* verb : {"inspect", "list", "repack"}) EXPECT_NE(help.out.find(verb), std::string::npos);
+  Result verb_help = run({"inspect", "--help"});
+  EXPECT_EQ(verb_help.code, 0);
+  EXPECT_NE(verb_help.out.find("--json"), std::string::npos);
+  Result version = run({"--version"});
+  EXPECT_EQ(version.code, 0);
+  EXPECT_EQ(version.out.rfind("recast 0.1.0", 0), 0u) << version.out;
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  expect_one_line_error(run({}), 2, "a verb is required");
+  expect_one_line_error(run({"frobnicate"}), 2, "frobnicate");
+  expect_one_line_error(run({"inspect"}), 2, "path is required");
+  expect_one_line_error(run({"inspect", "x", "--bogus"}), 2, "--bogus");
+  expect_one_line_error(run({"list", "--log-level", "loud"}), 2, "unknown log level 'loud'");
+}
+
+TEST(Cli, ListShowsKinds) {
+  Result r = run({"list"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("models:"), std::string::npos);
+  EXPECT_NE(r.out.find("recipes:"), std::string::npos);
+  Result j = run({"list", "--json"});
+  auto parsed = nlohmann::json::parse(j.out);
+  EXPECT_TRUE(parsed.contains("models"));
+  EXPECT_TRUE(parsed.contains("recipes"));
+}
+
+TEST(Cli, InspectPrintsExactShapesAndDtypes) {
+  TempDir dir;
+  std::string path = dir.file("w.safetensors");
+  io::save_safetensors(path, {{"enc.weight", at::zeros({3, 5}, at::kBFloat16)},
+                              {"enc.bias", at::zeros({5}, at::kFloat)},
+                              {"step", at::zeros({}, at::kLong)}},
+                       {{"format", "pt"}});
+  Result r = run({"inspect", path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("enc.weight"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("BF16"), std::string::npos);
+  EXPECT_NE(r.out.find("[3, 5]"), std::string::npos);
+  EXPECT_NE(r.out.find("parameters:  21"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'format' = 'pt'"), std::string::npos) << r.out;
+
+  Result j = run({"inspect", path, "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  auto parsed = nlohmann::json::parse(j.out);
+  EXPECT_EQ(parsed["num_tensors"], 3);
+  EXPECT_EQ(parsed["parameters"], 21);
+  EXPECT_EQ(parsed["bytes"], 3 * 5 * 2 + 5 * 4 + 8);
+  EXPECT_EQ(parsed["metadata"]["format"], "pt");
+  bool found = false;
+  for (const auto& t : parsed["tensors"]) {
+    if (t["name"] == "enc.weight") {
+      found = true;
+      EXPECT_EQ(t["dtype"], "BF16");
+      EXPECT_EQ(t["shape"], nlohmann::json({3, 5}));
+    }
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST(Cli, InspectShardedDirectoryNamesShardsAndConfig) {
+  TempDir dir;
+  io::NamedTensors tensors;
+  for (int i = 0; i < 4; ++i) tensors.emplace_back("h." + std::to_string(i) + ".w", at::ones({64, 64}));
+  io::save_weights(dir.path(), tensors, {{"format", "pt"}}, 20000);
+  write_bytes(dir.file("config.json"), R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})");
+  Result r = run({"inspect", dir.path()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("4 shards"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model-00002-of-00004.safetensors"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("GPT2LMHeadModel (model_type gpt2)"), std::string::npos) << r.out;
+  Result j = run({"inspect", dir.path(), "--json", "--summary"});
+  auto parsed = nlohmann::json::parse(j.out);
+  EXPECT_EQ(parsed["format"], "safetensors-sharded");
+  EXPECT_EQ(parsed["files"].size(), 4u);
+  EXPECT_EQ(parsed["parameters"], 4 * 64 * 64);
+  EXPECT_FALSE(parsed.contains("tensors"));
+}
+
+TEST(Cli, InspectRejectsEveryMalformedFileWithOneLine) {
+  TempDir dir;
+  for (const auto& c : malformed_cases()) {
+    std::string path = dir.file(c.name + ".safetensors");
+    write_bytes(path, c.bytes);
+    Result r = run({"inspect", path});
+    if (c.expected.empty()) {
+      EXPECT_EQ(r.code, 0) << c.name << ": " << r.err;
+      continue;
+    }
+    SCOPED_TRACE(c.name);
+    expect_one_line_error(r, 1, c.expected);
+    EXPECT_NE(r.err.find(path), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+TEST(Cli, RepackShardsCastsAndLeavesNothingOnFailure) {
+  TempDir dir;
+  std::string src = dir.file("src.safetensors");
+  io::NamedTensors tensors;
+  for (int i = 0; i < 5; ++i) tensors.emplace_back("l" + std::to_string(i), at::randn({32, 32}));
+  tensors.emplace_back("ids", at::arange(10));
+  io::save_safetensors(src, tensors);
+
+  std::string out = dir.file("out");
+  Result r = run({"repack", src, out, "--max-shard-size", "5kB", "--dtype", "bf16", "-q"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto store = io::TensorStore::open(out);
+  EXPECT_TRUE(store.sharded());
+  for (const auto& [name, t] : tensors) {
+    at::Tensor back = store.tensor(name);
+    if (t.is_floating_point()) {
+      EXPECT_EQ(back.scalar_type(), at::kBFloat16);
+      EXPECT_TRUE(at::equal(back, t.to(at::kBFloat16))) << name;
+    } else {
+      EXPECT_TRUE(at::equal(back, t)) << name;  // integers are never cast
+    }
+  }
+
+  expect_one_line_error(run({"repack", src, dir.file("o2"), "--max-shard-size", "huge"}), 2,
+                        "invalid size 'huge'");
+  expect_one_line_error(run({"repack", src, dir.file("o3"), "--dtype", "int3"}), 2, "--dtype");
+  std::string bad = dir.file("bad.safetensors");
+  write_bytes(bad, safetensors_bytes("{\"t\":"));
+  expect_one_line_error(run({"repack", bad, dir.file("o4")}), 1, "not valid JSON");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("o2")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("o3")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("o4")));
+}
+
+}  // namespace
+}  // namespace recast::testing
