@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On the GPU machine: builds recast against the installed PyTorch's LibTorch
+# (with CUDA), runs the whole test suite, and prints a compact summary last.
+# Needs .debs/ from scripts/gpu-debs.sh (carried along). Results also go to
+# $OUT when that is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build-gpu/out}
+mkdir -p "$out"
+deps=/tmp/recast-deps
+mkdir -p "$deps"
+for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
+python=${PYTHON:-python3}
+torch_prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+"$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' | tee "$out/gpu-env.txt"
+nvcc --version | tail -1 | tee -a "$out/gpu-env.txt" || true
+
+t0=$(date +%s)
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr;$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/share/cmake" \
+  2>&1 | tee "$out/configure.log" | grep -E "recast:|Error|error" || true
+cmake --build build-gpu -j"$(nproc)" 2>&1 | tee "$out/build.log" | grep -E "error|warning:" | head -40 || true
+t1=$(date +%s)
+set +e
+ctest --test-dir build-gpu -j8 --output-on-failure > "$out/ctest.log" 2>&1
+rc=$?
+set -e
+t2=$(date +%s)
+build-gpu/recast --version | tee -a "$out/gpu-env.txt"
+echo "== summary"
+echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, ctest exit $rc"
+grep -E "tests passed|tests failed|FAILED|Failed" "$out/ctest.log" | tail -20
+exit $rc
