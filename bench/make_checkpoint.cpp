@@ -36,9 +36,10 @@ void add_layer(recast::io::NamedTensors& out, int i, int64_t d, at::TensorOption
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: make_checkpoint OUT (--size BYTES | --layers N) [--width D] [--vocab V]\n"
-               "                       [--dtype f32|bf16|f16] [--max-shard-size SIZE] [--seed S]\n");
+  std::fprintf(
+      stderr,
+      "usage: make_checkpoint OUT (--size BYTES | --layers N) [--width D] [--vocab V]\n"
+      "                       [--dtype f32|bf16|f16] [--max-shard-size SIZE] [--seed S]\n");
   return 2;
 }
 
@@ -59,14 +60,22 @@ int main(int argc, char** argv) {
       std::string a = argv[i];
       if (i + 1 >= argc) return usage();
       std::string v = argv[++i];
-      if (a == "--size") size = recast::io::parse_byte_size(v);
-      else if (a == "--layers") layers = std::stoi(v);
-      else if (a == "--width") width = std::stoll(v);
-      else if (a == "--vocab") vocab = std::stoll(v);
-      else if (a == "--dtype") dtype = v;
-      else if (a == "--max-shard-size") max_shard = recast::io::parse_byte_size(v);
-      else if (a == "--seed") seed = std::stoull(v);
-      else return usage();
+      if (a == "--size")
+        size = recast::io::parse_byte_size(v);
+      else if (a == "--layers")
+        layers = std::stoi(v);
+      else if (a == "--width")
+        width = std::stoll(v);
+      else if (a == "--vocab")
+        vocab = std::stoll(v);
+      else if (a == "--dtype")
+        dtype = v;
+      else if (a == "--max-shard-size")
+        max_shard = recast::io::parse_byte_size(v);
+      else if (a == "--seed")
+        seed = std::stoull(v);
+      else
+        return usage();
     }
     if ((size == 0) == (layers == 0)) return usage();
     torch::manual_seed(seed);

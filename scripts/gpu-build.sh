@@ -27,6 +27,8 @@ rc=$?
 set -e
 t2=$(date +%s)
 build-gpu/recast --version | tee -a "$out/gpu-env.txt"
+# libstdc++ must come before libtorch (see CMakeLists.txt).
+readelf -d build-gpu/tests/test_io | grep NEEDED | head -4 | tee -a "$out/gpu-env.txt"
 echo "== summary"
 echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, ctest exit $rc"
 grep -E "tests passed|tests failed|FAILED|Failed" "$out/ctest.log" | tail -20

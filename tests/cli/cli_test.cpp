@@ -14,7 +14,7 @@ namespace recast::testing {
 namespace {
 
 struct Result {
-  int code = -1;       // exit status; -1 when killed by a signal
+  int code = -1;  // exit status; -1 when killed by a signal
   int signal = 0;
   std::string out;
   std::string err;
@@ -52,7 +52,8 @@ void expect_one_line_error(const Result& r, int code, const std::string& expecte
 TEST(Cli, HelpAndVersion) {
   Result help = run({"--help"});
   EXPECT_EQ(help.code, 0);
-  for (const char* verb : {"inspect", "list", "repack"}) EXPECT_NE(help.out.find(verb), std::string::npos);
+  for (const char* verb : {"inspect", "list", "repack"})
+    EXPECT_NE(help.out.find(verb), std::string::npos);
   Result verb_help = run({"inspect", "--help"});
   EXPECT_EQ(verb_help.code, 0);
   EXPECT_NE(verb_help.out.find("--json"), std::string::npos);
@@ -83,9 +84,10 @@ TEST(Cli, ListShowsKinds) {
 TEST(Cli, InspectPrintsExactShapesAndDtypes) {
   TempDir dir;
   std::string path = dir.file("w.safetensors");
-  io::save_safetensors(path, {{"enc.weight", at::zeros({3, 5}, at::kBFloat16)},
-                              {"enc.bias", at::zeros({5}, at::kFloat)},
-                              {"step", at::zeros({}, at::kLong)}},
+  io::save_safetensors(path,
+                       {{"enc.weight", at::zeros({3, 5}, at::kBFloat16)},
+                        {"enc.bias", at::zeros({5}, at::kFloat)},
+                        {"step", at::zeros({}, at::kLong)}},
                        {{"format", "pt"}});
   Result r = run({"inspect", path});
   ASSERT_EQ(r.code, 0) << r.err;
@@ -116,9 +118,11 @@ TEST(Cli, InspectPrintsExactShapesAndDtypes) {
 TEST(Cli, InspectShardedDirectoryNamesShardsAndConfig) {
   TempDir dir;
   io::NamedTensors tensors;
-  for (int i = 0; i < 4; ++i) tensors.emplace_back("h." + std::to_string(i) + ".w", at::ones({64, 64}));
+  for (int i = 0; i < 4; ++i)
+    tensors.emplace_back("h." + std::to_string(i) + ".w", at::ones({64, 64}));
   io::save_weights(dir.path(), tensors, {{"format", "pt"}}, 20000);
-  write_bytes(dir.file("config.json"), R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})");
+  write_bytes(dir.file("config.json"),
+              R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})");
   Result r = run({"inspect", dir.path()});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("4 shards"), std::string::npos) << r.out;

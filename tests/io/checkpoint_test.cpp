@@ -1,8 +1,8 @@
 // Checkpoint directories: single file, sharded with an index, and every rule
 // the index must follow.
 
-#include "recast/core/error.h"
 #include "recast/io/checkpoint.h"
+#include "recast/core/error.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -94,31 +94,43 @@ struct IndexCase {
 TEST(Checkpoint, IndexRulesAreEnforced) {
   const std::string first = "layer.0.bias";
   const std::vector<IndexCase> cases = {
-      {"absolute", [&](auto& j) { j["weight_map"][first] = "/etc/passwd.safetensors"; }, "absolute path"},
-      {"dotdot", [&](auto& j) { j["weight_map"][first] = "../x.safetensors"; }, "leaves the checkpoint directory"},
+      {"absolute", [&](auto& j) { j["weight_map"][first] = "/etc/passwd.safetensors"; },
+       "absolute path"},
+      {"dotdot", [&](auto& j) { j["weight_map"][first] = "../x.safetensors"; },
+       "leaves the checkpoint directory"},
       {"dotdot_inner", [&](auto& j) { j["weight_map"][first] = "a/../../x.safetensors"; }, "'..'"},
       {"backslash", [&](auto& j) { j["weight_map"][first] = "..\\x.safetensors"; }, "backslash"},
       {"drive", [&](auto& j) { j["weight_map"][first] = "C:x.safetensors"; }, "drive letter"},
-      {"not_safetensors", [&](auto& j) { j["weight_map"][first] = "pytorch_model.bin"; }, "does not end in .safetensors"},
+      {"not_safetensors", [&](auto& j) { j["weight_map"][first] = "pytorch_model.bin"; },
+       "does not end in .safetensors"},
       {"empty_name", [&](auto& j) { j["weight_map"][first] = ""; }, "empty shard name"},
-      {"missing_shard", [&](auto& j) { j["weight_map"][first] = "model-00009-of-00009.safetensors"; }, "does not exist"},
+      {"missing_shard",
+       [&](auto& j) { j["weight_map"][first] = "model-00009-of-00009.safetensors"; },
+       "does not exist"},
       {"not_string", [&](auto& j) { j["weight_map"][first] = 3; }, "expected a file name"},
-      {"listed_but_absent", [&](auto& j) { j["weight_map"]["ghost"] = j["weight_map"][first]; }, "tensor 'ghost' is listed for shard"},
-      {"present_but_unlisted", [&](auto& j) { j["weight_map"].erase(first); }, "not listed in weight_map"},
-      {"wrong_shard", [&](auto& j) {
+      {"listed_but_absent", [&](auto& j) { j["weight_map"]["ghost"] = j["weight_map"][first]; },
+       "tensor 'ghost' is listed for shard"},
+      {"present_but_unlisted", [&](auto& j) { j["weight_map"].erase(first); },
+       "not listed in weight_map"},
+      {"wrong_shard",
+       [&](auto& j) {
          std::string other = j["weight_map"]["layer.5.weight"];
          j["weight_map"][first] = other;
-       }, "is listed for shard"},
+       },
+       "is listed for shard"},
       {"no_weight_map", [&](auto& j) { j.erase("weight_map"); }, "\"weight_map\""},
-      {"weight_map_array", [&](auto& j) { j["weight_map"] = nlohmann::json::array(); }, "\"weight_map\""},
-      {"empty_weight_map", [&](auto& j) { j["weight_map"] = nlohmann::json::object(); }, "weight_map is empty"},
+      {"weight_map_array", [&](auto& j) { j["weight_map"] = nlohmann::json::array(); },
+       "\"weight_map\""},
+      {"empty_weight_map", [&](auto& j) { j["weight_map"] = nlohmann::json::object(); },
+       "weight_map is empty"},
       {"index_array", [&](auto& j) { j = nlohmann::json::array(); }, "expected a JSON object"},
   };
   for (const auto& c : cases) {
     TempDir dir;
     std::string error = open_with_index(dir, c.edit);
     EXPECT_NE(error.find(c.expected), std::string::npos) << c.name << ": " << error;
-    EXPECT_NE(error.find("model.safetensors.index.json"), std::string::npos) << c.name << ": " << error;
+    EXPECT_NE(error.find("model.safetensors.index.json"), std::string::npos)
+        << c.name << ": " << error;
   }
 }
 
@@ -130,7 +142,8 @@ TEST(Checkpoint, TensorInTwoShardsIsRejected) {
               R"({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}})");
   std::string error = expect_open_error(dir.path());
   EXPECT_NE(error.find("tensor 'x' appears in shard 'a.safetensors' and in shard 'b.safetensors'"),
-            std::string::npos) << error;
+            std::string::npos)
+      << error;
 }
 
 TEST(Checkpoint, IndexWithDuplicateKeysOrBadJsonIsRejected) {

@@ -31,7 +31,9 @@ struct MalformedCase {
 };
 
 // gtest prints parameters in test names and failures: the case name suffices.
-inline void PrintTo(const MalformedCase& c, std::ostream* os) { *os << c.name; }
+inline void PrintTo(const MalformedCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 inline std::vector<MalformedCase> malformed_cases() {
   const std::string f32x4(16, '\x01');
@@ -40,6 +42,8 @@ inline std::vector<MalformedCase> malformed_cases() {
     return safetensors_bytes("{" + entry + "}", data);
   };
   std::string deep(100000, '[');
+  // One case per line reads as a table.
+  // clang-format off
   return {
       // length prefix
       {"empty_file", "", "too small"},
@@ -121,6 +125,7 @@ inline std::vector<MalformedCase> malformed_cases() {
       {"valid_unknown_field_ignored", one(R"("t":{"dtype":"F32","shape":[2,2],"extra":{"a":[1,{"b":2}]},"data_offsets":[0,16]})", f32x4), ""},
       {"valid_zero_sized_between", safetensors_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"e":{"dtype":"I64","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, 'x')), ""},
   };
+  // clang-format on
 }
 
 }  // namespace recast::testing

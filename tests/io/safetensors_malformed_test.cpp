@@ -37,7 +37,9 @@ TEST_P(Malformed, ReaderRejectsWithMessageNamingFileAndRule) {
   }
 }
 
-std::string case_name(const ::testing::TestParamInfo<MalformedCase>& info) { return info.param.name; }
+std::string case_name(const ::testing::TestParamInfo<MalformedCase>& info) {
+  return info.param.name;
+}
 
 INSTANTIATE_TEST_SUITE_P(Rules, Malformed, ::testing::ValuesIn(malformed_cases()), case_name);
 
@@ -46,7 +48,8 @@ TEST(SafetensorsHeader, ParsesFromMemoryWithoutTheFile) {
       R"({"__metadata__":{"format":"pt"},"b":{"dtype":"BF16","shape":[3],"data_offsets":[4,10]},)"
       R"("a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}  )",
       std::string(10, '\0'));
-  auto header = io::parse_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "mem");
+  auto header =
+      io::parse_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "mem");
   ASSERT_EQ(header.tensors.size(), 2u);
   EXPECT_EQ(header.tensors[0].name, "a");  // sorted by name
   EXPECT_EQ(header.tensors[1].dtype, io::Dtype::BF16);
@@ -57,9 +60,10 @@ TEST(SafetensorsHeader, ParsesFromMemoryWithoutTheFile) {
 }
 
 TEST(SafetensorsHeader, EveryReferenceDtypeNameRoundTrips) {
-  for (const char* name : {"BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3",
-                           "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16",
-                           "I32", "U32", "F32", "C64", "F64", "I64", "U64"}) {
+  for (const char* name :
+       {"BOOL",    "F4",          "F6_E2M3",     "F6_E3M2", "U8",  "I8",  "F8_E5M2", "F8_E4M3",
+        "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16",     "U16", "F16", "BF16",    "I32",
+        "U32",     "F32",         "C64",         "F64",     "I64", "U64"}) {
     auto dtype = io::dtype_from_name(name);
     ASSERT_TRUE(dtype.has_value()) << name;
     EXPECT_EQ(io::dtype_name(*dtype), name);
@@ -78,7 +82,8 @@ TEST(SafetensorsReader, BoolBytesOtherThanZeroOrOneAreRejected) {
     file.tensor("m");
     FAIL() << "accepted a BOOL byte of 2";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor 'm': BOOL element 2 holds byte 2"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("tensor 'm': BOOL element 2 holds byte 2"),
+              std::string::npos)
         << e.what();
   }
 }
@@ -86,7 +91,8 @@ TEST(SafetensorsReader, BoolBytesOtherThanZeroOrOneAreRejected) {
 TEST(SafetensorsReader, DtypeWithoutLibTorchTypeIsNamedWhenMaterialised) {
   TempDir dir;
   std::string path = dir.file("u.safetensors");
-  write_bytes(path, safetensors_bytes(R"({"u":{"dtype":"F8_E8M0","shape":[2],"data_offsets":[0,2]}})", "ab"));
+  write_bytes(path, safetensors_bytes(
+                        R"({"u":{"dtype":"F8_E8M0","shape":[2],"data_offsets":[0,2]}})", "ab"));
   auto file = io::SafetensorsFile::open(path);  // the header itself is valid
   EXPECT_EQ(file.tensors().size(), 1u);
   try {
@@ -94,7 +100,8 @@ TEST(SafetensorsReader, DtypeWithoutLibTorchTypeIsNamedWhenMaterialised) {
     FAIL() << "F8_E8M0 has no LibTorch type yet";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("tensor 'u': dtype F8_E8M0 has no LibTorch equivalent"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -115,7 +122,8 @@ TEST(SafetensorsReader, UnalignedDataIsCopiedNotViewed) {
   // A hand-made file whose F32 tensor starts at an odd address.
   TempDir dir;
   std::string path = dir.file("odd.safetensors");
-  std::string header = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"f":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})";
+  std::string header =
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"f":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})";
   float values[2] = {1.5f, -2.25f};
   std::string data(1, '\x07');
   data.append(reinterpret_cast<const char*>(values), sizeof values);

@@ -1,10 +1,10 @@
 // Format sniffing: pickle / zip / TorchScript files are recognised by content
 // whatever their extension, and refused with a pointer to safetensors.
 
+#include "recast/io/sniff.h"
 #include "io/malformed_cases.h"
 #include "recast/core/error.h"
 #include "recast/io/safetensors.h"
-#include "recast/io/sniff.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>

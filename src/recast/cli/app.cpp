@@ -44,9 +44,10 @@ const VerbInfo& verb_info(const std::string& name) {
 }
 
 int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls) {
-  CLI::App app{"recast: recast the layers of pretrained networks into other forms, "
-               "fine-tune them, and measure the result.",
-               "recast"};
+  CLI::App app{
+      "recast: recast the layers of pretrained networks into other forms, "
+      "fine-tune them, and measure the result.",
+      "recast"};
   app.set_version_flag("--version", version_text());
   app.set_help_all_flag("--help-all", "Show help for every verb");
   app.fallthrough();

@@ -5,5 +5,6 @@
 
 int main(int argc, char** argv) {
   using namespace recast::cli;
-  return run_cli(argc, argv, {{"inspect", add_inspect}, {"list", add_list}, {"repack", add_repack}});
+  return run_cli(argc, argv,
+                 {{"inspect", add_inspect}, {"list", add_list}, {"repack", add_repack}});
 }

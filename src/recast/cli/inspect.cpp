@@ -81,7 +81,8 @@ int run_inspect(const InspectOptions& o) {
         t["shape"] = e.info->shape;
         t["numel"] = e.info->numel();
         t["bytes"] = e.info->nbytes();
-        if (store.sharded()) t["file"] = std::filesystem::path(store.files()[e.file].path()).filename().string();
+        if (store.sharded())
+          t["file"] = std::filesystem::path(store.files()[e.file].path()).filename().string();
         tensors.push_back(std::move(t));
       }
       out["tensors"] = std::move(tensors);
@@ -92,13 +93,15 @@ int run_inspect(const InspectOptions& o) {
 
   std::printf("path:        %s\n", o.path.c_str());
   if (store.sharded()) {
-    std::printf("format:      safetensors, %zu shards (%s)\n", store.files().size(), io::kIndexName);
+    std::printf("format:      safetensors, %zu shards (%s)\n", store.files().size(),
+                io::kIndexName);
   } else {
     std::printf("format:      safetensors (%s)\n", store.files().front().path().c_str());
   }
   if (!architecture.is_null() && !architecture.empty()) {
     std::string arch = architecture.value("architecture", std::string("?"));
-    if (architecture.contains("model_type")) arch += " (model_type " + architecture["model_type"].get<std::string>() + ")";
+    if (architecture.contains("model_type"))
+      arch += " (model_type " + architecture["model_type"].get<std::string>() + ")";
     std::printf("config:      %s\n", arch.c_str());
   }
   std::printf("tensors:     %zu\n", store.entries().size());
@@ -106,7 +109,8 @@ int run_inspect(const InspectOptions& o) {
   std::printf("size:        %s (%s bytes)\n", human_bytes(store.total_bytes()).c_str(),
               with_commas(store.total_bytes()).c_str());
   std::string dtypes;
-  for (const auto& [name, count] : dtype_counts) dtypes += msg(dtypes.empty() ? "" : ", ", name, " x", count);
+  for (const auto& [name, count] : dtype_counts)
+    dtypes += msg(dtypes.empty() ? "" : ", ", name, " x", count);
   std::printf("dtypes:      %s\n", dtypes.c_str());
   for (const auto& [key, value] : store.metadata()) {
     std::printf("metadata:    %s = %s\n", quote(key).c_str(), quote(value).c_str());
@@ -114,7 +118,8 @@ int run_inspect(const InspectOptions& o) {
   if (o.summary) return 0;
 
   size_t name_width = 4;
-  for (const auto& e : store.entries()) name_width = std::max(name_width, quote(e.info->name).size() - 2);
+  for (const auto& e : store.entries())
+    name_width = std::max(name_width, quote(e.info->name).size() - 2);
   name_width = std::min<size_t>(name_width, 80);
   std::printf("\n%-*s  %-7s  %-20s  %s\n", static_cast<int>(name_width), "NAME", "DTYPE", "SHAPE",
               store.sharded() ? "FILE" : "");
@@ -125,8 +130,8 @@ int run_inspect(const InspectOptions& o) {
                            ? std::filesystem::path(store.files()[e.file].path()).filename().string()
                            : "";
     std::printf("%-*s  %-7s  %-20s  %s\n", static_cast<int>(name_width), name.c_str(),
-                std::string(io::dtype_name(e.info->dtype)).c_str(), shape_text(e.info->shape).c_str(),
-                file.c_str());
+                std::string(io::dtype_name(e.info->dtype)).c_str(),
+                shape_text(e.info->shape).c_str(), file.c_str());
   }
   return 0;
 }

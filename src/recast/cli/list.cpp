@@ -25,7 +25,8 @@ int run_list(const ListOptions& o) {
     nlohmann::ordered_json out = nlohmann::ordered_json::object();
     for (const auto& [kind, items] : entries) {
       nlohmann::ordered_json list = nlohmann::ordered_json::array();
-      for (const auto& item : items) list.push_back({{"name", item.name}, {"summary", item.summary}});
+      for (const auto& item : items)
+        list.push_back({{"name", item.name}, {"summary", item.summary}});
       out[kind + "s"] = list;
     }
     std::printf("%s\n", out.dump(2).c_str());
@@ -34,7 +35,8 @@ int run_list(const ListOptions& o) {
   for (const auto& [kind, items] : entries) {
     std::printf("%ss:\n", kind.c_str());
     if (items.empty()) std::printf("  (none registered yet)\n");
-    for (const auto& item : items) std::printf("  %-24s %s\n", item.name.c_str(), item.summary.c_str());
+    for (const auto& item : items)
+      std::printf("  %-24s %s\n", item.name.c_str(), item.summary.c_str());
   }
   return 0;
 }

@@ -33,7 +33,8 @@ bool is_weight_or_unsafe(const std::string& name) {
   for (const char* suffix : {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",
                              ".pt", ".pth", ".ckpt", ".pkl"}) {
     std::string s(suffix);
-    if (name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+    if (name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0)
+      return true;
   }
   return false;
 }
@@ -74,9 +75,11 @@ int run_repack(const RepackOptions& o) {
     bar.update(static_cast<int64_t>(e.info->nbytes()));
   }
   bar.finish();
-  io::save_weights(o.output, tensors, store.metadata().empty() ? io::Metadata{{"format", "pt"}}
-                                                               : store.metadata(), max_shard);
-  if (io::is_directory(o.input) && fs::weakly_canonical(o.input) != fs::weakly_canonical(o.output)) {
+  io::save_weights(o.output, tensors,
+                   store.metadata().empty() ? io::Metadata{{"format", "pt"}} : store.metadata(),
+                   max_shard);
+  if (io::is_directory(o.input) &&
+      fs::weakly_canonical(o.input) != fs::weakly_canonical(o.output)) {
     copy_side_files(o.input, o.output);
   }
   log::info("wrote ", tensors.size(), " tensors to ", o.output);

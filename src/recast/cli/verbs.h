@@ -29,8 +29,10 @@ struct VerbInfo {
 };
 
 inline constexpr VerbInfo kVerbs[] = {
-    {"inspect", "Show the tensors, dtypes, shapes, parameter count and metadata of a checkpoint "
-                "(file or directory)", false},
+    {"inspect",
+     "Show the tensors, dtypes, shapes, parameter count and metadata of a checkpoint "
+     "(file or directory)",
+     false},
     {"list", "List the registered model families and recipes", true},
     {"repack", "Rewrite a checkpoint's weights as (sharded) safetensors, optionally cast", true},
 };

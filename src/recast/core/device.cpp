@@ -6,7 +6,9 @@
 
 namespace recast {
 
-bool cuda_available() { return torch::cuda::is_available(); }
+bool cuda_available() {
+  return torch::cuda::is_available();
+}
 
 c10::Device select_device(std::string_view spec) {
   if (spec == "auto") return cuda_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
@@ -16,7 +18,8 @@ c10::Device select_device(std::string_view spec) {
     if (spec.size() > 4) {
       if (spec[4] != ':' || spec.size() == 5 ||
           spec.find_first_not_of("0123456789", 5) != std::string_view::npos || spec.size() > 8) {
-        throw UsageError(msg("--device: invalid value ", quote(spec), " (expected cpu, cuda, cuda:N or auto)"));
+        throw UsageError(
+            msg("--device: invalid value ", quote(spec), " (expected cpu, cuda, cuda:N or auto)"));
       }
       index = std::stoi(std::string(spec.substr(5)));
     }
@@ -29,7 +32,8 @@ c10::Device select_device(std::string_view spec) {
     }
     return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
-  throw UsageError(msg("--device: invalid value ", quote(spec), " (expected cpu, cuda, cuda:N or auto)"));
+  throw UsageError(
+      msg("--device: invalid value ", quote(spec), " (expected cpu, cuda, cuda:N or auto)"));
 }
 
 c10::ScalarType parse_dtype(std::string_view spec) {

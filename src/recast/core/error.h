@@ -42,7 +42,7 @@ class UsageError : public Error {
 }  // namespace recast
 
 // RECAST_CHECK(cond, parts...): throws recast::Error(msg(parts...)) when cond is false.
-#define RECAST_CHECK(cond, ...)                          \
-  do {                                                   \
+#define RECAST_CHECK(cond, ...)                                     \
+  do {                                                              \
     if (!(cond)) throw ::recast::Error(::recast::msg(__VA_ARGS__)); \
   } while (false)

@@ -30,9 +30,15 @@ std::mutex& output_mutex() {
 
 }  // namespace
 
-void set_level(Level level) { current().store(level); }
-Level level() { return current().load(); }
-bool enabled(Level level) { return level >= current().load() && level != Level::Off; }
+void set_level(Level level) {
+  current().store(level);
+}
+Level level() {
+  return current().load();
+}
+bool enabled(Level level) {
+  return level >= current().load() && level != Level::Off;
+}
 
 Level parse_level(std::string_view name) {
   if (name == "debug") return Level::Debug;
@@ -40,7 +46,8 @@ Level parse_level(std::string_view name) {
   if (name == "warn" || name == "warning") return Level::Warn;
   if (name == "error") return Level::Error;
   if (name == "off") return Level::Off;
-  throw UsageError(msg("unknown log level ", quote(name), " (expected debug, info, warn, error or off)"));
+  throw UsageError(
+      msg("unknown log level ", quote(name), " (expected debug, info, warn, error or off)"));
 }
 
 void write(Level level, const std::string& message) {

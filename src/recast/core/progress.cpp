@@ -77,7 +77,8 @@ std::string ProgressBar::render(Clock::time_point now) const {
   line += buf;
   if (total_ > 0) {
     double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : NAN;
-    line += (done_ >= total_ ? "  took " + format_duration(elapsed) : "  ETA " + format_duration(eta));
+    line +=
+        (done_ >= total_ ? "  took " + format_duration(elapsed) : "  ETA " + format_duration(eta));
   }
   for (const auto& [name, value] : metrics_) {
     std::snprintf(buf, sizeof buf, "  %s=%.4g", name.c_str(), value);

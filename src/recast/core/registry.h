@@ -35,8 +35,8 @@ class Registry {
   const Item& get(const std::string& name) const {
     auto it = items_.find(name);
     if (it == items_.end()) {
-      throw UsageError(msg("unknown ", kind_, " ", quote(name), " (known: ",
-                           names().empty() ? std::string("none") : joined(), ")"));
+      throw UsageError(msg("unknown ", kind_, " ", quote(name),
+                           " (known: ", names().empty() ? std::string("none") : joined(), ")"));
     }
     return it->second;
   }

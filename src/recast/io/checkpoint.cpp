@@ -18,7 +18,8 @@ namespace recast::io {
 namespace {
 
 bool ends_with(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string join(const std::string& dir, const std::string& name) {
@@ -88,7 +89,8 @@ TensorStore TensorStore::open(const std::string& path) {
     }
     auto map_it = index.find("weight_map");
     if (map_it == index.end() || !map_it->is_object()) {
-      throw Error(msg(weights, ": expected a \"weight_map\" object mapping tensor names to shard files"));
+      throw Error(
+          msg(weights, ": expected a \"weight_map\" object mapping tensor names to shard files"));
     }
     // shard file -> tensors the index assigns to it
     std::map<std::string, std::vector<std::string>> by_shard;
@@ -149,7 +151,8 @@ TensorStore TensorStore::open(const std::string& path) {
     }
   } else {
     store.files_.push_back(SafetensorsFile::open(weights));
-    for (const TensorInfo& info : store.files_.back().tensors()) store.entries_.push_back({&info, 0});
+    for (const TensorInfo& info : store.files_.back().tensors())
+      store.entries_.push_back({&info, 0});
   }
   std::sort(store.entries_.begin(), store.entries_.end(),
             [](const Entry& a, const Entry& b) { return a.info->name < b.info->name; });
@@ -162,7 +165,9 @@ const TensorStore::Entry* TensorStore::find(std::string_view name) const {
   return it != entries_.end() && it->info->name == name ? &*it : nullptr;
 }
 
-const Metadata& TensorStore::metadata() const { return files_.front().metadata(); }
+const Metadata& TensorStore::metadata() const {
+  return files_.front().metadata();
+}
 
 uint64_t TensorStore::total_bytes() const {
   uint64_t n = 0;
@@ -186,10 +191,16 @@ uint64_t parse_byte_size(const std::string& text) {
   double value = std::stod(m[1].str());
   std::string unit = m[2].str();
   std::transform(unit.begin(), unit.end(), unit.begin(), ::toupper);
-  const std::map<std::string, double> scale = {
-      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},       {"GB", 1e9},
-      {"TB", 1e12}, {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0},
-      {"TIB", 1099511627776.0}};
+  const std::map<std::string, double> scale = {{"", 1},
+                                               {"B", 1},
+                                               {"KB", 1e3},
+                                               {"MB", 1e6},
+                                               {"GB", 1e9},
+                                               {"TB", 1e12},
+                                               {"KIB", 1024.0},
+                                               {"MIB", 1048576.0},
+                                               {"GIB", 1073741824.0},
+                                               {"TIB", 1099511627776.0}};
   double bytes = value * scale.at(unit);
   if (bytes < 1 || bytes > 1.8e19) throw UsageError(msg("size ", quote(text), " is out of range"));
   return static_cast<uint64_t>(bytes);

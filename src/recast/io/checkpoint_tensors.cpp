@@ -34,7 +34,8 @@ at::Tensor TensorStore::tensor(std::string_view name, bool copy) const {
 NamedTensors TensorStore::load_all(bool copy) const {
   NamedTensors out;
   out.reserve(entries_.size());
-  for (const Entry& e : entries_) out.emplace_back(e.info->name, files_[e.file].tensor(*e.info, copy));
+  for (const Entry& e : entries_)
+    out.emplace_back(e.info->name, files_[e.file].tensor(*e.info, copy));
   return out;
 }
 
@@ -78,7 +79,8 @@ void save_weights(const std::string& dir, const NamedTensors& tensors, const Met
     keep.insert(kIndexName);
   }
   // Remove weights of an earlier save that the new layout does not use.
-  static const std::regex stale(R"(^(model\.safetensors|model\.safetensors\.index\.json|model-[0-9]+-of-[0-9]+\.safetensors)$)");
+  static const std::regex stale(
+      R"(^(model\.safetensors|model\.safetensors\.index\.json|model-[0-9]+-of-[0-9]+\.safetensors)$)");
   for (const auto& e : fs::directory_iterator(dir)) {
     std::string name = e.path().filename().string();
     if (std::regex_match(name, stale) && !keep.count(name)) fs::remove(e.path());

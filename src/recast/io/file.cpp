@@ -2,19 +2,21 @@
 
 #include "recast/core/error.h"
 
-#include <cerrno>
-#include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <cerrno>
+#include <cstring>
 
 #include <filesystem>
 
 namespace recast::io {
 namespace {
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 std::string parent_dir(const std::string& path) {
   auto parent = std::filesystem::path(path).parent_path().string();

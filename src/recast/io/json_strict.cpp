@@ -13,9 +13,7 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
   std::vector<std::set<std::string>> open_objects;
   auto reject_duplicates = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
+      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
       case json::parse_event_t::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
         break;
@@ -26,8 +24,7 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
         }
         break;
       }
-      default:
-        break;
+      default: break;
     }
     return true;
   };

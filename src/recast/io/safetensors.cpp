@@ -43,9 +43,10 @@ std::optional<at::ScalarType> to_scalar_type(Dtype dtype) {
 
 std::optional<Dtype> from_scalar_type(at::ScalarType type) {
   static const Dtype kAll[] = {
-      Dtype::BOOL, Dtype::U8, Dtype::I8, Dtype::I16, Dtype::I32, Dtype::I64,
-      Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64, Dtype::C64, Dtype::F8_E5M2,
-      Dtype::F8_E4M3, Dtype::F8_E4M3FNUZ, Dtype::F8_E5M2FNUZ, Dtype::U16, Dtype::U32, Dtype::U64};
+      Dtype::BOOL, Dtype::U8,      Dtype::I8,      Dtype::I16,         Dtype::I32,
+      Dtype::I64,  Dtype::F16,     Dtype::BF16,    Dtype::F32,         Dtype::F64,
+      Dtype::C64,  Dtype::F8_E5M2, Dtype::F8_E4M3, Dtype::F8_E4M3FNUZ, Dtype::F8_E5M2FNUZ,
+      Dtype::U16,  Dtype::U32,     Dtype::U64};
   for (Dtype d : kAll) {
     if (to_scalar_type(d) == type) return d;
   }
@@ -71,8 +72,8 @@ at::Tensor SafetensorsFile::tensor(const TensorInfo& info, bool copy) const {
   if (info.dtype == Dtype::BOOL) {
     for (uint64_t i = 0; i < info.nbytes(); ++i) {
       if (data[i] > 1) {
-        throw Error(msg(path(), ": tensor ", quote(info.name), ": BOOL element ", i,
-                        " holds byte ", int(data[i]), " (expected 0 or 1)"));
+        throw Error(msg(path(), ": tensor ", quote(info.name), ": BOOL element ", i, " holds byte ",
+                        int(data[i]), " (expected 0 or 1)"));
       }
     }
   }
@@ -85,7 +86,8 @@ at::Tensor SafetensorsFile::tensor(const TensorInfo& info, bool copy) const {
     return out;
   }
   auto keep_alive = file_;
-  return at::from_blob(data, info.shape, [keep_alive](void*) {}, options);
+  return at::from_blob(
+      data, info.shape, [keep_alive](void*) {}, options);
 }
 
 NamedTensors SafetensorsFile::load_all(bool copy) const {

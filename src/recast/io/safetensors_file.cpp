@@ -28,7 +28,8 @@ std::string serialize_header(const std::vector<TensorInfo>& ordered, const Metad
   try {
     text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::strict);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(msg(path, ": cannot write header: a tensor name or metadata entry is not valid UTF-8"));
+    throw Error(
+        msg(path, ": cannot write header: a tensor name or metadata entry is not valid UTF-8"));
   }
   text.append((8 - text.size() % 8) % 8, ' ');
   if (text.size() > kMaxHeaderBytes) {

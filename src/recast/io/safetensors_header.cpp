@@ -21,21 +21,33 @@ struct DtypeEntry {
 };
 
 constexpr std::array<DtypeEntry, 22> kDtypes = {{
-    {Dtype::BOOL, "BOOL", 8},       {Dtype::F4, "F4", 4},
-    {Dtype::F6_E2M3, "F6_E2M3", 6}, {Dtype::F6_E3M2, "F6_E3M2", 6},
-    {Dtype::U8, "U8", 8},           {Dtype::I8, "I8", 8},
-    {Dtype::F8_E5M2, "F8_E5M2", 8}, {Dtype::F8_E4M3, "F8_E4M3", 8},
-    {Dtype::F8_E8M0, "F8_E8M0", 8}, {Dtype::F8_E4M3FNUZ, "F8_E4M3FNUZ", 8},
+    {Dtype::BOOL, "BOOL", 8},
+    {Dtype::F4, "F4", 4},
+    {Dtype::F6_E2M3, "F6_E2M3", 6},
+    {Dtype::F6_E3M2, "F6_E3M2", 6},
+    {Dtype::U8, "U8", 8},
+    {Dtype::I8, "I8", 8},
+    {Dtype::F8_E5M2, "F8_E5M2", 8},
+    {Dtype::F8_E4M3, "F8_E4M3", 8},
+    {Dtype::F8_E8M0, "F8_E8M0", 8},
+    {Dtype::F8_E4M3FNUZ, "F8_E4M3FNUZ", 8},
     {Dtype::F8_E5M2FNUZ, "F8_E5M2FNUZ", 8},
-    {Dtype::I16, "I16", 16},        {Dtype::U16, "U16", 16},
-    {Dtype::F16, "F16", 16},        {Dtype::BF16, "BF16", 16},
-    {Dtype::I32, "I32", 32},        {Dtype::U32, "U32", 32},
-    {Dtype::F32, "F32", 32},        {Dtype::C64, "C64", 64},
-    {Dtype::F64, "F64", 64},        {Dtype::I64, "I64", 64},
+    {Dtype::I16, "I16", 16},
+    {Dtype::U16, "U16", 16},
+    {Dtype::F16, "F16", 16},
+    {Dtype::BF16, "BF16", 16},
+    {Dtype::I32, "I32", 32},
+    {Dtype::U32, "U32", 32},
+    {Dtype::F32, "F32", 32},
+    {Dtype::C64, "C64", 64},
+    {Dtype::F64, "F64", 64},
+    {Dtype::I64, "I64", 64},
     {Dtype::U64, "U64", 64},
 }};
 
-const DtypeEntry& entry(Dtype dtype) { return kDtypes[static_cast<size_t>(dtype)]; }
+const DtypeEntry& entry(Dtype dtype) {
+  return kDtypes[static_cast<size_t>(dtype)];
+}
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string out = "[";
@@ -83,8 +95,8 @@ class HeaderBuilder {
   }
   bool number_float(double, const std::string& text) {
     if (state_ == State::InShape || state_ == State::InOffsets) {
-      fail_tensor(msg(field_name(), " entries must be non-negative integers, found ",
-                      printable(text)));
+      fail_tensor(
+          msg(field_name(), " entries must be non-negative integers, found ", printable(text)));
     }
     return value("floating-point number");
   }
@@ -109,9 +121,7 @@ class HeaderBuilder {
 
   bool start_object(size_t) {
     switch (state_) {
-      case State::Start:
-        state_ = State::Top;
-        return true;
+      case State::Start: state_ = State::Top; return true;
       case State::EntryValue:
         if (entry_ == "__metadata__") {
           state_ = State::InMeta;
@@ -123,11 +133,8 @@ class HeaderBuilder {
           state_ = State::InTensor;
         }
         return true;
-      case State::Skip:
-        ++skip_depth_;
-        return true;
-      default:
-        return value("object");
+      case State::Skip: ++skip_depth_; return true;
+      default: return value("object");
     }
   }
   bool start_array(size_t) {
@@ -182,8 +189,8 @@ class HeaderBuilder {
         state_ = State::MetaValue;
         return true;
       case State::InTensor: {
-        Field f = k == "dtype" ? Field::Dtype
-                  : k == "shape" ? Field::Shape
+        Field f = k == "dtype"          ? Field::Dtype
+                  : k == "shape"        ? Field::Shape
                   : k == "data_offsets" ? Field::Offsets
                                         : Field::Unknown;
         if (f == Field::Unknown) {  // ignored, as the reference implementation does
@@ -198,18 +205,13 @@ class HeaderBuilder {
         state_ = State::FieldValue;
         return true;
       }
-      default:
-        return true;  // keys inside skipped values
+      default: return true;  // keys inside skipped values
     }
   }
   bool end_object() {
     switch (state_) {
-      case State::Top:
-        state_ = State::Done;
-        return true;
-      case State::InMeta:
-        state_ = State::Top;
-        return true;
+      case State::Top: state_ = State::Done; return true;
+      case State::InMeta: state_ = State::Top; return true;
       case State::InTensor:
         for (Field f : {Field::Dtype, Field::Shape, Field::Offsets}) {
           if (!seen_[static_cast<unsigned>(f)]) {
@@ -219,8 +221,7 @@ class HeaderBuilder {
         header_.tensors.push_back(std::move(tensor_));
         state_ = State::Top;
         return true;
-      default:
-        return end_skipped();
+      default: return end_skipped();
     }
   }
   bool parse_error(size_t position, const std::string&, const nlohmann::detail::exception& ex) {
@@ -229,8 +230,19 @@ class HeaderBuilder {
   }
 
  private:
-  enum class State { Start, Top, EntryValue, InTensor, FieldValue, InShape, InOffsets,
-                     InMeta, MetaValue, Skip, Done };
+  enum class State {
+    Start,
+    Top,
+    EntryValue,
+    InTensor,
+    FieldValue,
+    InShape,
+    InOffsets,
+    InMeta,
+    MetaValue,
+    Skip,
+    Done
+  };
   enum class Field : unsigned { Dtype, Shape, Offsets, Unknown };
 
   static const char* name_of(Field f) {
@@ -245,8 +257,7 @@ class HeaderBuilder {
   // A scalar or container start where the schema expects something else.
   bool value(const char* found) {
     switch (state_) {
-      case State::Start:
-        throw Error(msg(source_, ": header must be a JSON object, found ", found));
+      case State::Start: throw Error(msg(source_, ": header must be a JSON object, found ", found));
       case State::EntryValue:
         if (entry_ == "__metadata__") {
           if (std::strcmp(found, "null") == 0) {  // serde reads null as "no metadata"
@@ -255,11 +266,11 @@ class HeaderBuilder {
           }
           throw Error(msg(source_, ": __metadata__ must be an object of strings, found ", found));
         }
-        throw Error(msg(source_, ": tensor ", quote(entry_), ": entry must be an object, found ",
-                        found));
+        throw Error(
+            msg(source_, ": tensor ", quote(entry_), ": entry must be an object, found ", found));
       case State::FieldValue:
-        fail_tensor(msg(field_name(), " must be ",
-                        field_ == Field::Dtype ? "a string" : "an array", ", found ", found));
+        fail_tensor(msg(field_name(), " must be ", field_ == Field::Dtype ? "a string" : "an array",
+                        ", found ", found));
       case State::InShape:
       case State::InOffsets:
         fail_tensor(msg(field_name(), " entries must be non-negative integers, found ", found));
@@ -269,8 +280,7 @@ class HeaderBuilder {
       case State::Skip:
         if (skip_depth_ == 0) state_ = State::InTensor;  // a skipped scalar
         return true;
-      default:
-        throw Error(msg(source_, ": unexpected ", found, " in header"));
+      default: throw Error(msg(source_, ": unexpected ", found, " in header"));
     }
   }
   bool end_skipped() {
@@ -313,7 +323,8 @@ void validate_layout(Header& header, const std::string& source) {
     };
     auto numel = checked_numel(t.shape);
     uint64_t bits = 0;
-    if (!numel || __builtin_mul_overflow(*numel, static_cast<uint64_t>(dtype_bits(t.dtype)), &bits)) {
+    if (!numel ||
+        __builtin_mul_overflow(*numel, static_cast<uint64_t>(dtype_bits(t.dtype)), &bits)) {
       fail(msg("shape ", shape_str(t.shape), " x ", dtype_name(t.dtype),
                " overflows a 64-bit byte count"));
     }
@@ -365,8 +376,12 @@ void validate_layout(Header& header, const std::string& source) {
 
 }  // namespace
 
-std::string_view dtype_name(Dtype dtype) { return entry(dtype).name; }
-int dtype_bits(Dtype dtype) { return entry(dtype).bits; }
+std::string_view dtype_name(Dtype dtype) {
+  return entry(dtype).name;
+}
+int dtype_bits(Dtype dtype) {
+  return entry(dtype).bits;
+}
 
 std::optional<Dtype> dtype_from_name(std::string_view name) {
   for (const auto& e : kDtypes) {
@@ -381,7 +396,9 @@ std::string known_dtype_names() {
   return out;
 }
 
-uint64_t TensorInfo::numel() const { return checked_numel(shape).value_or(0); }
+uint64_t TensorInfo::numel() const {
+  return checked_numel(shape).value_or(0);
+}
 
 const TensorInfo* Header::find(std::string_view name) const {
   auto it = std::lower_bound(tensors.begin(), tensors.end(), name,
@@ -410,8 +427,8 @@ Header parse_header(const uint8_t* bytes, size_t file_size, const std::string& s
                     "-byte limit (not a safetensors file?)"));
   }
   if (n > file_size - 8) {
-    throw Error(msg(source, ": header length ", n, " runs past the end of the file (",
-                    file_size, " bytes): file truncated?"));
+    throw Error(msg(source, ": header length ", n, " runs past the end of the file (", file_size,
+                    " bytes): file truncated?"));
   }
   const char* text = reinterpret_cast<const char*>(bytes + 8);
   if (n >= 3 && std::memcmp(text, "\xEF\xBB\xBF", 3) == 0) {

@@ -43,7 +43,8 @@ FileFormat sniff_format(const uint8_t* data, size_t size) {
     std::string_view head(reinterpret_cast<const char*>(data), std::min<size_t>(size, 4096));
     std::string_view end(reinterpret_cast<const char*>(data + size - tail), tail);
     for (std::string_view part : {head, end}) {
-      if (contains(part, "/constants.pkl") || contains(part, "/code/")) return FileFormat::TorchScript;
+      if (contains(part, "/constants.pkl") || contains(part, "/code/"))
+        return FileFormat::TorchScript;
     }
     for (std::string_view part : {head, end}) {
       if (contains(part, "data.pkl")) return FileFormat::TorchZip;
@@ -88,8 +89,7 @@ void refuse_unsafe_format(const uint8_t* data, size_t size, const std::string& p
       throw Error(msg(path, ": is ", format_name(format),
                       ", not safetensors; recast reads safetensors checkpoints only"));
     case FileFormat::Safetensors:
-    case FileFormat::Unknown:
-      break;
+    case FileFormat::Unknown: break;
   }
 }
 

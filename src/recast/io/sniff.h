@@ -12,14 +12,14 @@
 namespace recast::io {
 
 enum class FileFormat {
-  Safetensors,   // plausible: u64 header length, then '{' (after whitespace)
-  Pickle,        // torch.save legacy format or any pickle (protocol >= 2)
-  TorchZip,      // torch.save zip archive (.pt/.bin/.pth with data.pkl)
-  TorchScript,   // torch.jit.save archive (code/, constants.pkl)
-  Zip,           // some other zip archive
-  Numpy,         // .npy / .npz
+  Safetensors,  // plausible: u64 header length, then '{' (after whitespace)
+  Pickle,       // torch.save legacy format or any pickle (protocol >= 2)
+  TorchZip,     // torch.save zip archive (.pt/.bin/.pth with data.pkl)
+  TorchScript,  // torch.jit.save archive (code/, constants.pkl)
+  Zip,          // some other zip archive
+  Numpy,        // .npy / .npz
   Gguf,
-  Hdf5,          // Keras .h5
+  Hdf5,  // Keras .h5
   Unknown,
 };
 
