@@ -67,17 +67,18 @@ int run_repack(const RepackOptions& o) {
 
   io::NamedTensors tensors;
   tensors.reserve(store.entries().size());
-  ProgressBar bar(static_cast<int64_t>(store.total_bytes()), {"repack", "B"});
+  uint64_t bytes = 0;
   for (const auto& e : store.entries()) {
-    at::Tensor t = store.files()[e.file].tensor(*e.info);
+    at::Tensor t = store.files()[e.file].tensor(*e.info);  // a view: nothing is read yet
     if (cast && t.is_floating_point() && t.scalar_type() != *cast) t = t.to(*cast);
+    bytes += static_cast<uint64_t>(t.nbytes());
     tensors.emplace_back(e.info->name, t);
-    bar.update(static_cast<int64_t>(e.info->nbytes()));
   }
-  bar.finish();
+  ProgressBar bar(static_cast<int64_t>(bytes), {"repack", "B"});
   io::save_weights(o.output, tensors,
                    store.metadata().empty() ? io::Metadata{{"format", "pt"}} : store.metadata(),
-                   max_shard);
+                   max_shard, [&bar](uint64_t n) { bar.update(static_cast<int64_t>(n)); });
+  bar.finish();
   if (io::is_directory(o.input) &&
       fs::weakly_canonical(o.input) != fs::weakly_canonical(o.output)) {
     copy_side_files(o.input, o.output);

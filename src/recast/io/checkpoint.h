@@ -63,7 +63,7 @@ class TensorStore {
 // removed afterwards. Every file is written atomically.
 void save_weights(const std::string& dir, const NamedTensors& tensors,
                   const Metadata& metadata = {{"format", "pt"}},
-                  uint64_t max_shard_bytes = 5'000'000'000ULL);
+                  uint64_t max_shard_bytes = 5'000'000'000ULL, const WriteProgress& on_write = {});
 
 // Parses a size such as "5GB", "500MB", "2GiB" or "1048576"; throws UsageError.
 uint64_t parse_byte_size(const std::string& text);

@@ -40,7 +40,7 @@ NamedTensors TensorStore::load_all(bool copy) const {
 }
 
 void save_weights(const std::string& dir, const NamedTensors& tensors, const Metadata& metadata,
-                  uint64_t max_shard_bytes) {
+                  uint64_t max_shard_bytes, const WriteProgress& on_write) {
   fs::create_directories(dir);
   // Greedy split in the given order, as transformers' split_torch_state_dict does.
   std::vector<NamedTensors> shards(1);
@@ -56,7 +56,7 @@ void save_weights(const std::string& dir, const NamedTensors& tensors, const Met
   }
   std::set<std::string> keep;
   if (shards.size() == 1) {
-    save_safetensors(join(dir, kWeightsName), tensors, metadata);
+    save_safetensors(join(dir, kWeightsName), tensors, metadata, on_write);
     keep.insert(kWeightsName);
   } else {
     nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
@@ -65,7 +65,7 @@ void save_weights(const std::string& dir, const NamedTensors& tensors, const Met
     for (size_t i = 0; i < shards.size(); ++i) {
       char name[64];
       std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-      save_safetensors(join(dir, name), shards[i], metadata);
+      save_safetensors(join(dir, name), shards[i], metadata, on_write);
       keep.insert(name);
       for (const auto& [tensor_name, tensor] : shards[i]) {
         sorted_map[tensor_name] = name;

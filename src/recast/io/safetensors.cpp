@@ -98,7 +98,7 @@ NamedTensors SafetensorsFile::load_all(bool copy) const {
 }
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
-                      const Metadata& metadata) {
+                      const Metadata& metadata, const WriteProgress& on_write) {
   struct Item {
     TensorInfo info;
     at::Tensor data;  // CPU, contiguous
@@ -145,6 +145,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   out.write(header.data(), header.size());
   for (const Item& item : items) {
     if (item.data.nbytes() > 0) out.write(item.data.data_ptr(), item.data.nbytes());
+    if (on_write) on_write(item.data.nbytes());
   }
   out.commit();
 }

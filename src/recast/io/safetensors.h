@@ -8,6 +8,7 @@
 #include "recast/io/safetensors_header.h"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -73,7 +74,9 @@ std::string serialize_header(const std::vector<TensorInfo>& ordered, const Metad
 // and every tensor is aligned. Tensors may live on any device and be
 // non-contiguous. Rejects duplicate names, the reserved name "__metadata__",
 // and dtypes safetensors cannot hold.
+// `on_write(bytes)` is called after each tensor's data is written (progress).
+using WriteProgress = std::function<void(uint64_t bytes)>;
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
-                      const Metadata& metadata = {});
+                      const Metadata& metadata = {}, const WriteProgress& on_write = {});
 
 }  // namespace recast::io
