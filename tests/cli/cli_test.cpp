@@ -187,5 +187,68 @@ TEST(Cli, RepackShardsCastsAndLeavesNothingOnFailure) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("o4")));
 }
 
+const std::string kFixtures = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures";
+
+TEST(Cli, ListShowsTheModelFamilies) {
+  Result r = run({"list"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* arch :
+       {"gpt2", "llama", "resnet18", "resnet34", "resnet50", "vit_tiny_patch16_224",
+        "vit_small_patch16_224", "vit_base_patch16_224"}) {
+    EXPECT_NE(r.out.find(arch), std::string::npos) << arch;
+  }
+}
+
+TEST(Cli, InspectNamesTheArchitecture) {
+  Result r = run({"inspect", kFixtures + "/llama_gqa", "--summary"});
+  EXPECT_NE(r.out.find("LlamaForCausalLM (model_type llama)"), std::string::npos) << r.out;
+  r = run({"inspect", kFixtures + "/resnet50_timm", "--summary"});
+  EXPECT_NE(r.out.find("config:      resnet50"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ForwardWritesLogitsAndDumpsThatMatchTheReference) {
+  TempDir dir;
+  for (const char* name : {"gpt2", "vit_small_timm"}) {
+    const std::string fixture = kFixtures + "/" + name;
+    const std::string out = dir.file(std::string(name) + ".safetensors");
+    Result r = run({"forward", "--model", fixture, "--input", fixture + "/inputs.safetensors",
+                    "--output", out, "--dump", "^(transformer\\.h\\.1|blocks\\.1)$", "-q"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    io::TensorStore got = io::TensorStore::open(out);
+    io::TensorStore ref = io::TensorStore::open(fixture + "/outputs.safetensors");
+    ASSERT_EQ(got.entries().size(), 2u);
+    for (const auto& e : got.entries()) {
+      at::Tensor a = got.tensor(e.info->name), b = ref.tensor(e.info->name);
+      double err = (a - b).abs().max().item<double>() / b.abs().max().item<double>();
+      EXPECT_LE(err, 1e-5) << name << " " << e.info->name;
+    }
+  }
+}
+
+TEST(Cli, ForwardRejectsBadInputsWithOneLine) {
+  TempDir dir;
+  const std::string gpt2 = kFixtures + "/gpt2";
+  io::save_safetensors(dir.file("big_id.safetensors"),
+                       {{"input_ids", at::tensor({3, 500}).view({1, 2})}});
+  expect_one_line_error(run({"forward", "--model", gpt2, "--input", dir.file("big_id.safetensors"),
+                             "--output", dir.file("o1.safetensors")}),
+                        1, "token id 500 at [0, 1] is outside the vocabulary [0, 96)");
+  io::save_safetensors(dir.file("pixels.safetensors"), {{"pixel_values", at::zeros({1, 3, 8, 8})}});
+  expect_one_line_error(run({"forward", "--model", gpt2, "--input", dir.file("pixels.safetensors"),
+                             "--output", dir.file("o2.safetensors")}),
+                        1, "unexpected tensor 'pixel_values'");
+  expect_one_line_error(
+      run({"forward", "--model", gpt2 + "/model.safetensors", "--input",
+           dir.file("big_id.safetensors"), "--output", dir.file("o3.safetensors")}),
+      2, "pass --arch");
+  expect_one_line_error(
+      run({"forward", "--model", kFixtures + "/vit_tiny_timm", "--input",
+           dir.file("pixels.safetensors"), "--output", dir.file("o4.safetensors")}),
+      1, "pixel_values: expected [B, 3, 32, 32]");
+  for (const char* o : {"o1", "o2", "o3", "o4"}) {
+    EXPECT_FALSE(std::filesystem::exists(dir.file(std::string(o) + ".safetensors"))) << o;
+  }
+}
+
 }  // namespace
 }  // namespace recast::testing

@@ -6,5 +6,8 @@
 int main(int argc, char** argv) {
   using namespace recast::cli;
   return run_cli(argc, argv,
-                 {{"inspect", add_inspect}, {"list", add_list}, {"repack", add_repack}});
+                 {{"forward", add_forward},
+                  {"inspect", add_inspect},
+                  {"list", add_list},
+                  {"repack", add_repack}});
 }

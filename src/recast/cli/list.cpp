@@ -2,6 +2,7 @@
 
 #include "recast/cli/verbs.h"
 #include "recast/core/catalog.h"
+#include "recast/models/model.h"
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,7 @@ struct ListOptions {
 constexpr const char* kKinds[] = {"model", "recipe"};
 
 int run_list(const ListOptions& o) {
+  models::model_registry();  // registers the model families in the catalog
   auto entries = catalog();
   for (const char* kind : kKinds) entries[kind];
   if (o.json) {

@@ -33,6 +33,10 @@ inline constexpr VerbInfo kVerbs[] = {
      "Show the tensors, dtypes, shapes, parameter count and metadata of a checkpoint "
      "(file or directory)",
      false},
+    {"forward",
+     "Run a model on inputs from a safetensors file; write logits and named "
+     "intermediates",
+     true},
     {"list", "List the registered model families and recipes", true},
     {"repack", "Rewrite a checkpoint's weights as (sharded) safetensors, optionally cast", true},
 };
@@ -49,6 +53,7 @@ struct VerbImpl {
 // implementation in `impls` are listed in --help but cannot run here.
 int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls);
 
+Runner add_forward(CLI::App& app);
 Runner add_inspect(CLI::App& app);
 Runner add_list(CLI::App& app);
 Runner add_repack(CLI::App& app);

@@ -1,0 +1,111 @@
+// recast forward --model PATH --input IN.safetensors --output OUT.safetensors
+//                [--dump REGEX] [--arch NAME] [--set key=value]... [--device D] [--dtype T]
+// Runs a model on the inputs in IN (input_ids [+ attention_mask] for language
+// models, pixel_values for vision models: the names transformers and timm use)
+// and writes `logits` (float32) plus every intermediate whose name matches
+// REGEX. The hook for comparing recast with other implementations.
+
+#include "recast/cli/verbs.h"
+#include "recast/core/device.h"
+#include "recast/core/error.h"
+#include "recast/core/log.h"
+#include "recast/io/checkpoint.h"
+#include "recast/models/model.h"
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <set>
+
+namespace recast::cli {
+namespace {
+
+struct ForwardOptions {
+  std::string model, input, output, dump, arch, device = "cpu", dtype = "f32";
+  std::vector<std::string> set;
+};
+
+models::Batch read_batch(const std::string& path, const models::Model& model) {
+  io::TensorStore store = io::TensorStore::open(path);
+  const bool lm = model.task() == models::Task::CausalLM;
+  const std::set<std::string> known = lm ? std::set<std::string>{"input_ids", "attention_mask"}
+                                         : std::set<std::string>{"pixel_values"};
+  for (const auto& e : store.entries()) {
+    if (!known.count(e.info->name)) {
+      throw Error(msg(path, ": unexpected tensor ", quote(e.info->name), " (a ", model.arch(),
+                      " model takes ", lm ? "input_ids and attention_mask" : "pixel_values", ")"));
+    }
+  }
+  models::Batch batch;
+  const char* required = lm ? "input_ids" : "pixel_values";
+  if (store.find(required) == nullptr) {
+    throw Error(msg(path, ": no tensor '", required, "' (a ", model.arch(), " model takes ",
+                    lm ? "input_ids int64 [B, T]" : "pixel_values float32 [B, C, H, W]", ")"));
+  }
+  try {
+    if (lm) {
+      batch.input_ids = store.tensor("input_ids", /*copy=*/true);
+      if (store.find("attention_mask")) batch.attention_mask = store.tensor("attention_mask", true);
+    } else {
+      batch.pixel_values = store.tensor("pixel_values", true);
+      RECAST_CHECK(batch.pixel_values.is_floating_point(),
+                   "pixel_values: expected floating point, found ",
+                   batch.pixel_values.scalar_type());
+    }
+  } catch (const Error& e) {
+    throw e.with_context(path);
+  }
+  return batch;
+}
+
+int run_forward(const ForwardOptions& o) {
+  const c10::Device device = select_device(o.device);
+  const c10::ScalarType dtype = parse_dtype(o.dtype);
+  std::unique_ptr<models::Recorder> recorder;
+  if (!o.dump.empty()) recorder = std::make_unique<models::Recorder>(o.dump);
+  models::ModelPtr model = models::load_model(o.model, {o.arch, o.set, true});
+  models::Batch batch = read_batch(o.input, *model);
+  model->to(device, dtype);
+  if (batch.input_ids.defined()) batch.input_ids = batch.input_ids.to(device);
+  if (batch.attention_mask.defined()) batch.attention_mask = batch.attention_mask.to(device);
+  if (batch.pixel_values.defined()) batch.pixel_values = batch.pixel_values.to(device, dtype);
+  torch::NoGradGuard no_grad;
+  at::Tensor logits;
+  try {
+    logits = model->forward(batch, recorder.get());
+  } catch (const Error& e) {
+    throw e.with_context(o.input);
+  }
+  io::NamedTensors out = {{"logits", logits.to(at::kCPU, at::kFloat).contiguous()}};
+  if (recorder) {
+    for (const auto& t : recorder->tensors()) out.push_back(t);
+  }
+  io::save_safetensors(o.output, out, {{"format", "pt"}});
+  log::info("wrote logits ", logits.sizes(),
+            recorder ? msg(" and ", recorder->tensors().size(), " intermediates") : "", " to ",
+            o.output);
+  return 0;
+}
+
+}  // namespace
+
+Runner add_forward(CLI::App& app) {
+  auto o = std::make_shared<ForwardOptions>();
+  auto* cmd = app.add_subcommand("forward", verb_info("forward").summary);
+  cmd->add_option("--model", o->model, "Checkpoint directory, or a .safetensors file with --arch")
+      ->required();
+  cmd->add_option("--input", o->input,
+                  "safetensors file with input_ids [+ attention_mask] or pixel_values")
+      ->required();
+  cmd->add_option("--output", o->output, "safetensors file to write logits (+ intermediates) to")
+      ->required();
+  cmd->add_option("--dump", o->dump, "Also write intermediates whose names match this regex");
+  cmd->add_option("--arch", o->arch,
+                  "Architecture of a bare .safetensors file (see 'recast list')");
+  cmd->add_option("--set", o->set, "Override a config value: key=value (JSON value); repeatable");
+  cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
+  cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16 (default f32)");
+  return [o] { return run_forward(*o); };
+}
+
+}  // namespace recast::cli

@@ -1,0 +1,55 @@
+#include "recast/models/decoder.h"
+
+#include "recast/core/error.h"
+
+namespace recast::models {
+
+at::Tensor check_input_ids(const Batch& batch, int64_t vocab, int64_t max_positions,
+                           int64_t offset) {
+  const at::Tensor& ids = batch.input_ids;
+  RECAST_CHECK(ids.defined(), "input_ids: missing (a language model takes int64 [B, T])");
+  RECAST_CHECK(ids.dim() == 2 && ids.size(1) > 0, "input_ids: expected [B, T] with T > 0, found ",
+               ids.sizes());
+  RECAST_CHECK(!ids.is_floating_point() && !ids.is_complex() && ids.scalar_type() != at::kBool,
+               "input_ids: expected integer token ids, found ", ids.scalar_type());
+  at::Tensor host = ids.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* p = host.data_ptr<int64_t>();
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    if (p[i] < 0 || p[i] >= vocab) {
+      throw Error(msg("input_ids: token id ", p[i], " at [", i / host.size(1), ", ",
+                      i % host.size(1), "] is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  RECAST_CHECK(offset + ids.size(1) <= max_positions, "input_ids: ", offset + ids.size(1),
+               " positions exceed the model's context of ", max_positions);
+  return ids.scalar_type() == at::kLong ? ids : ids.to(at::kLong);
+}
+
+ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64_t offset) {
+  ops::AttentionMask mask;
+  mask.causal = true;
+  mask.query_offset = offset;
+  if (batch.attention_mask.defined()) {
+    const at::Tensor& am = batch.attention_mask;
+    RECAST_CHECK(am.dim() == 2 && am.size(0) == ids.size(0) && am.size(1) == offset + ids.size(1),
+                 "attention_mask: expected [", ids.size(0), ", ", offset + ids.size(1), "], found ",
+                 am.sizes());
+    mask.key_padding = am.ne(0);
+  }
+  return mask;
+}
+
+std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
+                                            const at::Tensor& v) {
+  if (static_cast<int64_t>(cache.keys.size()) <= layer) {
+    cache.keys.resize(layer + 1);
+    cache.values.resize(layer + 1);
+  }
+  at::Tensor& ck = cache.keys[layer];
+  at::Tensor& cv = cache.values[layer];
+  ck = ck.defined() ? at::cat({ck, k}, 2) : k;
+  cv = cv.defined() ? at::cat({cv, v}, 2) : v;
+  return {ck, cv};
+}
+
+}  // namespace recast::models

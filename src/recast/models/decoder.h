@@ -1,0 +1,25 @@
+#pragma once
+
+// Pieces shared by the decoder-only language models (GPT-2, Llama).
+
+#include "recast/models/model.h"
+#include "recast/ops/attention.h"
+
+#include <utility>
+
+namespace recast::models {
+
+// input_ids as int64 [B, T], checked on the host: ids in [0, vocab), positions
+// within the model's context. Errors name the offending id and where it is.
+at::Tensor check_input_ids(const Batch& batch, int64_t vocab, int64_t max_positions,
+                           int64_t offset);
+
+// Causal mask + key padding from batch.attention_mask ([B, offset + T]).
+ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64_t offset);
+
+// Appends this step's keys and values to layer `layer` of the cache and
+// returns the whole history.
+std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
+                                            const at::Tensor& v);
+
+}  // namespace recast::models

@@ -1,0 +1,190 @@
+// GPT-2 as transformers' GPT2LMHeadModel names it: transformer.{wte, wpe, h.N,
+// ln_f}; Conv1D weights stored [in, out] and applied as x @ W + b, exactly as
+// transformers does, so the checkpoint is used (and saved) as is.
+
+#include "recast/core/error.h"
+#include "recast/models/decoder.h"
+#include "recast/ops/attention.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace recast::models {
+namespace {
+
+// transformers' Conv1D: weight [in, out], y = x @ W + b.
+struct Conv1DImpl : torch::nn::Module {
+  Conv1DImpl(int64_t in, int64_t out) {
+    weight = register_parameter("weight", torch::randn({in, out}) * 0.02);
+    bias = register_parameter("bias", torch::zeros({out}));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    auto shape = x.sizes().vec();
+    shape.back() = weight.size(1);
+    return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(shape);
+  }
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(Conv1D);
+
+struct Gpt2Config {
+  int64_t vocab, positions, width, layers, heads, inner;
+  double eps;
+  std::string activation;
+  bool tied, scale_by_layer;
+};
+
+at::Tensor activate(const std::string& name, const at::Tensor& x) {
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return at::gelu(x, "tanh");
+  if (name == "gelu") return at::gelu(x);
+  if (name == "relu") return at::relu(x);
+  if (name == "silu" || name == "swish") return at::silu(x);
+  throw Error(msg("config key 'activation_function': unsupported ", quote(name),
+                  " (supported: gelu_new, gelu_pytorch_tanh, gelu, relu, silu)"));
+}
+
+struct AttentionImpl : torch::nn::Module {
+  AttentionImpl(const Gpt2Config& c, int64_t layer) : heads(c.heads), layer(layer) {
+    c_attn = register_module("c_attn", Conv1D(c.width, 3 * c.width));
+    c_proj = register_module("c_proj", Conv1D(c.width, c.width));
+    scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
+    if (c.scale_by_layer) scale /= static_cast<double>(layer + 1);
+  }
+  at::Tensor forward(const at::Tensor& x, ops::AttentionMask mask, KVCache* cache) {
+    const int64_t b = x.size(0), t = x.size(1), w = x.size(2), d = w / heads;
+    auto qkv = c_attn(x).split(w, -1);
+    auto split_heads = [&](const at::Tensor& y) {
+      return y.view({b, t, heads, d}).transpose(1, 2);
+    };
+    at::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
+    if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
+    at::Tensor y = ops::attention(q, k, v, mask, scale);
+    return c_proj(y.transpose(1, 2).reshape({b, t, w}));
+  }
+  int64_t heads, layer;
+  double scale;
+  Conv1D c_attn{nullptr}, c_proj{nullptr};
+};
+TORCH_MODULE(Attention);
+
+struct MlpImpl : torch::nn::Module {
+  explicit MlpImpl(const Gpt2Config& c) : activation(c.activation) {
+    c_fc = register_module("c_fc", Conv1D(c.width, c.inner));
+    c_proj = register_module("c_proj", Conv1D(c.inner, c.width));
+  }
+  at::Tensor forward(const at::Tensor& x) { return c_proj(activate(activation, c_fc(x))); }
+  std::string activation;
+  Conv1D c_fc{nullptr}, c_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(const Gpt2Config& c, int64_t layer) {
+    auto ln = torch::nn::LayerNormOptions({c.width}).eps(c.eps);
+    ln_1 = register_module("ln_1", torch::nn::LayerNorm(ln));
+    attn = register_module("attn", Attention(c, layer));
+    ln_2 = register_module("ln_2", torch::nn::LayerNorm(ln));
+    mlp = register_module("mlp", Mlp(c));
+  }
+  at::Tensor forward(at::Tensor x, const ops::AttentionMask& mask, KVCache* cache) {
+    x = x + attn(ln_1(x), mask, cache);
+    return x + mlp(ln_2(x));
+  }
+  torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+  Attention attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+struct TransformerImpl : torch::nn::Module {
+  explicit TransformerImpl(const Gpt2Config& c) {
+    wte = register_module("wte", torch::nn::Embedding(c.vocab, c.width));
+    wpe = register_module("wpe", torch::nn::Embedding(c.positions, c.width));
+    h = register_module("h", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.layers; ++i) h->push_back(Block(c, i));
+    ln_f = register_module("ln_f",
+                           torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.width}).eps(c.eps)));
+  }
+  torch::nn::Embedding wte{nullptr}, wpe{nullptr};
+  torch::nn::ModuleList h{nullptr};
+  torch::nn::LayerNorm ln_f{nullptr};
+};
+TORCH_MODULE(Transformer);
+
+class Gpt2 : public Model {
+ public:
+  Gpt2(const std::string& arch, const nlohmann::json& config) : Model(arch, config) {
+    c_.vocab = cfg_int(config, "vocab_size", 50257);
+    c_.positions = cfg_int(config, "n_positions", 1024);
+    c_.width = cfg_int(config, "n_embd", 768);
+    c_.layers = cfg_int(config, "n_layer", 12);
+    c_.heads = cfg_int(config, "n_head", 12);
+    c_.inner = cfg_int(config, "n_inner", 4 * c_.width);
+    c_.eps = cfg_double(config, "layer_norm_epsilon", 1e-5);
+    c_.activation = cfg_string(config, "activation_function", "gelu_new");
+    c_.tied = cfg_bool(config, "tie_word_embeddings", true);
+    c_.scale_by_layer = cfg_bool(config, "scale_attn_by_inverse_layer_idx", false);
+    if (!cfg_bool(config, "scale_attn_weights", true)) {
+      throw Error("config key 'scale_attn_weights': false is not supported");
+    }
+    RECAST_CHECK(c_.width % c_.heads == 0, "config: n_embd ", c_.width,
+                 " is not a multiple of n_head ", c_.heads);
+    activate(c_.activation, at::zeros({1}));  // rejects unknown activations now
+    transformer_ = register_module("transformer", Transformer(c_));
+    if (!c_.tied) {
+      lm_head_ = register_module(
+          "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c_.width, c_.vocab).bias(false)));
+    }
+  }
+
+  Task task() const override { return Task::CausalLM; }
+  std::vector<std::string> tied_names() const override {
+    return c_.tied ? std::vector<std::string>{"lm_head.weight"} : std::vector<std::string>{};
+  }
+  bool ignorable(const std::string& name) const override {
+    auto ends = [&](const char* s) {
+      std::string suffix(s);
+      return name.size() > suffix.size() &&
+             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    return ends(".attn.bias") || ends(".attn.masked_bias");  // old causal-mask buffers
+  }
+
+  at::Tensor forward(const Batch& batch, Recorder* rec, KVCache* cache) override {
+    const int64_t offset = cache ? cache->length() : 0;
+    const at::Tensor ids = check_input_ids(batch, c_.vocab, c_.positions, offset);
+    ops::AttentionMask mask = decoder_mask(batch, ids, offset);
+    auto pos = at::arange(offset, offset + ids.size(1), ids.options());
+    at::Tensor x = transformer_->wte(ids) + transformer_->wpe(pos);
+    for (size_t i = 0; i < transformer_->h->size(); ++i) {
+      x = transformer_->h[i]->as<Block>()->forward(x, mask, cache);
+      if (rec) rec->record(msg("transformer.h.", i), x);
+    }
+    x = transformer_->ln_f(x);
+    if (rec) rec->record("transformer.ln_f", x);
+    return c_.tied ? at::linear(x, transformer_->wte->weight) : lm_head_(x);
+  }
+
+  Batch example_batch(int64_t batch_size, uint64_t seed) const override {
+    auto gen = at::detail::createCPUGenerator(seed);
+    return {
+        at::randint(c_.vocab, {batch_size, std::min<int64_t>(16, c_.positions)}, gen, at::kLong),
+        {},
+        {}};
+  }
+
+ private:
+  Gpt2Config c_;
+  Transformer transformer_{nullptr};
+  torch::nn::Linear lm_head_{nullptr};
+};
+
+}  // namespace
+
+void register_gpt2(Registry<ModelFactory>& r) {
+  r.add("gpt2", "GPT-2 (transformers GPT2LMHeadModel: Conv1D weights, tied lm_head, gelu_new)",
+        [](const nlohmann::json& c) { return std::make_shared<Gpt2>("gpt2", c); });
+}
+
+}  // namespace recast::models

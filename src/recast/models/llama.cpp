@@ -1,0 +1,221 @@
+// Llama-style decoders as transformers' LlamaForCausalLM names them:
+// model.{embed_tokens, layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj,
+// input_layernorm, post_attention_layernorm}, norm} + lm_head (tied or not).
+// RMSNorm in fp32, rotary embeddings computed in fp32 as transformers does,
+// grouped-query attention (num_key_value_heads < num_attention_heads).
+
+#include "recast/core/error.h"
+#include "recast/models/decoder.h"
+#include "recast/ops/attention.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace recast::models {
+namespace {
+
+struct LlamaConfig {
+  int64_t vocab, width, inner, layers, heads, kv_heads, head_dim, positions;
+  double eps, rope_theta;
+  bool tied, attention_bias, mlp_bias;
+};
+
+// rope_theta sits at the top level (transformers 4.x) or in rope_parameters (5.x).
+double read_rope_theta(const nlohmann::json& config) {
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    auto it = config.find(key);
+    if (it == config.end() || it->is_null()) continue;
+    if (!it->is_object()) throw Error(msg("config key '", key, "': expected an object"));
+    std::string type = cfg_string(*it, "rope_type", cfg_string(*it, "type", "default"));
+    if (type != "default") {
+      throw Error(msg("config key '", key, "': rope_type ", quote(type),
+                      " is not supported yet (supported: default)"));
+    }
+    if (it->contains("rope_theta")) return cfg_double(*it, "rope_theta");
+  }
+  return cfg_double(config, "rope_theta", 10000.0);
+}
+
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(int64_t width, double eps) : eps(eps) {
+    weight = register_parameter("weight", torch::ones({width}));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = x.to(at::kFloat);
+    h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    return weight * h.to(x.scalar_type());
+  }
+  double eps;
+  at::Tensor weight;
+};
+TORCH_MODULE(RMSNorm);
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  auto halves = x.chunk(2, -1);
+  return at::cat({-halves[1], halves[0]}, -1);
+}
+
+struct AttentionImpl : torch::nn::Module {
+  AttentionImpl(const LlamaConfig& c, int64_t layer) : c(c), layer(layer) {
+    auto lin = [&](int64_t in, int64_t out) {
+      return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(c.attention_bias));
+    };
+    q_proj = register_module("q_proj", lin(c.width, c.heads * c.head_dim));
+    k_proj = register_module("k_proj", lin(c.width, c.kv_heads * c.head_dim));
+    v_proj = register_module("v_proj", lin(c.width, c.kv_heads * c.head_dim));
+    o_proj = register_module("o_proj", lin(c.heads * c.head_dim, c.width));
+  }
+  // cos, sin: [1, 1, T, head_dim]
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const ops::AttentionMask& mask, KVCache* cache) {
+    const int64_t b = x.size(0), t = x.size(1);
+    at::Tensor q = q_proj(x).view({b, t, c.heads, c.head_dim}).transpose(1, 2);
+    at::Tensor k = k_proj(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
+    at::Tensor v = v_proj(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
+    at::Tensor y = ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    return o_proj(y.transpose(1, 2).reshape({b, t, c.heads * c.head_dim}));
+  }
+  LlamaConfig c;
+  int64_t layer;
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+};
+TORCH_MODULE(Attention);
+
+struct MlpImpl : torch::nn::Module {
+  explicit MlpImpl(const LlamaConfig& c) {
+    auto lin = [&](int64_t in, int64_t out) {
+      return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(c.mlp_bias));
+    };
+    gate_proj = register_module("gate_proj", lin(c.width, c.inner));
+    up_proj = register_module("up_proj", lin(c.width, c.inner));
+    down_proj = register_module("down_proj", lin(c.inner, c.width));
+  }
+  at::Tensor forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+struct LayerImpl : torch::nn::Module {
+  LayerImpl(const LlamaConfig& c, int64_t layer) {
+    self_attn = register_module("self_attn", Attention(c, layer));
+    mlp = register_module("mlp", Mlp(c));
+    input_layernorm = register_module("input_layernorm", RMSNorm(c.width, c.eps));
+    post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.width, c.eps));
+  }
+  at::Tensor forward(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                     const ops::AttentionMask& mask, KVCache* cache) {
+    x = x + self_attn(input_layernorm(x), cos, sin, mask, cache);
+    return x + mlp(post_attention_layernorm(x));
+  }
+  Attention self_attn{nullptr};
+  Mlp mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(Layer);
+
+struct BodyImpl : torch::nn::Module {
+  explicit BodyImpl(const LlamaConfig& c) {
+    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab, c.width));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.layers; ++i) layers->push_back(Layer(c, i));
+    norm = register_module("norm", RMSNorm(c.width, c.eps));
+  }
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Body);
+
+class Llama : public Model {
+ public:
+  explicit Llama(const nlohmann::json& config) : Model("llama", config) {
+    c_.vocab = cfg_int(config, "vocab_size", 32000);
+    c_.width = cfg_int(config, "hidden_size", 4096);
+    c_.inner = cfg_int(config, "intermediate_size", 11008);
+    c_.layers = cfg_int(config, "num_hidden_layers", 32);
+    c_.heads = cfg_int(config, "num_attention_heads", 32);
+    c_.kv_heads = cfg_int(config, "num_key_value_heads", c_.heads);
+    RECAST_CHECK(c_.heads > 0 && c_.kv_heads > 0 && c_.heads % c_.kv_heads == 0,
+                 "config: num_attention_heads ", c_.heads,
+                 " is not a multiple of num_key_value_heads ", c_.kv_heads);
+    c_.head_dim = cfg_int(config, "head_dim", c_.width / c_.heads);
+    c_.positions = cfg_int(config, "max_position_embeddings", 2048);
+    c_.eps = cfg_double(config, "rms_norm_eps", 1e-6);
+    c_.rope_theta = read_rope_theta(config);
+    c_.tied = cfg_bool(config, "tie_word_embeddings", false);
+    c_.attention_bias = cfg_bool(config, "attention_bias", false);
+    c_.mlp_bias = cfg_bool(config, "mlp_bias", false);
+    std::string act = cfg_string(config, "hidden_act", "silu");
+    if (act != "silu")
+      throw Error(msg("config key 'hidden_act': unsupported ", quote(act), " (supported: silu)"));
+    RECAST_CHECK(c_.head_dim % 2 == 0, "config: head_dim ", c_.head_dim,
+                 " must be even for rotary embeddings");
+    model_ = register_module("model", Body(c_));
+    if (!c_.tied) {
+      lm_head_ = register_module(
+          "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c_.width, c_.vocab).bias(false)));
+    }
+  }
+
+  Task task() const override { return Task::CausalLM; }
+  std::vector<std::string> tied_names() const override {
+    return c_.tied ? std::vector<std::string>{"lm_head.weight"} : std::vector<std::string>{};
+  }
+  bool ignorable(const std::string& name) const override {
+    return name.find(".rotary_emb.inv_freq") != std::string::npos;
+  }
+
+  at::Tensor forward(const Batch& batch, Recorder* rec, KVCache* cache) override {
+    const int64_t offset = cache ? cache->length() : 0;
+    const at::Tensor ids =
+        check_input_ids(batch, c_.vocab, std::numeric_limits<int64_t>::max(), offset);
+    ops::AttentionMask mask = decoder_mask(batch, ids, offset);
+    at::Tensor x = model_->embed_tokens(ids);
+    auto [cos, sin] = rotary(offset, ids.size(1), x);
+    for (size_t i = 0; i < model_->layers->size(); ++i) {
+      x = model_->layers[i]->as<Layer>()->forward(x, cos, sin, mask, cache);
+      if (rec) rec->record(msg("model.layers.", i), x);
+    }
+    x = model_->norm(x);
+    if (rec) rec->record("model.norm", x);
+    return c_.tied ? at::linear(x, model_->embed_tokens->weight) : lm_head_(x);
+  }
+
+  Batch example_batch(int64_t batch_size, uint64_t seed) const override {
+    auto gen = at::detail::createCPUGenerator(seed);
+    return {at::randint(c_.vocab, {batch_size, 16}, gen, at::kLong), {}, {}};
+  }
+
+ private:
+  // cos, sin [1, 1, T, head_dim] for positions [offset, offset + T), in fp32 as
+  // transformers computes them, then cast to the activations' dtype.
+  std::pair<at::Tensor, at::Tensor> rotary(int64_t offset, int64_t t,
+                                           const at::Tensor& like) const {
+    auto f32 = at::TensorOptions().dtype(at::kFloat).device(like.device());
+    at::Tensor exponents = at::arange(0, c_.head_dim, 2, f32.dtype(at::kLong)).to(at::kFloat) /
+                           static_cast<double>(c_.head_dim);
+    at::Tensor inv_freq = 1.0 / at::pow(c_.rope_theta, exponents);
+    at::Tensor pos = at::arange(offset, offset + t, f32.dtype(at::kLong)).to(at::kFloat);
+    at::Tensor freqs = at::outer(pos, inv_freq);
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    return {emb.cos().to(like.scalar_type()).view({1, 1, t, c_.head_dim}),
+            emb.sin().to(like.scalar_type()).view({1, 1, t, c_.head_dim})};
+  }
+
+  LlamaConfig c_;
+  Body model_{nullptr};
+  torch::nn::Linear lm_head_{nullptr};
+};
+
+}  // namespace
+
+void register_llama(Registry<ModelFactory>& r) {
+  r.add("llama", "Llama-style decoder (transformers LlamaForCausalLM: RMSNorm, RoPE, SwiGLU, GQA)",
+        [](const nlohmann::json& c) { return std::make_shared<Llama>(c); });
+}
+
+}  // namespace recast::models

@@ -1,0 +1,284 @@
+#include "recast/models/model.h"
+
+#include "recast/core/error.h"
+#include "recast/core/log.h"
+#include "recast/io/file.h"
+#include "recast/io/json_strict.h"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <mutex>
+#include <set>
+
+namespace fs = std::filesystem;
+
+namespace recast::models {
+
+Recorder::Recorder(const std::string& pattern) {
+  try {
+    pattern_ = std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw UsageError(
+        msg("--dump: invalid regular expression ", quote(pattern), " (", e.what(), ")"));
+  }
+}
+
+void Recorder::record(const std::string& name, const at::Tensor& value) {
+  if (wants(name))
+    tensors_.emplace_back(name, value.detach().to(at::kCPU, at::kFloat).contiguous());
+}
+
+Registry<ModelFactory>& model_registry() {
+  static Registry<ModelFactory> registry("model");
+  static std::once_flag once;
+  std::call_once(once, [] {
+    register_gpt2(registry);
+    register_llama(registry);
+    register_resnet(registry);
+    register_vit(registry);
+  });
+  return registry;
+}
+
+namespace {
+
+// Families configured the transformers way (top-level keys); the others are
+// timm architectures (defaults + model_args).
+bool is_transformers_arch(const std::string& arch) {
+  return arch == "gpt2" || arch == "llama";
+}
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// "key=value": the value is read as JSON when it parses, else as a string.
+void apply_overrides(nlohmann::json& config, const std::string& arch,
+                     const std::vector<std::string>& sets) {
+  for (const std::string& kv : sets) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw UsageError(msg("--set ", quote(kv), ": expected key=value"));
+    }
+    std::string key = kv.substr(0, eq);
+    std::string text = kv.substr(eq + 1);
+    nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (value.is_discarded()) value = text;
+    if (is_transformers_arch(arch)) {
+      config[key] = value;
+    } else {
+      config["model_args"][key] = value;
+      if (key == "num_classes") config[key] = value;
+    }
+  }
+}
+
+}  // namespace
+
+std::string arch_from_config(const nlohmann::json& config, const std::string& source) {
+  if (!config.is_object()) throw Error(msg(source, ": expected a JSON object"));
+  auto& registry = model_registry();
+  if (config.contains("architecture") && config["architecture"].is_string()) {
+    std::string arch = config["architecture"];
+    // timm names carry a pretrained tag after a dot: "resnet50.a1_in1k".
+    arch = arch.substr(0, arch.find('.'));
+    if (!registry.contains(arch)) {
+      throw Error(msg(source, ": timm architecture ", quote(arch), " is not supported (known: ",
+                      registry.names().size(), " architectures; see 'recast list')"));
+    }
+    return arch;
+  }
+  if (config.contains("model_type") && config["model_type"].is_string()) {
+    std::string type = config["model_type"];
+    if (registry.contains(type) && is_transformers_arch(type)) return type;
+    throw Error(
+        msg(source, ": model_type ", quote(type), " is not supported (supported: gpt2, llama)"));
+  }
+  throw Error(msg(source,
+                  ": neither \"model_type\" (transformers) nor \"architecture\" (timm) "
+                  "says what the model is; pass --arch"));
+}
+
+std::string LoadReport::describe(size_t max_names) const {
+  std::string out;
+  auto list = [&](const char* what, const std::vector<std::string>& names) {
+    if (names.empty()) return;
+    out += msg(out.empty() ? "" : "; ", names.size(), " ", what, ": ");
+    for (size_t i = 0; i < names.size() && i < max_names; ++i) out += (i ? ", " : "") + names[i];
+    if (names.size() > max_names) out += msg(", ... (", names.size() - max_names, " more)");
+  };
+  list("missing", missing);
+  list("unexpected", unexpected);
+  list("mis-shaped", mismatched);
+  return out;
+}
+
+LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_cast) {
+  LoadReport report;
+  std::set<std::string> expected;
+  std::set<std::string> tied;
+  for (const auto& name : model.tied_names()) tied.insert(name);
+  torch::NoGradGuard no_grad;
+  auto load_one = [&](const std::string& name, at::Tensor& target) {
+    expected.insert(name);
+    const auto* entry = store.find(name);
+    if (entry == nullptr) {
+      if (!tied.count(name)) report.missing.push_back(name);
+      return;
+    }
+    const auto& info = *entry->info;
+    if (at::IntArrayRef(info.shape) != target.sizes()) {
+      report.mismatched.push_back(
+          msg(name, ": expected ", shape_str(target.sizes()), " found ", shape_str(info.shape)));
+      return;
+    }
+    at::Tensor source = store.tensor(name);
+    if (source.scalar_type() != target.scalar_type()) {
+      bool both_float = source.is_floating_point() && target.is_floating_point();
+      if (!allow_cast && !both_float) {
+        report.mismatched.push_back(
+            msg(name, ": expected dtype ", target.scalar_type(), " found ", source.scalar_type()));
+        return;
+      }
+    }
+    target.copy_(source);
+  };
+  for (auto& item : model.named_parameters(/*recurse=*/true)) load_one(item.key(), item.value());
+  for (auto& item : model.named_buffers(/*recurse=*/true)) load_one(item.key(), item.value());
+  for (const auto& entry : store.entries()) {
+    const std::string& name = entry.info->name;
+    if (!expected.count(name) && !model.ignorable(name)) report.unexpected.push_back(name);
+  }
+  return report;
+}
+
+ModelPtr load_model(const std::string& path, const LoadOptions& options) {
+  nlohmann::json config = nlohmann::json::object();
+  std::string arch = options.arch;
+  const bool dir = io::is_directory(path);
+  const std::string config_path = (fs::path(path) / io::kConfigName).string();
+  if (dir && io::is_regular_file(config_path)) {
+    config = io::read_json_file(config_path);
+    if (arch.empty()) arch = arch_from_config(config, config_path);
+  } else if (arch.empty()) {
+    throw UsageError(msg(path, ": ",
+                         dir ? "no config.json in this directory" : "a bare weights file",
+                         "; pass --arch NAME (see 'recast list')"));
+  }
+  auto& registry = model_registry();
+  const auto& factory = registry.get(arch).factory;
+  if (is_transformers_arch(arch)) {
+    if (!config.contains("model_type")) config["model_type"] = arch;
+  } else if (!config.contains("architecture")) {
+    config["architecture"] = arch;
+  }
+  apply_overrides(config, arch, options.set);
+
+  ModelPtr model;
+  try {
+    model = factory(config);
+  } catch (const Error& e) {
+    throw e.with_context(dir ? config_path : path);
+  }
+  io::TensorStore store = io::TensorStore::open(path);
+  LoadReport report = load_weights(*model, store);
+  if (!report.ok()) {
+    std::string text = msg(path, ": weights do not fit ", arch, ": ", report.describe());
+    if (options.strict) throw Error(text);
+    log::warn(text);
+  }
+  model->set_metadata(store.metadata());
+  model->eval();
+  return model;
+}
+
+ModelPtr create_model(const std::string& arch, const nlohmann::json& overrides) {
+  nlohmann::json config = overrides.is_object() ? overrides : nlohmann::json::object();
+  if (is_transformers_arch(arch)) {
+    config["model_type"] = arch;
+  } else {
+    config["architecture"] = arch;
+  }
+  ModelPtr model = model_registry().get(arch).factory(config);
+  model->eval();
+  return model;
+}
+
+io::NamedTensors state_dict_for_save(const Model& model) {
+  std::set<std::string> tied;
+  for (const auto& name : model.tied_names()) tied.insert(name);
+  io::NamedTensors out;
+  for (const auto& item : model.named_parameters(true)) {
+    if (!tied.count(item.key())) out.emplace_back(item.key(), item.value().detach());
+  }
+  for (const auto& item : model.named_buffers(true)) {
+    if (!tied.count(item.key())) out.emplace_back(item.key(), item.value().detach());
+  }
+  return out;
+}
+
+void save_model(const Model& model, const std::string& dir, uint64_t max_shard_bytes) {
+  fs::create_directories(dir);
+  io::save_weights(dir, state_dict_for_save(model), model.metadata(), max_shard_bytes);
+  io::write_file_atomic((fs::path(dir) / io::kConfigName).string(), model.config().dump(2) + "\n");
+}
+
+namespace {
+
+const nlohmann::json* find_key(const nlohmann::json& c, const char* key) {
+  auto it = c.find(key);
+  return it == c.end() || it->is_null() ? nullptr : &*it;
+}
+
+[[noreturn]] void bad_key(const char* key, const char* expected, const nlohmann::json& found) {
+  throw Error(msg("config key '", key, "': expected ", expected, ", found ",
+                  io::json_type_name(found), " ", found.dump()));
+}
+
+}  // namespace
+
+int64_t cfg_int(const nlohmann::json& c, const char* key, std::optional<int64_t> fallback) {
+  const auto* v = find_key(c, key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    throw Error(msg("config key '", key, "' is missing"));
+  }
+  if (!v->is_number_integer()) bad_key(key, "an integer", *v);
+  return v->get<int64_t>();
+}
+
+double cfg_double(const nlohmann::json& c, const char* key, std::optional<double> fallback) {
+  const auto* v = find_key(c, key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    throw Error(msg("config key '", key, "' is missing"));
+  }
+  if (!v->is_number()) bad_key(key, "a number", *v);
+  return v->get<double>();
+}
+
+bool cfg_bool(const nlohmann::json& c, const char* key, std::optional<bool> fallback) {
+  const auto* v = find_key(c, key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    throw Error(msg("config key '", key, "' is missing"));
+  }
+  if (!v->is_boolean()) bad_key(key, "true or false", *v);
+  return v->get<bool>();
+}
+
+std::string cfg_string(const nlohmann::json& c, const char* key,
+                       std::optional<std::string> fallback) {
+  const auto* v = find_key(c, key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    throw Error(msg("config key '", key, "' is missing"));
+  }
+  if (!v->is_string()) bad_key(key, "a string", *v);
+  return v->get<std::string>();
+}
+
+}  // namespace recast::models

@@ -1,0 +1,144 @@
+#pragma once
+
+// Models: module trees named exactly as the source checkpoint names its tensors
+// (transformers, timm, torchvision), so loading is a shape-checked copy with a
+// report of missing, unexpected and mis-shaped tensors, and saving writes the
+// source layout back bit for bit.
+
+#include "recast/core/registry.h"
+#include "recast/io/checkpoint.h"
+
+#include <torch/nn/module.h>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace recast::models {
+
+enum class Task { CausalLM, ImageClassification };
+
+// Inputs by the names transformers and timm use.
+struct Batch {
+  at::Tensor input_ids;       // int64 [B, T]
+  at::Tensor attention_mask;  // [B, T], nonzero = real token (optional)
+  at::Tensor pixel_values;    // float [B, C, H, W]
+};
+
+// Records intermediates whose stable names match a regex (`--dump`). Names are
+// the module names of the checkpoint ("transformer.h.3", "layer4", "blocks.0").
+class Recorder {
+ public:
+  explicit Recorder(const std::string& pattern);
+  bool wants(const std::string& name) const { return std::regex_search(name, pattern_); }
+  // Stores a float32 CPU copy when `name` matches.
+  void record(const std::string& name, const at::Tensor& value);
+  const io::NamedTensors& tensors() const { return tensors_; }
+
+ private:
+  std::regex pattern_;
+  io::NamedTensors tensors_;
+};
+
+// Past keys and values of a decoder, one entry per layer: [B, Hkv, T, d].
+struct KVCache {
+  std::vector<at::Tensor> keys, values;
+  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+};
+
+class Model : public torch::nn::Module {
+ public:
+  // `config` is the checkpoint's config.json (or one built from --arch);
+  // `arch` the registered architecture name.
+  Model(std::string arch, nlohmann::json config)
+      : arch_(std::move(arch)), config_(std::move(config)) {}
+
+  const std::string& arch() const { return arch_; }
+  const nlohmann::json& config() const { return config_; }
+  virtual Task task() const = 0;
+
+  // Logits: [B, T, V] for language models, [B, classes] for classifiers.
+  // Decoders extend `cache` when one is given.
+  virtual at::Tensor forward(const Batch& batch, Recorder* recorder = nullptr,
+                             KVCache* cache = nullptr) = 0;
+
+  // A random batch of the shape the model expects (smoke tests, reports).
+  virtual Batch example_batch(int64_t batch_size, uint64_t seed) const = 0;
+
+  // Checkpoint names that may be absent because they alias another tensor
+  // (a tied lm_head); they are not saved either.
+  virtual std::vector<std::string> tied_names() const { return {}; }
+  // Checkpoint tensors that carry no weights (old transformers' attention-mask
+  // buffers, cached RoPE frequencies): skipped on load, not reported.
+  virtual bool ignorable(const std::string& /*name*/) const { return false; }
+
+  // The weights file's __metadata__, written back on save (bit-exact round trip).
+  const io::Metadata& metadata() const { return metadata_; }
+  void set_metadata(io::Metadata metadata) { metadata_ = std::move(metadata); }
+
+ private:
+  std::string arch_;
+  nlohmann::json config_;
+  io::Metadata metadata_;
+};
+
+using ModelPtr = std::shared_ptr<Model>;
+using ModelFactory = std::function<ModelPtr(const nlohmann::json& config)>;
+
+// Registered architectures ("gpt2", "llama", "resnet50", "vit_tiny_patch16_224", ...).
+Registry<ModelFactory>& model_registry();
+
+// Which registered architecture a config.json describes: transformers'
+// model_type, or timm's architecture.
+std::string arch_from_config(const nlohmann::json& config, const std::string& source);
+
+struct LoadReport {
+  std::vector<std::string> missing;     // expected, absent
+  std::vector<std::string> unexpected;  // present, unknown
+  std::vector<std::string> mismatched;  // "name: expected [..] found [..]" (shape or dtype)
+  bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+  std::string describe(size_t max_names = 8) const;
+};
+
+// Copies the store's tensors into the model (converted to the parameter's
+// dtype only when `allow_cast`); never throws for name problems, reports them.
+LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_cast = false);
+
+struct LoadOptions {
+  std::string arch;              // required for a bare .safetensors file
+  std::vector<std::string> set;  // "key=value" config overrides (JSON values)
+  bool strict = true;            // missing / unexpected / mis-shaped tensors are errors
+};
+
+// Loads a checkpoint directory (config.json + weights) or a bare .safetensors
+// file with options.arch. Errors name the file and each offending tensor.
+ModelPtr load_model(const std::string& path, const LoadOptions& options = {});
+
+// Builds a model with random weights (smoke tests, benchmarks).
+ModelPtr create_model(const std::string& arch,
+                      const nlohmann::json& config = nlohmann::json::object());
+
+// The checkpoint tensors in the source layout, tied aliases left out.
+io::NamedTensors state_dict_for_save(const Model& model);
+// config.json + model.safetensors (sharded above max_shard_bytes), atomically.
+void save_model(const Model& model, const std::string& dir,
+                uint64_t max_shard_bytes = 5'000'000'000ULL);
+
+// Config helpers shared by the families: a value, or a default, with the type
+// checked and the key named on error.
+int64_t cfg_int(const nlohmann::json& c, const char* key, std::optional<int64_t> fallback = {});
+double cfg_double(const nlohmann::json& c, const char* key, std::optional<double> fallback = {});
+bool cfg_bool(const nlohmann::json& c, const char* key, std::optional<bool> fallback = {});
+std::string cfg_string(const nlohmann::json& c, const char* key,
+                       std::optional<std::string> fallback = {});
+
+// Family registration (called once by model_registry()).
+void register_gpt2(Registry<ModelFactory>& r);
+void register_llama(Registry<ModelFactory>& r);
+void register_resnet(Registry<ModelFactory>& r);
+void register_vit(Registry<ModelFactory>& r);
+
+}  // namespace recast::models

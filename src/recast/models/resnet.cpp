@@ -1,0 +1,175 @@
+// ResNet in the timm / torchvision layout: conv1, bn1, layer1..4 of BasicBlock
+// or Bottleneck (conv1..3, bn1..3, downsample.{0,1}), fc; BatchNorm with running
+// statistics; any input channels and image size. timm's architecture names carry
+// their defaults (resnet18/34: BasicBlock; resnet50/101/152: Bottleneck), which
+// model_args override (num_classes, in_chans, channels, layers).
+
+#include "recast/core/error.h"
+#include "recast/models/model.h"
+
+#include <torch/torch.h>
+
+namespace recast::models {
+namespace {
+
+namespace nn = torch::nn;
+
+struct ResNetConfig {
+  bool bottleneck;
+  std::vector<int64_t> layers, channels;
+  int64_t num_classes, in_chans;
+};
+
+nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false));
+}
+nn::BatchNorm2d bn(int64_t c) {
+  return nn::BatchNorm2d(nn::BatchNorm2dOptions(c).eps(1e-5));
+}
+
+struct BlockImpl : nn::Module {
+  BlockImpl(bool is_bottleneck, int64_t in, int64_t planes, int64_t stride)
+      : bottleneck(is_bottleneck) {
+    const int64_t out = bottleneck ? planes * 4 : planes;
+    if (bottleneck) {
+      conv1 = register_module("conv1", conv(in, planes, 1, 1));
+      bn1 = register_module("bn1", bn(planes));
+      conv2 = register_module("conv2", conv(planes, planes, 3, stride));
+      bn2 = register_module("bn2", bn(planes));
+      conv3 = register_module("conv3", conv(planes, out, 1, 1));
+      bn3 = register_module("bn3", bn(out));
+    } else {
+      conv1 = register_module("conv1", conv(in, planes, 3, stride));
+      bn1 = register_module("bn1", bn(planes));
+      conv2 = register_module("conv2", conv(planes, planes, 3, 1));
+      bn2 = register_module("bn2", bn(planes));
+    }
+    if (stride != 1 || in != out) {
+      downsample = register_module("downsample", nn::Sequential(conv(in, out, 1, stride), bn(out)));
+    }
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor y = at::relu(bn1(conv1(x)));
+    y = bn2(conv2(y));
+    if (bottleneck) y = bn3(conv3(at::relu(y)));
+    return at::relu(y + (downsample ? downsample->forward(x) : x));
+  }
+  bool bottleneck;
+  nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(Block);
+
+std::vector<int64_t> int_list(const nlohmann::json& args, const char* key,
+                              std::vector<int64_t> fallback, size_t size) {
+  auto it = args.find(key);
+  if (it == args.end() || it->is_null()) return fallback;
+  std::vector<int64_t> out;
+  if (it->is_array()) {
+    for (const auto& v : *it) {
+      if (!v.is_number_integer() || v.get<int64_t>() <= 0) break;
+      out.push_back(v.get<int64_t>());
+    }
+  }
+  if (out.size() != size || out.size() != it->size()) {
+    throw Error(
+        msg("config key '", key, "': expected ", size, " positive integers, found ", it->dump()));
+  }
+  return out;
+}
+
+class ResNet : public Model {
+ public:
+  ResNet(const std::string& arch, const nlohmann::json& config, bool bottleneck,
+         std::vector<int64_t> layers)
+      : Model(arch, config) {
+    const nlohmann::json args = config.value("model_args", nlohmann::json::object());
+    c_.bottleneck = bottleneck;
+    c_.layers = int_list(args, "layers", std::move(layers), 4);
+    c_.channels = int_list(args, "channels", {64, 128, 256, 512}, 4);
+    c_.num_classes = cfg_int(args, "num_classes", cfg_int(config, "num_classes", 1000));
+    c_.in_chans = cfg_int(args, "in_chans", 3);
+    for (const char* key :
+         {"stem_type", "output_stride", "cardinality", "base_width", "avg_down"}) {
+      const auto it = args.find(key);
+      const bool default_value = it == args.end() || it->is_null() ||
+                                 (key == std::string("stem_type") && *it == "") ||
+                                 (key == std::string("output_stride") && *it == 32) ||
+                                 (key == std::string("cardinality") && *it == 1) ||
+                                 (key == std::string("base_width") && *it == 64) ||
+                                 (key == std::string("avg_down") && *it == false);
+      if (!default_value)
+        throw Error(
+            msg("config key '", key, "': only timm's default is supported, found ", it->dump()));
+    }
+    conv1 = register_module(
+        "conv1",
+        nn::Conv2d(nn::Conv2dOptions(c_.in_chans, 64, 7).stride(2).padding(3).bias(false)));
+    bn1 = register_module("bn1", bn(64));
+    int64_t in = 64;
+    for (int s = 0; s < 4; ++s) {
+      auto stage = nn::Sequential();
+      for (int64_t b = 0; b < c_.layers[s]; ++b) {
+        const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
+        stage->push_back(Block(c_.bottleneck, in, c_.channels[s], stride));
+        in = c_.bottleneck ? c_.channels[s] * 4 : c_.channels[s];
+      }
+      stages_.push_back(register_module(msg("layer", s + 1), stage));
+    }
+    fc = register_module("fc", nn::Linear(in, c_.num_classes));
+  }
+
+  Task task() const override { return Task::ImageClassification; }
+
+  at::Tensor forward(const Batch& batch, Recorder* rec, KVCache*) override {
+    const at::Tensor& x0 = batch.pixel_values;
+    RECAST_CHECK(x0.defined(), "pixel_values: missing (a ResNet takes float [B, C, H, W])");
+    RECAST_CHECK(x0.dim() == 4 && x0.size(1) == c_.in_chans, "pixel_values: expected [B, ",
+                 c_.in_chans, ", H, W], found ", x0.sizes());
+    at::Tensor x = at::relu(bn1(conv1(x0)));
+    x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      x = stages_[s]->forward(x);
+      if (rec) rec->record(msg("layer", s + 1), x);
+    }
+    x = x.mean({2, 3});
+    if (rec) rec->record("global_pool", x);
+    return fc(x);
+  }
+
+  Batch example_batch(int64_t batch_size, uint64_t seed) const override {
+    auto gen = at::detail::createCPUGenerator(seed);
+    return {{}, {}, at::randn({batch_size, c_.in_chans, 64, 64}, gen, at::kFloat)};
+  }
+
+ private:
+  ResNetConfig c_;
+  nn::Conv2d conv1{nullptr};
+  nn::BatchNorm2d bn1{nullptr};
+  std::vector<nn::Sequential> stages_;
+  nn::Linear fc{nullptr};
+};
+
+}  // namespace
+
+void register_resnet(Registry<ModelFactory>& r) {
+  struct Arch {
+    const char* name;
+    bool bottleneck;
+    std::vector<int64_t> layers;
+  };
+  for (const Arch& a :
+       {Arch{"resnet18", false, {2, 2, 2, 2}}, Arch{"resnet34", false, {3, 4, 6, 3}},
+        Arch{"resnet50", true, {3, 4, 6, 3}}, Arch{"resnet101", true, {3, 4, 23, 3}},
+        Arch{"resnet152", true, {3, 8, 36, 3}}}) {
+    std::string summary =
+        msg("ResNet (timm/torchvision layout), ", a.bottleneck ? "Bottleneck" : "BasicBlock",
+            " blocks [", a.layers[0], ", ", a.layers[1], ", ", a.layers[2], ", ", a.layers[3], "]");
+    r.add(a.name, summary, [a](const nlohmann::json& c) {
+      return std::make_shared<ResNet>(a.name, c, a.bottleneck, a.layers);
+    });
+  }
+}
+
+}  // namespace recast::models

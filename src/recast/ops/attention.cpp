@@ -1,0 +1,96 @@
+#include "recast/ops/attention.h"
+
+#include "recast/core/error.h"
+#include "recast/core/torch_compat.h"
+
+#include <cmath>
+#include <limits>
+
+namespace recast::ops {
+
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n) {
+  if (n == 1) return x;
+  auto s = x.sizes();
+  return x.unsqueeze(2).expand({s[0], s[1], n, s[2], s[3]}).reshape({s[0], s[1] * n, s[2], s[3]});
+}
+
+namespace {
+
+// The most negative finite value of `dtype` (torch.finfo(dtype).min).
+double lowest(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return std::numeric_limits<double>::lowest();
+    case at::kHalf: return -65504.0;
+    case at::kBFloat16: return -3.3895313892515355e38;
+    default: return std::numeric_limits<float>::lowest();
+  }
+}
+
+}  // namespace
+
+at::Tensor additive_mask(const AttentionMask& mask, int64_t tq, int64_t tk, at::ScalarType dtype,
+                         at::Device device) {
+  if (!mask.causal && !mask.key_padding.defined()) return {};
+  auto opts = at::TensorOptions().device(device);
+  at::Tensor keep = at::ones({1, 1, tq, tk}, opts.dtype(at::kBool));
+  if (mask.causal) {
+    // query i (absolute position offset + i) sees keys j <= offset + i
+    at::Tensor qpos = at::arange(tq, opts.dtype(at::kLong)).unsqueeze(1) + mask.query_offset;
+    at::Tensor kpos = at::arange(tk, opts.dtype(at::kLong)).unsqueeze(0);
+    keep = keep & (kpos <= qpos).view({1, 1, tq, tk});
+  }
+  if (mask.key_padding.defined()) {
+    RECAST_CHECK(mask.key_padding.dim() == 2 && mask.key_padding.size(1) == tk,
+                 "attention_mask: expected [B, ", tk, "], found ", mask.key_padding.sizes());
+    keep = keep & mask.key_padding.to(device, at::kBool).view({-1, 1, 1, tk});
+  }
+  return at::zeros(keep.sizes(), opts.dtype(dtype)).masked_fill(keep.logical_not(), lowest(dtype));
+}
+
+namespace {
+
+void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  RECAST_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+               "attention: expected 4-d q, k, v, found ", q.sizes(), ", ", k.sizes(), ", ",
+               v.sizes());
+  RECAST_CHECK(k.sizes() == v.sizes(), "attention: k ", k.sizes(), " and v ", v.sizes(), " differ");
+  RECAST_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0,
+               "attention: q ", q.sizes(), " does not fit k ", k.sizes());
+}
+
+}  // namespace
+
+at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const AttentionMask& mask, std::optional<double> scale) {
+  check_shapes(q, k, v);
+  const int64_t groups = q.size(1) / k.size(1);
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  at::Tensor kk = repeat_kv(k, groups);
+  at::Tensor vv = repeat_kv(v, groups);
+  at::Tensor scores = at::matmul(q, kk.transpose(-2, -1)) * s;
+  at::Tensor m = additive_mask(mask, q.size(2), k.size(2), scores.scalar_type(), q.device());
+  if (m.defined()) scores = scores + m;
+  at::Tensor p = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  return at::matmul(p, vv);
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const AttentionMask& mask, std::optional<double> scale) {
+#if RECAST_HAS_SDPA
+  check_shapes(q, k, v);
+  const int64_t groups = q.size(1) / k.size(1);
+  at::Tensor kk = repeat_kv(k, groups);
+  at::Tensor vv = repeat_kv(v, groups);
+  const bool plain_causal = mask.causal && !mask.key_padding.defined() && mask.query_offset == 0 &&
+                            q.size(2) == k.size(2);
+  at::Tensor m;
+  if (!plain_causal) m = additive_mask(mask, q.size(2), k.size(2), q.scalar_type(), q.device());
+  return at::scaled_dot_product_attention(q, kk, vv,
+                                          m.defined() ? std::optional<at::Tensor>(m) : std::nullopt,
+                                          0.0, plain_causal, scale);
+#else
+  return attention_reference(q, k, v, mask, scale);
+#endif
+}
+
+}  // namespace recast::ops

@@ -1,0 +1,43 @@
+#pragma once
+
+// Softmax attention: the reference (math) path and the fused path
+// (at::scaled_dot_product_attention, LibTorch >= 2.0), which must agree.
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace recast::ops {
+
+// Which keys each query may see.
+struct AttentionMask {
+  bool causal = false;
+  // Bool [B, Tk], true = a real token (transformers' attention_mask != 0).
+  at::Tensor key_padding;
+  // Queries sit at absolute positions [offset, offset + Tq) among the keys
+  // (KV-cache decoding); only used with `causal`.
+  int64_t query_offset = 0;
+};
+
+// q: [B, H, Tq, d]; k, v: [B, Hkv, Tk, d] with H a multiple of Hkv (grouped-
+// query attention: each key/value head serves H / Hkv query heads).
+// Returns [B, H, Tq, d]. `scale` defaults to d^-0.5. Masked scores are set to
+// the dtype's lowest value, as transformers does, so a row with every key
+// masked yields a uniform average instead of NaN.
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const AttentionMask& mask, std::optional<double> scale = std::nullopt);
+
+// The obviously-right path: scores in fp32, explicit mask, softmax, product.
+at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const AttentionMask& mask,
+                               std::optional<double> scale = std::nullopt);
+
+// [B, 1, Tq, Tk] additive mask (0 or lowest) for `mask`, or an undefined
+// tensor when nothing is masked.
+at::Tensor additive_mask(const AttentionMask& mask, int64_t tq, int64_t tk, at::ScalarType dtype,
+                         at::Device device);
+
+// Repeats key/value heads [B, Hkv, T, d] -> [B, Hkv * n, T, d].
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n);
+
+}  // namespace recast::ops

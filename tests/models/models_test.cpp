@@ -1,0 +1,203 @@
+// The model zoo against its reference libraries: every fixture in
+// tests/fixtures (made by tools/make_fixtures.py with transformers / timm) is
+// loaded, run, and compared in fp32 (relative error <= 1e-5: max |ours - ref|
+// over max |ref|), intermediates included; load -> save is bit-exact; KV-cache
+// decoding equals the full forward; every registered architecture runs forward
+// and backward with random weights; bad checkpoints and inputs give errors that
+// name the tensor.
+
+#include "recast/core/error.h"
+#include "recast/io/checkpoint.h"
+#include "recast/io/json_strict.h"
+#include "recast/models/model.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+namespace recast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kFixtures = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures";
+
+double relative_error(const at::Tensor& ours, const at::Tensor& ref) {
+  at::Tensor a = ours.to(at::kDouble), b = ref.to(at::kDouble);
+  double scale = b.abs().max().item<double>();
+  return (a - b).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
+}
+
+std::vector<std::string> fixture_names() {
+  auto manifest = io::read_json_file(kFixtures + "/manifest.json");
+  return manifest["fixtures"].get<std::vector<std::string>>();
+}
+
+models::Batch read_inputs(const std::string& dir) {
+  io::TensorStore inputs = io::TensorStore::open(dir + "/inputs.safetensors");
+  models::Batch batch;
+  if (inputs.find("input_ids")) batch.input_ids = inputs.tensor("input_ids", true);
+  if (inputs.find("attention_mask")) batch.attention_mask = inputs.tensor("attention_mask", true);
+  if (inputs.find("pixel_values")) batch.pixel_values = inputs.tensor("pixel_values", true);
+  return batch;
+}
+
+class Fixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Fixture, MatchesReferenceLibraryInFp32) {
+  const std::string dir = kFixtures + "/" + GetParam();
+  models::ModelPtr model = models::load_model(dir);
+  models::Recorder recorder(".*");
+  torch::NoGradGuard no_grad;
+  at::Tensor logits = model->forward(read_inputs(dir), &recorder);
+  io::TensorStore ref = io::TensorStore::open(dir + "/outputs.safetensors");
+  double err = relative_error(logits, ref.tensor("logits"));
+  EXPECT_LE(err, 1e-5) << GetParam() << " logits";
+  int compared = 0;
+  for (const auto& [name, value] : recorder.tensors()) {
+    if (!ref.find(name)) continue;
+    double e = relative_error(value, ref.tensor(name));
+    EXPECT_LE(e, 1e-5) << GetParam() << " intermediate " << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared + 1, static_cast<int>(ref.entries().size()))
+      << "every reference intermediate has a recast counterpart";
+  std::printf("[ %-18s ] logits rel err %.2e, %d intermediates compared\n", GetParam().c_str(), err,
+              compared);
+}
+
+TEST_P(Fixture, LoadThenSaveIsBitExact) {
+  const std::string dir = kFixtures + "/" + GetParam();
+  models::ModelPtr model = models::load_model(dir);
+  TempDir out;
+  models::save_model(*model, out.path());
+  EXPECT_EQ(read_bytes(out.file("model.safetensors")), read_bytes(dir + "/model.safetensors"));
+  models::ModelPtr again = models::load_model(out.path());
+  EXPECT_EQ(again->arch(), model->arch());
+}
+
+INSTANTIATE_TEST_SUITE_P(Reference, Fixture, ::testing::ValuesIn(fixture_names()),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+TEST(Models, BareSafetensorsFileWithArchAndOverrides) {
+  const std::string dir = kFixtures + "/resnet18_timm";
+  models::ModelPtr model = models::load_model(
+      dir + "/model.safetensors",
+      {"resnet18", {"num_classes=10", "in_chans=1", "channels=[8,16,32,64]"}, true});
+  torch::NoGradGuard no_grad;
+  at::Tensor logits = model->forward(read_inputs(dir));
+  io::TensorStore ref = io::TensorStore::open(dir + "/outputs.safetensors");
+  EXPECT_LE(relative_error(logits, ref.tensor("logits")), 1e-5);
+}
+
+TEST(Models, KvCacheDecodingEqualsFullForward) {
+  for (const char* name : {"gpt2", "llama_gqa", "llama_tied_headdim"}) {
+    models::ModelPtr model = models::load_model(kFixtures + "/" + name);
+    torch::NoGradGuard no_grad;
+    at::Tensor ids = read_inputs(kFixtures + "/" + name).input_ids;
+    at::Tensor full = model->forward({ids, {}, {}});
+    models::KVCache cache;
+    std::vector<at::Tensor> steps = {model->forward({ids.slice(1, 0, 5), {}, {}}, nullptr, &cache)};
+    for (int64_t t = 5; t < ids.size(1); ++t) {
+      steps.push_back(model->forward({ids.slice(1, t, t + 1), {}, {}}, nullptr, &cache));
+    }
+    EXPECT_EQ(cache.length(), ids.size(1));
+    EXPECT_LE(relative_error(at::cat(steps, 1), full), 1e-5) << name;
+  }
+}
+
+// Small configurations so that every registered architecture runs quickly;
+// the layer counts and block types stay those of the name.
+nlohmann::json smoke_config(const std::string& arch) {
+  if (arch == "gpt2") return {{"n_layer", 2}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 50}};
+  if (arch == "llama") {
+    return {{"num_hidden_layers", 2},   {"hidden_size", 32},        {"intermediate_size", 48},
+            {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 50}};
+  }
+  if (arch.rfind("resnet", 0) == 0)
+    return {{"model_args", {{"channels", {4, 8, 8, 8}}, {"num_classes", 5}}}};
+  return {{"model_args", {{"img_size", 32}, {"depth", 2}, {"num_classes", 5}}}};
+}
+
+TEST(Models, EveryRegisteredArchitectureRunsForwardAndBackward) {
+  auto names = models::model_registry().names();
+  EXPECT_GE(names.size(), 4u);
+  for (const std::string& arch : names) {
+    SCOPED_TRACE(arch);
+    models::ModelPtr model = models::create_model(arch, smoke_config(arch));
+    model->train();
+    at::Tensor logits = model->forward(model->example_batch(2, 7));
+    ASSERT_TRUE(at::isfinite(logits).all().item<bool>());
+    logits.pow(2).mean().backward();
+    int64_t with_grad = 0;
+    for (const auto& p : model->parameters()) {
+      if (!p.grad().defined()) continue;
+      ASSERT_TRUE(at::isfinite(p.grad()).all().item<bool>());
+      ++with_grad;
+    }
+    EXPECT_GT(with_grad, 0);
+  }
+}
+
+std::string load_error(const std::string& path, const models::LoadOptions& options = {}) {
+  try {
+    models::load_model(path, options);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << path << " loaded";
+  return "";
+}
+
+TEST(Models, LoadErrorsNameTheTensorsAndExpectedShapes) {
+  const std::string src = kFixtures + "/gpt2";
+  TempDir dir;
+  fs::copy_file(src + "/config.json", dir.file("config.json"));
+  io::TensorStore store = io::TensorStore::open(src);
+  io::NamedTensors tensors = store.load_all(/*copy=*/true);
+  for (auto& [name, t] : tensors) {
+    if (name == "transformer.h.1.mlp.c_fc.weight") t = t.narrow(1, 0, 10).contiguous();
+  }
+  tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+                               [](const auto& nt) { return nt.first == "transformer.ln_f.bias"; }),
+                tensors.end());
+  tensors.emplace_back("transformer.extra.weight", at::ones({2}));
+  io::save_weights(dir.path(), tensors);
+  std::string error = load_error(dir.path());
+  EXPECT_NE(error.find("1 missing: transformer.ln_f.bias"), std::string::npos) << error;
+  EXPECT_NE(error.find("1 unexpected: transformer.extra.weight"), std::string::npos) << error;
+  EXPECT_NE(error.find("transformer.h.1.mlp.c_fc.weight: expected [48, 192] found [48, 10]"),
+            std::string::npos)
+      << error;
+
+  EXPECT_NE(load_error(src + "/model.safetensors").find("--arch"), std::string::npos);
+  EXPECT_NE(
+      load_error(src, {"nonexistent_arch", {}, true}).find("unknown model 'nonexistent_arch'"),
+      std::string::npos);
+}
+
+TEST(Models, BadConfigsAndInputsAreNamed) {
+  TempDir dir;
+  fs::copy_file(kFixtures + "/llama_gqa/model.safetensors", dir.file("model.safetensors"));
+  auto config = io::read_json_file(kFixtures + "/llama_gqa/config.json");
+  config["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}};
+  write_bytes(dir.file("config.json"), config.dump());
+  EXPECT_NE(load_error(dir.path()).find("rope_type 'yarn' is not supported"), std::string::npos);
+
+  models::ModelPtr model = models::load_model(kFixtures + "/gpt2");
+  at::Tensor ids = at::tensor({1, 2, 96}, at::kLong).view({1, 3});
+  try {
+    model->forward({ids, {}, {}});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 96 at [0, 2] is outside the vocabulary [0, 96)"),
+              std::string::npos)
+        << e.what();
+  }
+  models::ModelPtr vit = models::load_model(kFixtures + "/vit_tiny_timm");
+  EXPECT_THROW(vit->forward({{}, {}, at::zeros({1, 3, 48, 48})}), Error);
+}
+
+}  // namespace
+}  // namespace recast::testing
