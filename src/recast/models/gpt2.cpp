@@ -45,11 +45,11 @@ at::Tensor activate(const std::string& name, const at::Tensor& x) {
 }
 
 struct AttentionImpl : torch::nn::Module {
-  AttentionImpl(const Gpt2Config& c, int64_t layer) : heads(c.heads), layer(layer) {
+  AttentionImpl(const Gpt2Config& c, int64_t layer_index) : heads(c.heads), layer(layer_index) {
     c_attn = register_module("c_attn", Conv1D(c.width, 3 * c.width));
     c_proj = register_module("c_proj", Conv1D(c.width, c.width));
     scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
-    if (c.scale_by_layer) scale /= static_cast<double>(layer + 1);
+    if (c.scale_by_layer) scale /= static_cast<double>(layer_index + 1);
   }
   at::Tensor forward(const at::Tensor& x, ops::AttentionMask mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1), w = x.size(2), d = w / heads;

@@ -38,7 +38,7 @@ double read_rope_theta(const nlohmann::json& config) {
 }
 
 struct RMSNormImpl : torch::nn::Module {
-  RMSNormImpl(int64_t width, double eps) : eps(eps) {
+  RMSNormImpl(int64_t width, double epsilon) : eps(epsilon) {
     weight = register_parameter("weight", torch::ones({width}));
   }
   at::Tensor forward(const at::Tensor& x) {
@@ -57,7 +57,7 @@ at::Tensor rotate_half(const at::Tensor& x) {
 }
 
 struct AttentionImpl : torch::nn::Module {
-  AttentionImpl(const LlamaConfig& c, int64_t layer) : c(c), layer(layer) {
+  AttentionImpl(const LlamaConfig& config, int64_t layer_index) : c(config), layer(layer_index) {
     auto lin = [&](int64_t in, int64_t out) {
       return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(c.attention_bias));
     };
