@@ -25,15 +25,24 @@ int main(int argc, char** argv) {
   int64_t batch = 8, seq = 1024, warmup = 5, iters = 20;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
-    if (a == "--model") model_path = v;
-    else if (a == "--arch") arch = v;
-    else if (a == "--set") sets.push_back(v);
-    else if (a == "--batch") batch = std::stoll(v);
-    else if (a == "--seq") seq = std::stoll(v);
-    else if (a == "--device") device = v;
-    else if (a == "--dtype") dtype = v;
-    else if (a == "--warmup") warmup = std::stoll(v);
-    else if (a == "--iters") iters = std::stoll(v);
+    if (a == "--model")
+      model_path = v;
+    else if (a == "--arch")
+      arch = v;
+    else if (a == "--set")
+      sets.push_back(v);
+    else if (a == "--batch")
+      batch = std::stoll(v);
+    else if (a == "--seq")
+      seq = std::stoll(v);
+    else if (a == "--device")
+      device = v;
+    else if (a == "--dtype")
+      dtype = v;
+    else if (a == "--warmup")
+      warmup = std::stoll(v);
+    else if (a == "--iters")
+      iters = std::stoll(v);
     else {
       std::fprintf(stderr, "bench_forward: unknown option %s\n", a.c_str());
       return 2;
@@ -42,9 +51,9 @@ int main(int argc, char** argv) {
   try {
     const c10::Device dev = recast::select_device(device);
     const c10::ScalarType type = recast::parse_dtype(dtype);
-    recast::models::ModelPtr model = model_path.empty()
-                                         ? recast::models::create_model(arch)
-                                         : recast::models::load_model(model_path, {arch, sets, true});
+    recast::models::ModelPtr model =
+        model_path.empty() ? recast::models::create_model(arch)
+                           : recast::models::load_model(model_path, {arch, sets, true});
     model->to(dev, type);
     model->eval();
     torch::NoGradGuard no_grad;
@@ -71,14 +80,16 @@ int main(int argc, char** argv) {
       auto t0 = std::chrono::steady_clock::now();
       at::Tensor logits = model->forward(b);
       sync();
-      double elapsed = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      double elapsed =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (i >= warmup) ms.push_back(elapsed);
     }
     std::sort(ms.begin(), ms.end());
     const double median = ms[ms.size() / 2];
     const double items = lm ? static_cast<double>(batch * seq) : static_cast<double>(batch);
-    std::printf("{\"ms_median\": %.4f, \"ms_min\": %.4f, \"items_per_s\": %.1f, \"unit\": \"%s\"}\n",
-                median, ms.front(), items / (median / 1000.0), lm ? "tokens" : "images");
+    std::printf(
+        "{\"ms_median\": %.4f, \"ms_min\": %.4f, \"items_per_s\": %.1f, \"unit\": \"%s\"}\n",
+        median, ms.front(), items / (median / 1000.0), lm ? "tokens" : "images");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_forward: error: %s\n", e.what());

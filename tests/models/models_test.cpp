@@ -177,6 +177,26 @@ TEST(Models, LoadErrorsNameTheTensorsAndExpectedShapes) {
       std::string::npos);
 }
 
+TEST(Models, ReadsTransformers4StyleConfigs) {
+  // transformers 4.x keeps rope_theta at the top level (rope_scaling null);
+  // 5.x moves it into rope_parameters. Both must give the same model.
+  const std::string src = kFixtures + "/llama_gqa";
+  TempDir dir;
+  fs::copy_file(src + "/model.safetensors", dir.file("model.safetensors"));
+  auto config = io::read_json_file(src + "/config.json");
+  double theta = config["rope_parameters"]["rope_theta"];
+  config.erase("rope_parameters");
+  config["rope_theta"] = theta;
+  config["rope_scaling"] = nullptr;
+  config["transformers_version"] = "4.46.0";
+  write_bytes(dir.file("config.json"), config.dump());
+  torch::NoGradGuard no_grad;
+  models::Batch batch = read_inputs(src);
+  at::Tensor v4 = models::load_model(dir.path())->forward(batch);
+  at::Tensor v5 = models::load_model(src)->forward(batch);
+  EXPECT_TRUE(at::equal(v4, v5));
+}
+
 TEST(Models, BadConfigsAndInputsAreNamed) {
   TempDir dir;
   fs::copy_file(kFixtures + "/llama_gqa/model.safetensors", dir.file("model.safetensors"));

@@ -23,6 +23,7 @@ namespace {
 struct ForwardOptions {
   std::string model, input, output, dump, arch, device = "cpu", dtype = "f32";
   std::vector<std::string> set;
+  bool tf32 = false;
 };
 
 models::Batch read_batch(const std::string& path, const models::Model& model) {
@@ -61,6 +62,7 @@ models::Batch read_batch(const std::string& path, const models::Model& model) {
 int run_forward(const ForwardOptions& o) {
   const c10::Device device = select_device(o.device);
   const c10::ScalarType dtype = parse_dtype(o.dtype);
+  set_tf32(o.tf32);
   std::unique_ptr<models::Recorder> recorder;
   if (!o.dump.empty()) recorder = std::make_unique<models::Recorder>(o.dump);
   models::ModelPtr model = models::load_model(o.model, {o.arch, o.set, true});
@@ -105,6 +107,8 @@ Runner add_forward(CLI::App& app) {
   cmd->add_option("--set", o->set, "Override a config value: key=value (JSON value); repeatable");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16 (default f32)");
+  cmd->add_flag("--tf32", o->tf32,
+                "Let CUDA fp32 products and convolutions use TF32 (faster, ~1e-4 error)");
   return [o] { return run_forward(*o); };
 }
 

@@ -2,9 +2,15 @@
 
 #include "recast/core/error.h"
 
+#include <ATen/Context.h>
 #include <torch/cuda.h>
 
 namespace recast {
+
+void set_tf32(bool allow_tf32) {
+  at::globalContext().setAllowTF32CuBLAS(allow_tf32);
+  at::globalContext().setAllowTF32CuDNN(allow_tf32);
+}
 
 bool cuda_available() {
   return torch::cuda::is_available();

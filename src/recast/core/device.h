@@ -19,4 +19,9 @@ c10::ScalarType parse_dtype(std::string_view spec);
 std::string dtype_flag_name(c10::ScalarType type);
 bool cuda_available();
 
+// fp32 means fp32: LibTorch lets cuDNN convolutions use TF32 (10-bit mantissa)
+// by default, which moves ResNet logits by ~1e-4. recast turns TF32 off for
+// cuBLAS and cuDNN unless `allow_tf32` (the verbs' --tf32 flag).
+void set_tf32(bool allow_tf32);
+
 }  // namespace recast
