@@ -17,7 +17,6 @@
 Writes OUT_DIR/gpu-models.json and OUT_DIR/gpu-models.md.
 """
 
-import inspect
 import json
 import subprocess
 import sys
@@ -30,10 +29,7 @@ import torch
 import torchvision
 import transformers
 
-try:
-    from timm.models._hub import save_for_hf
-except ImportError:
-    from timm.models.hub import save_for_hf
+from make_fixtures import llama_config, perturb, save_for_hf  # tools/, beside this script
 
 BUILD = Path(sys.argv[1])
 OUT = Path(sys.argv[2])
@@ -47,26 +43,6 @@ torch.backends.cudnn.allow_tf32 = False
 def rel(a, b):
     a, b = a.double().cpu(), b.double().cpu()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def perturb(model, seed=7):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) * 0.5 + 0.75)
-
-
-def llama_config(rope_theta, **kw):
-    if "rope_parameters" in inspect.signature(transformers.LlamaConfig.__init__).parameters:
-        kw["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
-    else:
-        kw["rope_theta"] = rope_theta
-    return transformers.LlamaConfig(**kw)
 
 
 def recast_forward(model_dir, inputs_path, out_path, device, dtype, extra=()):

@@ -36,8 +36,9 @@ except ImportError:  # timm < 0.9
 SEED = 20261123
 
 
-def perturb(model, scale=0.02):
-    g = torch.Generator().manual_seed(SEED)
+def perturb(model, seed=SEED, scale=0.02):
+    """Adds noise to every parameter and randomises BatchNorm statistics."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)

@@ -2,6 +2,8 @@
 
 #include "recast/core/error.h"
 
+#include <torch/torch.h>
+
 namespace recast::models {
 
 at::Tensor check_input_ids(const Batch& batch, int64_t vocab, int64_t max_positions,
@@ -50,6 +52,22 @@ std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const
   ck = ck.defined() ? at::cat({ck, k}, 2) : k;
   cv = cv.defined() ? at::cat({cv, v}, 2) : v;
   return {ck, cv};
+}
+
+void LmHead::init(torch::nn::Module& owner, int64_t width, int64_t vocab, bool tied) {
+  tied_ = tied;
+  if (!tied) {
+    linear_ = owner.register_module(
+        "lm_head", torch::nn::Linear(torch::nn::LinearOptions(width, vocab).bias(false)));
+  }
+}
+
+at::Tensor LmHead::operator()(const at::Tensor& x, const at::Tensor& embedding) const {
+  return tied_ ? at::linear(x, embedding) : at::linear(x, linear_->weight);
+}
+
+std::vector<std::string> LmHead::tied_names() const {
+  return tied_ ? std::vector<std::string>{"lm_head.weight"} : std::vector<std::string>{};
 }
 
 }  // namespace recast::models

@@ -5,6 +5,8 @@
 #include "recast/models/model.h"
 #include "recast/ops/attention.h"
 
+#include <torch/nn/modules/linear.h>
+
 #include <utility>
 
 namespace recast::models {
@@ -21,5 +23,19 @@ ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64
 // returns the whole history.
 std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
                                             const at::Tensor& v);
+
+// The output projection: tied to the token embedding (no tensor of its own,
+// absent from the checkpoint) or a bias-free Linear registered as "lm_head".
+class LmHead {
+ public:
+  void init(torch::nn::Module& owner, int64_t width, int64_t vocab, bool tied);
+  // x: [B, T, width] -> logits [B, T, vocab]
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& embedding) const;
+  std::vector<std::string> tied_names() const;
+
+ private:
+  bool tied_ = true;
+  torch::nn::Linear linear_{nullptr};
+};
 
 }  // namespace recast::models

@@ -132,16 +132,11 @@ class Gpt2 : public Model {
                  " is not a multiple of n_head ", c_.heads);
     activate(c_.activation, at::zeros({1}));  // rejects unknown activations now
     transformer_ = register_module("transformer", Transformer(c_));
-    if (!c_.tied) {
-      lm_head_ = register_module(
-          "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c_.width, c_.vocab).bias(false)));
-    }
+    lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
   }
 
   Task task() const override { return Task::CausalLM; }
-  std::vector<std::string> tied_names() const override {
-    return c_.tied ? std::vector<std::string>{"lm_head.weight"} : std::vector<std::string>{};
-  }
+  std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
   bool ignorable(const std::string& name) const override {
     auto ends = [&](const char* s) {
       std::string suffix(s);
@@ -163,7 +158,7 @@ class Gpt2 : public Model {
     }
     x = transformer_->ln_f(x);
     if (rec) rec->record("transformer.ln_f", x);
-    return c_.tied ? at::linear(x, transformer_->wte->weight) : lm_head_(x);
+    return lm_head_(x, transformer_->wte->weight);
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
@@ -177,7 +172,7 @@ class Gpt2 : public Model {
  private:
   Gpt2Config c_;
   Transformer transformer_{nullptr};
-  torch::nn::Linear lm_head_{nullptr};
+  LmHead lm_head_;
 };
 
 }  // namespace

@@ -155,16 +155,11 @@ class Llama : public Model {
     RECAST_CHECK(c_.head_dim % 2 == 0, "config: head_dim ", c_.head_dim,
                  " must be even for rotary embeddings");
     model_ = register_module("model", Body(c_));
-    if (!c_.tied) {
-      lm_head_ = register_module(
-          "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c_.width, c_.vocab).bias(false)));
-    }
+    lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
   }
 
   Task task() const override { return Task::CausalLM; }
-  std::vector<std::string> tied_names() const override {
-    return c_.tied ? std::vector<std::string>{"lm_head.weight"} : std::vector<std::string>{};
-  }
+  std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
   bool ignorable(const std::string& name) const override {
     return name.find(".rotary_emb.inv_freq") != std::string::npos;
   }
@@ -182,7 +177,7 @@ class Llama : public Model {
     }
     x = model_->norm(x);
     if (rec) rec->record("model.norm", x);
-    return c_.tied ? at::linear(x, model_->embed_tokens->weight) : lm_head_(x);
+    return lm_head_(x, model_->embed_tokens->weight);
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
@@ -208,7 +203,7 @@ class Llama : public Model {
 
   LlamaConfig c_;
   Body model_{nullptr};
-  torch::nn::Linear lm_head_{nullptr};
+  LmHead lm_head_;
 };
 
 }  // namespace

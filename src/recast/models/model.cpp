@@ -240,45 +240,35 @@ const nlohmann::json* find_key(const nlohmann::json& c, const char* key) {
 
 }  // namespace
 
-int64_t cfg_int(const nlohmann::json& c, const char* key, std::optional<int64_t> fallback) {
+// One getter for every config type: `is` checks the JSON type, `expected`
+// names it in the error.
+template <typename T>
+T cfg_value(const nlohmann::json& c, const char* key, const std::optional<T>& fallback,
+            bool (nlohmann::json::*is)() const noexcept, const char* expected) {
   const auto* v = find_key(c, key);
   if (v == nullptr) {
     if (fallback) return *fallback;
     throw Error(msg("config key '", key, "' is missing"));
   }
-  if (!v->is_number_integer()) bad_key(key, "an integer", *v);
-  return v->get<int64_t>();
+  if (!(v->*is)()) bad_key(key, expected, *v);
+  return v->get<T>();
+}
+
+int64_t cfg_int(const nlohmann::json& c, const char* key, std::optional<int64_t> fallback) {
+  return cfg_value(c, key, fallback, &nlohmann::json::is_number_integer, "an integer");
 }
 
 double cfg_double(const nlohmann::json& c, const char* key, std::optional<double> fallback) {
-  const auto* v = find_key(c, key);
-  if (v == nullptr) {
-    if (fallback) return *fallback;
-    throw Error(msg("config key '", key, "' is missing"));
-  }
-  if (!v->is_number()) bad_key(key, "a number", *v);
-  return v->get<double>();
+  return cfg_value(c, key, fallback, &nlohmann::json::is_number, "a number");
 }
 
 bool cfg_bool(const nlohmann::json& c, const char* key, std::optional<bool> fallback) {
-  const auto* v = find_key(c, key);
-  if (v == nullptr) {
-    if (fallback) return *fallback;
-    throw Error(msg("config key '", key, "' is missing"));
-  }
-  if (!v->is_boolean()) bad_key(key, "true or false", *v);
-  return v->get<bool>();
+  return cfg_value(c, key, fallback, &nlohmann::json::is_boolean, "true or false");
 }
 
 std::string cfg_string(const nlohmann::json& c, const char* key,
                        std::optional<std::string> fallback) {
-  const auto* v = find_key(c, key);
-  if (v == nullptr) {
-    if (fallback) return *fallback;
-    throw Error(msg("config key '", key, "' is missing"));
-  }
-  if (!v->is_string()) bad_key(key, "a string", *v);
-  return v->get<std::string>();
+  return cfg_value(c, key, fallback, &nlohmann::json::is_string, "a string");
 }
 
 }  // namespace recast::models
