@@ -12,6 +12,7 @@ packages=(
   libgtest-dev            # GoogleTest
   nlohmann-json3-dev      # JSON (safetensors headers, configs)
   libcli11-dev            # command line
+  libpcre2-dev            # Unicode regex for GPT-2 pre-tokenisation
   zlib1g-dev
 )
 if [[ "${1:-}" == "--fuzz" ]]; then

@@ -111,11 +111,59 @@ def timm_model(out, name, arch, model_args, input_shape, intermediates):
     return name
 
 
+TOKENIZER_CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's 2026; we'll see what they've done.",
+    "Fellow citizens of the Senate and of the House of Representatives: the state of the Union is strong.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little money in my purse...",
+    "Les élèves ont étudié à l'école; naïve café crème, déjà vu. Über Größe und Maß: straße.",
+    "Ελληνικά γράμματα, русский текст, 日本語の文章と東京, 한국어 문장, emoji 😀🚀 and ✓ marks!",
+    "Numbers: 1234567890, 3.14159, 1e-5, $100.00, 50% off -- ranges 10-20 & tabs\tand\nnewlines.",
+    "    indented code(x) -> y {return x**2;}  # comment\n\n\n    trailing   spaces   ",
+]
+
+TOKENIZER_CASES = [
+    "Hello world",
+    "I'm sure you'll see they've gone, and we'd said it's fine.",
+    "The state of the Union in 1790 and 2021: 231 addresses!",
+    "naïve café — déjà vu über Größe",
+    "東京 日本語 русский Ελληνικά 😀🚀✓",
+    "  multiple   spaces\n\nnewlines\t tabs  and trailing   ",
+    "before<|endoftext|>after <|endoftext|> again",
+    "x" * 40 + " " + "ab" * 30,
+    "",
+]
+
+
+def tokenizer_fixture(out):
+    """Byte-level BPE trained with `tokenizers` (no download), checked against
+    transformers' GPT2Tokenizer (slow, Python) and GPT2TokenizerFast (Rust)."""
+    from tokenizers import ByteLevelBPETokenizer
+    d = out / "tokenizer_bpe"
+    d.mkdir(parents=True, exist_ok=True)
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(TOKENIZER_CORPUS * 20, vocab_size=600, min_frequency=2,
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.save_model(str(d))
+    slow = transformers.GPT2Tokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    fast = transformers.GPT2TokenizerFast(str(d / "vocab.json"), str(d / "merges.txt"))
+    cases = []
+    for text in TOKENIZER_CASES:
+        ids = slow.encode(text)
+        assert ids == fast.encode(text), f"slow and fast GPT-2 tokenizers differ on {text!r}"
+        cases.append({"text": text, "ids": ids})
+    (d / "cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+    return "tokenizer_bpe"
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
     out.mkdir(parents=True, exist_ok=True)
+    if len(sys.argv) > 2 and sys.argv[2] == "--tokenizer-only":
+        print("wrote", tokenizer_fixture(out))
+        return
     torch.set_grad_enabled(False)
     made = []
+    tokenizer_fixture(out)
 
     made.append(causal_lm(out, "gpt2", transformers.GPT2Config(
         vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=4,

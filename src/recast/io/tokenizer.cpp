@@ -1,0 +1,281 @@
+#include "recast/io/tokenizer.h"
+
+#include "recast/core/error.h"
+#include "recast/io/file.h"
+#include "recast/io/json_strict.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <algorithm>
+#include <climits>
+#include <filesystem>
+#include <fstream>
+
+namespace recast::io {
+namespace {
+
+// GPT-2's pre-tokenisation (openai/gpt-2 encoder.py), Unicode-aware.
+constexpr const char* kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// Splits a valid UTF-8 string into code points.
+std::vector<uint32_t> code_points(std::string_view s) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    int n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
+    for (int k = 1; k < n && i + k < s.size(); ++k)
+      cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    out.push_back(cp);
+    i += n;
+  }
+  return out;
+}
+
+// Splits `text` around whole occurrences of any special token; calls
+// on_text(span) for ordinary text and on_special(index) for a special.
+template <typename OnText, typename OnSpecial>
+void split_specials(std::string_view text, const std::vector<std::string>& specials, OnText on_text,
+                    OnSpecial on_special) {
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t best = std::string_view::npos, which = 0;
+    for (size_t i = 0; i < specials.size(); ++i) {
+      size_t at = text.find(specials[i], start);
+      if (at < best || (at == best && at != std::string_view::npos &&
+                        specials[i].size() > specials[which].size())) {
+        best = at;
+        which = i;
+      }
+    }
+    if (best == std::string_view::npos) {
+      if (start < text.size()) on_text(text.substr(start));
+      return;
+    }
+    if (best > start) on_text(text.substr(start, best - start));
+    on_special(which);
+    start = best + specials[which].size();
+  }
+}
+
+}  // namespace
+
+struct BpeTokenizer::Regex {
+  pcre2_code* code = nullptr;
+  ~Regex() {
+    if (code) pcre2_code_free(code);
+  }
+};
+
+ByteTokenizer::ByteTokenizer(std::vector<std::string> specials) : specials_(std::move(specials)) {}
+
+std::vector<int64_t> ByteTokenizer::encode(std::string_view text) const {
+  std::vector<int64_t> out;
+  split_specials(
+      text, specials_,
+      [&](std::string_view part) {
+        for (unsigned char c : part) out.push_back(c);
+      },
+      [&](size_t i) { out.push_back(256 + static_cast<int64_t>(i)); });
+  return out;
+}
+
+std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
+  std::string out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size()) {
+      throw Error(msg("token id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                      vocab_size(), ")"));
+    }
+    if (ids[i] < 256) {
+      out += static_cast<char>(ids[i]);
+    } else {
+      out += specials_[static_cast<size_t>(ids[i] - 256)];
+    }
+  }
+  return out;
+}
+
+BpeTokenizer::BpeTokenizer() : regex_(std::make_unique<Regex>()) {}
+BpeTokenizer::~BpeTokenizer() = default;
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_files(const std::string& vocab_json,
+                                                       const std::string& merges_txt) {
+  std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
+  nlohmann::json vocab = read_json_file(vocab_json);
+  if (!vocab.is_object() || vocab.empty()) {
+    throw Error(msg(vocab_json, ": expected a non-empty JSON object mapping tokens to ids"));
+  }
+  t->id_to_token_.assign(vocab.size(), std::string());
+  std::vector<bool> seen(vocab.size(), false);
+  for (const auto& [token, id] : vocab.items()) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+        id.get<int64_t>() >= static_cast<int64_t>(vocab.size())) {
+      throw Error(msg(vocab_json, ": token ", quote(token), ": id ", id.dump(),
+                      " is not an integer in [0, ", vocab.size(), ")"));
+    }
+    auto i = static_cast<size_t>(id.get<int64_t>());
+    if (seen[i])
+      throw Error(msg(vocab_json, ": id ", i, " is given to two tokens (", quote(token), ")"));
+    seen[i] = true;
+    t->id_to_token_[i] = token;
+    t->token_to_id_[token] = static_cast<int64_t>(i);
+    if (token.size() > 4 && token.compare(0, 2, "<|") == 0 &&
+        token.compare(token.size() - 2, 2, "|>") == 0) {
+      t->specials_.push_back(token);
+    }
+  }
+  std::ifstream in(merges_txt);
+  if (!in) throw Error(msg(merges_txt, ": cannot open"));
+  std::string line;
+  int line_no = 0, rank = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
+    size_t space = line.find(' ');
+    if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+        line.find(' ', space + 1) != std::string::npos) {
+      throw Error(msg(merges_txt, ": line ", line_no,
+                      ": expected two symbols separated by one space, found ", quote(line)));
+    }
+    t->merge_rank_.emplace(line, rank++);
+  }
+  // GPT-2's reversible byte -> printable code point map.
+  std::vector<int> printable;
+  for (int b = '!'; b <= '~'; ++b) printable.push_back(b);
+  for (int b = 0xA1; b <= 0xAC; ++b) printable.push_back(b);
+  for (int b = 0xAE; b <= 0xFF; ++b) printable.push_back(b);
+  std::vector<bool> is_printable(256, false);
+  for (int b : printable) is_printable[b] = true;
+  int extra = 0;
+  for (int b = 0; b < 256; ++b) {
+    uint32_t cp = is_printable[b] ? static_cast<uint32_t>(b) : static_cast<uint32_t>(256 + extra++);
+    append_utf8(t->byte_symbol_[b], cp);
+    t->symbol_byte_[cp] = static_cast<uint8_t>(b);
+  }
+  for (int b = 0; b < 256; ++b) {
+    if (!t->token_to_id_.count(t->byte_symbol_[b])) {
+      throw Error(msg(vocab_json, ": no token for byte ", b, " (", quote(t->byte_symbol_[b]),
+                      "): not a byte-level BPE vocabulary"));
+    }
+  }
+  int error = 0;
+  PCRE2_SIZE offset = 0;
+  t->regex_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kGpt2Pattern), PCRE2_ZERO_TERMINATED,
+                                  PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
+  if (!t->regex_->code)
+    throw Error(msg("internal: GPT-2 pattern does not compile (PCRE2 error ", error, ")"));
+  return t;
+}
+
+void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int64_t>& out) const {
+  std::vector<std::string> word;
+  for (unsigned char c : piece) word.push_back(byte_symbol_[c]);
+  while (word.size() > 1) {
+    int best = INT_MAX;
+    size_t at = 0;
+    for (size_t i = 0; i + 1 < word.size(); ++i) {
+      auto it = merge_rank_.find(word[i] + " " + word[i + 1]);
+      if (it != merge_rank_.end() && it->second < best) {
+        best = it->second;
+        at = i;
+      }
+    }
+    if (best == INT_MAX) break;
+    const std::string left = word[at], right = word[at + 1];
+    std::vector<std::string> merged;
+    for (size_t i = 0; i < word.size(); ++i) {
+      if (i + 1 < word.size() && word[i] == left && word[i + 1] == right) {
+        merged.push_back(left + right);
+        ++i;
+      } else {
+        merged.push_back(word[i]);
+      }
+    }
+    word = std::move(merged);
+  }
+  for (const std::string& symbol : word) {
+    auto it = token_to_id_.find(symbol);
+    if (it == token_to_id_.end())
+      throw Error(msg("BPE produced ", quote(symbol), ", which is not in the vocabulary"));
+    out.push_back(it->second);
+  }
+}
+
+std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
+  std::vector<int64_t> out;
+  std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> match(
+      pcre2_match_data_create_from_pattern(regex_->code, nullptr), pcre2_match_data_free);
+  auto encode_text = [&](std::string_view part) {
+    PCRE2_SIZE start = 0;
+    while (start < part.size()) {
+      int rc = pcre2_match(regex_->code, reinterpret_cast<PCRE2_SPTR>(part.data()), part.size(),
+                           start, 0, match.get(), nullptr);
+      if (rc < 0) {
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        PCRE2_SIZE bad = pcre2_get_startchar(match.get());
+        throw Error(msg("text is not valid UTF-8 (PCRE2 error ", rc, " near byte ",
+                        static_cast<size_t>(part.data() - text.data()) + bad, ")"));
+      }
+      PCRE2_SIZE* ov = pcre2_get_ovector_pointer(match.get());
+      if (ov[1] == ov[0]) break;  // the pattern never matches empty; guard anyway
+      encode_piece(part.substr(ov[0], ov[1] - ov[0]), out);
+      start = ov[1];
+    }
+  };
+  split_specials(text, specials_, encode_text,
+                 [&](size_t i) { out.push_back(token_to_id_.at(specials_[i])); });
+  return out;
+}
+
+std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
+  std::string out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size()) {
+      throw Error(msg("token id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                      vocab_size(), ")"));
+    }
+    const std::string& token = id_to_token_[static_cast<size_t>(ids[i])];
+    bool special = std::find(specials_.begin(), specials_.end(), token) != specials_.end();
+    if (special) {
+      out += token;
+      continue;
+    }
+    for (uint32_t cp : code_points(token)) {
+      auto it = symbol_byte_.find(cp);
+      out += it == symbol_byte_.end() ? '?' : static_cast<char>(it->second);
+    }
+  }
+  return out;
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+  const auto vocab = (std::filesystem::path(dir) / "vocab.json").string();
+  const auto merges = (std::filesystem::path(dir) / "merges.txt").string();
+  if (is_regular_file(vocab) && is_regular_file(merges))
+    return BpeTokenizer::from_files(vocab, merges);
+  throw Error(msg(dir, ": no tokenizer (looked for vocab.json + merges.txt)"));
+}
+
+}  // namespace recast::io
