@@ -26,7 +26,9 @@ step "recast inspect the sharded directory (validated against its index)"
 "$build/recast" inspect "$out/gpt2-mini-bf16" --summary
 
 step "recast inspect --json (first lines)"
-"$build/recast" inspect "$out/gpt2-mini-bf16" --json | head -n 12
+# (to a file first: head closing the pipe early would fail the script under pipefail)
+"$build/recast" inspect "$out/gpt2-mini-bf16" --json > "$out/inspect.json"
+head -n 12 "$out/inspect.json"
 
 step "a pickle checkpoint is refused by content, whatever its name"
 printf '\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19' > "$out/model.safetensors"
