@@ -91,8 +91,7 @@ int main(int argc, char** argv) {
       return n;
     };
     for (int i = 0; layers ? i < layers : bytes() < size; ++i) add_layer(tensors, i, width, opt);
-    const bool single = out.size() > 12 && out.compare(out.size() - 12, 12, ".safetensors") == 0;
-    if (single) {
+    if (recast::ends_with(out, ".safetensors")) {
       recast::io::save_safetensors(out, tensors, {{"format", "pt"}});
     } else {
       recast::io::save_weights(out, tensors, {{"format", "pt"}}, max_shard);

@@ -27,8 +27,9 @@ rc=$?
 set -e
 t2=$(date +%s)
 build-gpu/recast --version | tee -a "$out/gpu-env.txt"
-# libstdc++ must come before libtorch (see CMakeLists.txt).
-readelf -d build-gpu/tests/test_io | grep NEEDED | head -4 | tee -a "$out/gpu-env.txt"
+# Our std::filesystem references must carry libstdc++'s symbol version, not
+# bind to libtorch's unversioned copies (see CMakeLists.txt).
+objdump -T -C build-gpu/tests/test_io | grep "std::filesystem::remove_all" | tee -a "$out/gpu-env.txt" || true
 echo "== summary"
 echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, ctest exit $rc"
 grep -E "tests passed|tests failed|FAILED|Failed" "$out/ctest.log" | tail -20

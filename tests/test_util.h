@@ -2,11 +2,14 @@
 
 // Helpers shared by the test binaries: scratch directories and files.
 
+#include "recast/core/error.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 
 namespace recast::testing {
@@ -42,6 +45,18 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
 inline std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The message of the recast::Error that `f` throws; a test failure (and "")
+// when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a recast::Error, none was thrown";
+  return "";
 }
 
 }  // namespace recast::testing

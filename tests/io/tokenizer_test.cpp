@@ -54,14 +54,7 @@ TEST(BpeTokenizer, BadFilesAreNamed) {
   TempDir dir;
   write_bytes(dir.file("vocab.json"), R"({"a": 0, "b": 0})");
   write_bytes(dir.file("merges.txt"), "#version: 0.2\na b\n");
-  auto error = [&] {
-    try {
-      io::load_tokenizer(dir.path());
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no error)");
-  };
+  auto error = [&] { return error_of([&] { io::load_tokenizer(dir.path()); }); };
   EXPECT_NE(error().find("is given to two tokens"), std::string::npos) << error();
   write_bytes(dir.file("vocab.json"), read_bytes(kDir + "/vocab.json"));
   write_bytes(dir.file("merges.txt"), "#version: 0.2\na b c\n");

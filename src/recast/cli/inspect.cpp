@@ -24,12 +24,6 @@ struct InspectOptions {
   bool summary = false;
 };
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 // What config.json says the model is (transformers: architectures + model_type;
 // timm: architecture). Empty when there is no config.
 nlohmann::json read_architecture(const std::string& path) {
@@ -131,7 +125,7 @@ int run_inspect(const InspectOptions& o) {
                            : "";
     std::printf("%-*s  %-7s  %-20s  %s\n", static_cast<int>(name_width), name.c_str(),
                 std::string(io::dtype_name(e.info->dtype)).c_str(),
-                shape_text(e.info->shape).c_str(), file.c_str());
+                shape_string(e.info->shape).c_str(), file.c_str());
   }
   return 0;
 }

@@ -32,9 +32,7 @@ struct RepackOptions {
 bool is_weight_or_unsafe(const std::string& name) {
   for (const char* suffix : {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",
                              ".pt", ".pth", ".ckpt", ".pkl"}) {
-    std::string s(suffix);
-    if (name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0)
-      return true;
+    if (ends_with(name, suffix)) return true;
   }
   return false;
 }

@@ -21,6 +21,19 @@ std::string msg(const Args&... args) {
   return os.str();
 }
 
+// "[2, 3]" for any sequence of integers (std::vector, at::IntArrayRef).
+template <typename Dims>
+std::string shape_string(const Dims& dims) {
+  std::string out = "[";
+  for (auto d : dims) out += (out.size() > 1 ? ", " : "") + std::to_string(d);
+  return out + "]";
+}
+
+inline bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 // Quotes a name for messages: 'name', with control characters escaped so that
 // an error stays on one line whatever a file contains.
 std::string quote(std::string_view name);

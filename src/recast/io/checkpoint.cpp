@@ -17,11 +17,6 @@ namespace fs = std::filesystem;
 namespace recast::io {
 namespace {
 
-bool ends_with(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::string join(const std::string& dir, const std::string& name) {
   return (fs::path(dir) / name).string();
 }

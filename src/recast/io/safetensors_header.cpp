@@ -49,12 +49,6 @@ const DtypeEntry& entry(Dtype dtype) {
   return kDtypes[static_cast<size_t>(dtype)];
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 // Keeps a parser message printable and on one line (it may quote file bytes).
 std::string printable(std::string_view text) {
   std::string out;
@@ -325,11 +319,11 @@ void validate_layout(Header& header, const std::string& source) {
     uint64_t bits = 0;
     if (!numel ||
         __builtin_mul_overflow(*numel, static_cast<uint64_t>(dtype_bits(t.dtype)), &bits)) {
-      fail(msg("shape ", shape_str(t.shape), " x ", dtype_name(t.dtype),
+      fail(msg("shape ", shape_string(t.shape), " x ", dtype_name(t.dtype),
                " overflows a 64-bit byte count"));
     }
     if (bits % 8 != 0) {
-      fail(msg("shape ", shape_str(t.shape), " x ", dtype_name(t.dtype), " is ", bits,
+      fail(msg("shape ", shape_string(t.shape), " x ", dtype_name(t.dtype), " is ", bits,
                " bits, not a whole number of bytes"));
     }
     if (t.end < t.begin) {
@@ -337,7 +331,7 @@ void validate_layout(Header& header, const std::string& source) {
     }
     if (t.end - t.begin != bits / 8) {
       fail(msg("data_offsets [", t.begin, ", ", t.end, "] hold ", t.end - t.begin,
-               " bytes but shape ", shape_str(t.shape), " x ", dtype_name(t.dtype), " needs ",
+               " bytes but shape ", shape_string(t.shape), " x ", dtype_name(t.dtype), " needs ",
                bits / 8));
     }
     if (t.end > header.data_bytes) {

@@ -78,6 +78,15 @@ void split_specials(std::string_view text, const std::vector<std::string>& speci
   }
 }
 
+void check_ids(const std::vector<int64_t>& ids, int64_t vocab) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      throw Error(msg("token id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                      vocab, ")"));
+    }
+  }
+}
+
 }  // namespace
 
 struct BpeTokenizer::Regex {
@@ -102,11 +111,8 @@ std::vector<int64_t> ByteTokenizer::encode(std::string_view text) const {
 
 std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
   std::string out;
+  check_ids(ids, vocab_size());
   for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab_size()) {
-      throw Error(msg("token id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
-                      vocab_size(), ")"));
-    }
     if (ids[i] < 256) {
       out += static_cast<char>(ids[i]);
     } else {
@@ -251,11 +257,8 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
 
 std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
   std::string out;
+  check_ids(ids, vocab_size());
   for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab_size()) {
-      throw Error(msg("token id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
-                      vocab_size(), ")"));
-    }
     const std::string& token = id_to_token_[static_cast<size_t>(ids[i])];
     bool special = std::find(specials_.begin(), specials_.end(), token) != specials_.end();
     if (special) {

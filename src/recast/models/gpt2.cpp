@@ -138,12 +138,8 @@ class Gpt2 : public Model {
   Task task() const override { return Task::CausalLM; }
   std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
   bool ignorable(const std::string& name) const override {
-    auto ends = [&](const char* s) {
-      std::string suffix(s);
-      return name.size() > suffix.size() &&
-             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    return ends(".attn.bias") || ends(".attn.masked_bias");  // old causal-mask buffers
+    // old transformers saved their causal-mask buffers
+    return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias");
   }
 
   at::Tensor forward(const Batch& batch, Recorder* rec, KVCache* cache) override {
@@ -179,7 +175,8 @@ class Gpt2 : public Model {
 
 void register_gpt2(Registry<ModelFactory>& r) {
   r.add("gpt2", "GPT-2 (transformers GPT2LMHeadModel: Conv1D weights, tied lm_head, gelu_new)",
-        [](const nlohmann::json& c) { return std::make_shared<Gpt2>("gpt2", c); });
+        {ConfigStyle::Transformers,
+         [](const nlohmann::json& c) { return std::make_shared<Gpt2>("gpt2", c); }});
 }
 
 }  // namespace recast::models

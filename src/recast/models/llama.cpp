@@ -210,7 +210,8 @@ class Llama : public Model {
 
 void register_llama(Registry<ModelFactory>& r) {
   r.add("llama", "Llama-style decoder (transformers LlamaForCausalLM: RMSNorm, RoPE, SwiGLU, GQA)",
-        [](const nlohmann::json& c) { return std::make_shared<Llama>(c); });
+        {ConfigStyle::Transformers,
+         [](const nlohmann::json& c) { return std::make_shared<Llama>(c); }});
 }
 
 }  // namespace recast::models

@@ -43,16 +43,8 @@ Registry<ModelFactory>& model_registry() {
 
 namespace {
 
-// Families configured the transformers way (top-level keys); the others are
-// timm architectures (defaults + model_args).
-bool is_transformers_arch(const std::string& arch) {
-  return arch == "gpt2" || arch == "llama";
-}
-
-std::string shape_str(at::IntArrayRef shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
+ConfigStyle style_of(const std::string& arch) {
+  return model_registry().get(arch).factory.style;
 }
 
 // "key=value": the value is read as JSON when it parses, else as a string.
@@ -67,7 +59,7 @@ void apply_overrides(nlohmann::json& config, const std::string& arch,
     std::string text = kv.substr(eq + 1);
     nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (value.is_discarded()) value = text;
-    if (is_transformers_arch(arch)) {
+    if (style_of(arch) == ConfigStyle::Transformers) {
       config[key] = value;
     } else {
       config["model_args"][key] = value;
@@ -93,9 +85,14 @@ std::string arch_from_config(const nlohmann::json& config, const std::string& so
   }
   if (config.contains("model_type") && config["model_type"].is_string()) {
     std::string type = config["model_type"];
-    if (registry.contains(type) && is_transformers_arch(type)) return type;
-    throw Error(
-        msg(source, ": model_type ", quote(type), " is not supported (supported: gpt2, llama)"));
+    if (registry.contains(type) && style_of(type) == ConfigStyle::Transformers) return type;
+    std::string supported;
+    for (const auto& [name, item] : registry.items()) {
+      if (item.factory.style == ConfigStyle::Transformers)
+        supported += (supported.empty() ? "" : ", ") + name;
+    }
+    throw Error(msg(source, ": model_type ", quote(type),
+                    " is not supported (supported: ", supported, ")"));
   }
   throw Error(msg(source,
                   ": neither \"model_type\" (transformers) nor \"architecture\" (timm) "
@@ -131,8 +128,8 @@ LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_c
     }
     const auto& info = *entry->info;
     if (at::IntArrayRef(info.shape) != target.sizes()) {
-      report.mismatched.push_back(
-          msg(name, ": expected ", shape_str(target.sizes()), " found ", shape_str(info.shape)));
+      report.mismatched.push_back(msg(name, ": expected ", shape_string(target.sizes()), " found ",
+                                      shape_string(info.shape)));
       return;
     }
     at::Tensor source = store.tensor(name);
@@ -170,7 +167,7 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
   }
   auto& registry = model_registry();
   const auto& factory = registry.get(arch).factory;
-  if (is_transformers_arch(arch)) {
+  if (factory.style == ConfigStyle::Transformers) {
     if (!config.contains("model_type")) config["model_type"] = arch;
   } else if (!config.contains("architecture")) {
     config["architecture"] = arch;
@@ -179,7 +176,7 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
 
   ModelPtr model;
   try {
-    model = factory(config);
+    model = factory.make(config);
   } catch (const Error& e) {
     throw e.with_context(dir ? config_path : path);
   }
@@ -197,12 +194,9 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
 
 ModelPtr create_model(const std::string& arch, const nlohmann::json& overrides) {
   nlohmann::json config = overrides.is_object() ? overrides : nlohmann::json::object();
-  if (is_transformers_arch(arch)) {
-    config["model_type"] = arch;
-  } else {
-    config["architecture"] = arch;
-  }
-  ModelPtr model = model_registry().get(arch).factory(config);
+  const auto& factory = model_registry().get(arch).factory;
+  config[factory.style == ConfigStyle::Transformers ? "model_type" : "architecture"] = arch;
+  ModelPtr model = factory.make(config);
   model->eval();
   return model;
 }

@@ -86,7 +86,14 @@ class Model : public torch::nn::Module {
 };
 
 using ModelPtr = std::shared_ptr<Model>;
-using ModelFactory = std::function<ModelPtr(const nlohmann::json& config)>;
+// How a family's config.json is laid out: transformers' (model_type + top-level
+// keys) or timm's (architecture + defaults + model_args).
+enum class ConfigStyle { Transformers, Timm };
+
+struct ModelFactory {
+  ConfigStyle style;
+  std::function<ModelPtr(const nlohmann::json& config)> make;
+};
 
 // Registered architectures ("gpt2", "llama", "resnet50", "vit_tiny_patch16_224", ...).
 Registry<ModelFactory>& model_registry();

@@ -166,9 +166,9 @@ void register_resnet(Registry<ModelFactory>& r) {
     std::string summary =
         msg("ResNet (timm/torchvision layout), ", a.bottleneck ? "Bottleneck" : "BasicBlock",
             " blocks [", a.layers[0], ", ", a.layers[1], ", ", a.layers[2], ", ", a.layers[3], "]");
-    r.add(a.name, summary, [a](const nlohmann::json& c) {
-      return std::make_shared<ResNet>(a.name, c, a.bottleneck, a.layers);
-    });
+    r.add(a.name, summary, {ConfigStyle::Timm, [a](const nlohmann::json& c) {
+                              return std::make_shared<ResNet>(a.name, c, a.bottleneck, a.layers);
+                            }});
   }
 }
 

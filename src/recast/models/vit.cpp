@@ -178,10 +178,11 @@ void register_vit(Registry<ModelFactory>& r) {
        {Defaults{"vit_tiny_patch16_224", 192, 12, 3}, Defaults{"vit_small_patch16_224", 384, 12, 6},
         Defaults{"vit_base_patch16_224", 768, 12, 12},
         Defaults{"vit_large_patch16_224", 1024, 24, 16}}) {
-    r.add(d.name,
-          msg("ViT (timm layout), ", d.width, " wide, ", d.depth, " blocks, ", d.heads,
-              " heads, patch 16"),
-          [d](const nlohmann::json& c) { return std::make_shared<Vit>(d, c); });
+    r.add(
+        d.name,
+        msg("ViT (timm layout), ", d.width, " wide, ", d.depth, " blocks, ", d.heads,
+            " heads, patch 16"),
+        {ConfigStyle::Timm, [d](const nlohmann::json& c) { return std::make_shared<Vit>(d, c); }});
   }
 }
 
