@@ -22,13 +22,14 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release \
 cmake --build build-gpu -j"$(nproc)" 2>&1 | tee "$out/build.log" | grep -E "error|warning:" | head -40 || true
 t1=$(date +%s)
 set +e
-ctest --test-dir build-gpu -j8 --output-on-failure > "$out/ctest.log" 2>&1
+RECAST_FASHION_MNIST_DIR=$deps/usr/share/datasets/fashion-mnist \
+  ctest --test-dir build-gpu -j8 --output-on-failure > "$out/ctest.log" 2>&1
 rc=$?
 set -e
 t2=$(date +%s)
 build-gpu/recast --version | tee -a "$out/gpu-env.txt"
-# Our std::filesystem references must carry libstdc++'s symbol version, not
-# bind to libtorch's unversioned copies (see CMakeLists.txt).
+# Where std::filesystem::remove_all comes from: it must not be libtorch.so's
+# copy (see CMakeLists.txt); expected here is a definition in the binary.
 objdump -T -C build-gpu/tests/test_io | grep "std::filesystem::remove_all" | tee -a "$out/gpu-env.txt" || true
 echo "== summary"
 echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, ctest exit $rc"

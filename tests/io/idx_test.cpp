@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <cstdlib>
+
 namespace recast::testing {
 namespace {
 
@@ -105,8 +107,10 @@ TEST(Idx, BadFilesNameTheFileAndTheProblem) {
 }
 
 TEST(Idx, RealFashionMnistTestSplit) {
-  // Installed by scripts/install-deps.sh (Debian's dataset-fashion-mnist).
-  const std::string dir = "/usr/share/datasets/fashion-mnist";
+  // Installed by scripts/install-deps.sh (Debian's dataset-fashion-mnist);
+  // scripts/gpu-build.sh unpacks the same package elsewhere and says where.
+  const char* env = std::getenv("RECAST_FASHION_MNIST_DIR");
+  const std::string dir = env ? env : "/usr/share/datasets/fashion-mnist";
   auto set = io::read_idx_classification(dir + "/t10k-images-idx3-ubyte.gz",
                                          dir + "/t10k-labels-idx1-ubyte.gz");
   EXPECT_EQ(set.count, 10000);
