@@ -14,6 +14,7 @@ packages=(
   libcli11-dev            # command line
   libpcre2-dev            # Unicode regex for GPT-2 pre-tokenisation
   zlib1g-dev
+  libstb-dev              # stb_image: PNG / JPEG image folders
   dataset-fashion-mnist   # real IDX files the tests read (and the demo will train on)
 )
 if [[ "${1:-}" == "--fuzz" ]]; then

@@ -9,5 +9,10 @@ int main(int argc, char** argv) {
                  {{"forward", add_forward},
                   {"inspect", add_inspect},
                   {"list", add_list},
-                  {"repack", add_repack}});
+                  {"repack", add_repack},
+                  {"pretrain", add_pretrain},
+                  {"finetune", add_finetune},
+                  {"eval", add_eval},
+                  {"generate", add_generate},
+                  {"plot", add_plot}});
 }

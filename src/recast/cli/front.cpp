@@ -53,5 +53,6 @@ int main(int argc, char** argv) {
                  engine.c_str(), std::strerror(errno));
     return 1;
   }
-  return recast::cli::run_cli(argc, argv, {{"inspect", recast::cli::add_inspect}});
+  return recast::cli::run_cli(
+      argc, argv, {{"inspect", recast::cli::add_inspect}, {"plot", recast::cli::add_plot}});
 }

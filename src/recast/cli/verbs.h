@@ -39,6 +39,11 @@ inline constexpr VerbInfo kVerbs[] = {
      true},
     {"list", "List the registered model families and recipes", true},
     {"repack", "Rewrite a checkpoint's weights as (sharded) safetensors, optionally cast", true},
+    {"pretrain", "Train a model from scratch on a data set (--arch, --data, --out)", true},
+    {"finetune", "Fine-tune a checkpoint on a data set (new classifier head when needed)", true},
+    {"eval", "Evaluate a checkpoint: perplexity and bits per byte, or accuracy and confusion", true},
+    {"generate", "Generate text from a language model with the KV cache", true},
+    {"plot", "Draw training curves from a metrics.jsonl file as SVG", false},
 };
 
 const VerbInfo& verb_info(const std::string& name);
@@ -56,7 +61,12 @@ int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls);
 Runner add_forward(CLI::App& app);
 Runner add_inspect(CLI::App& app);
 Runner add_list(CLI::App& app);
+Runner add_plot(CLI::App& app);
 Runner add_repack(CLI::App& app);
+Runner add_pretrain(CLI::App& app);
+Runner add_finetune(CLI::App& app);
+Runner add_eval(CLI::App& app);
+Runner add_generate(CLI::App& app);
 
 // Human-readable sizes for tables: 1.5 GB, 12.0 MB, 512 B.
 std::string human_bytes(uint64_t bytes);

@@ -19,6 +19,10 @@
 // at::kUInt16 / kUInt32 / kUInt64 from 2.3.
 #define RECAST_HAS_UINT_WIDE RECAST_TORCH_AT_LEAST(2, 3)
 
+// Autocast is configured per device type (set_autocast_enabled(kCUDA, ...))
+// from 2.4; before, through set_enabled / set_autocast_gpu_dtype.
+#define RECAST_HAS_AUTOCAST_DEVICE_API RECAST_TORCH_AT_LEAST(2, 4)
+
 namespace recast::compat {
 
 inline constexpr int kTorchMajor = TORCH_VERSION_MAJOR;

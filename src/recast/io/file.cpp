@@ -57,6 +57,12 @@ MappedFile::~MappedFile() {
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   std::filesystem::path p(path_);
+  // Renaming over a device, pipe or directory would replace it (as root, even
+  // /dev/null): only regular files (or nothing) may be replaced.
+  struct stat st {};
+  if (::lstat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+    throw Error(msg(path_, ": exists and is not a regular file; refusing to replace it"));
+  }
   temp_path_ = (p.parent_path() / ("." + p.filename().string() + ".tmp-XXXXXX")).string();
   fd_ = ::mkstemp(temp_path_.data());
   if (fd_ < 0) {

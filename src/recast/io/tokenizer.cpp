@@ -122,6 +122,17 @@ std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
   return out;
 }
 
+int64_t ByteTokenizer::eos_id() const {
+  auto it = std::find(specials_.begin(), specials_.end(), "<|endoftext|>");
+  return it == specials_.end() ? -1 : 256 + (it - specials_.begin());
+}
+
+void ByteTokenizer::save(const std::string& dir) const {
+  nlohmann::json config = {{"tokenizer_class", "recast-bytes"}, {"special_tokens", specials_}};
+  write_file_atomic((std::filesystem::path(dir) / "tokenizer_config.json").string(),
+                    config.dump(2) + "\n");
+}
+
 BpeTokenizer::BpeTokenizer() : regex_(std::make_unique<Regex>()) {}
 BpeTokenizer::~BpeTokenizer() = default;
 
@@ -273,12 +284,57 @@ std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
   return out;
 }
 
+bool BpeTokenizer::is_special(int64_t id) const {
+  if (id < 0 || id >= vocab_size()) return false;
+  const std::string& token = id_to_token_[static_cast<size_t>(id)];
+  return std::find(specials_.begin(), specials_.end(), token) != specials_.end();
+}
+
+int64_t BpeTokenizer::eos_id() const {
+  auto it = token_to_id_.find("<|endoftext|>");
+  return it == token_to_id_.end() ? -1 : it->second;
+}
+
+void BpeTokenizer::save(const std::string& dir) const {
+  nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
+  for (size_t i = 0; i < id_to_token_.size(); ++i) vocab[id_to_token_[i]] = i;
+  std::vector<const std::string*> merges(merge_rank_.size());
+  for (const auto& [pair, rank] : merge_rank_) merges[static_cast<size_t>(rank)] = &pair;
+  std::string text = "#version: 0.2\n";
+  for (const auto* m : merges) {
+    if (m) text += *m + "\n";  // a duplicate line in the source left a gap
+  }
+  const std::filesystem::path d(dir);
+  write_file_atomic((d / "vocab.json").string(), vocab.dump() + "\n");
+  write_file_atomic((d / "merges.txt").string(), text);
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
-  const auto vocab = (std::filesystem::path(dir) / "vocab.json").string();
-  const auto merges = (std::filesystem::path(dir) / "merges.txt").string();
+  const std::filesystem::path d(dir);
+  const auto vocab = (d / "vocab.json").string();
+  const auto merges = (d / "merges.txt").string();
   if (is_regular_file(vocab) && is_regular_file(merges))
     return BpeTokenizer::from_files(vocab, merges);
-  throw Error(msg(dir, ": no tokenizer (looked for vocab.json + merges.txt)"));
+  const auto config_path = (d / "tokenizer_config.json").string();
+  if (is_regular_file(config_path)) {
+    const nlohmann::json config = read_json_file(config_path);
+    if (config.is_object() && config.value("tokenizer_class", "") == "recast-bytes") {
+      std::vector<std::string> specials;
+      auto it = config.find("special_tokens");
+      if (it != config.end()) {
+        if (!it->is_array()) throw Error(msg(config_path, ": special_tokens: expected an array"));
+        for (const auto& s : *it) {
+          if (!s.is_string() || s.get<std::string>().empty()) {
+            throw Error(msg(config_path, ": special_tokens: expected non-empty strings"));
+          }
+          specials.push_back(s.get<std::string>());
+        }
+      }
+      return std::make_unique<ByteTokenizer>(std::move(specials));
+    }
+  }
+  throw Error(msg(dir, ": no tokenizer (looked for vocab.json + merges.txt, or a "
+                       "tokenizer_config.json of class recast-bytes)"));
 }
 
 }  // namespace recast::io

@@ -23,6 +23,12 @@ class Tokenizer {
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual std::string kind() const = 0;
+  // Whether `id` is a special token (<|endoftext|>, ...), not text.
+  virtual bool is_special(int64_t id) const = 0;
+  // <|endoftext|>'s id, or -1 when the vocabulary has none.
+  virtual int64_t eos_id() const = 0;
+  // Writes the files load_tokenizer(dir) reads back (atomically).
+  virtual void save(const std::string& dir) const = 0;
 };
 
 // ids 0-255 are bytes; specials follow from 256 in the order given and are
@@ -34,6 +40,10 @@ class ByteTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const override;
   int64_t vocab_size() const override { return 256 + static_cast<int64_t>(specials_.size()); }
   std::string kind() const override { return "bytes"; }
+  bool is_special(int64_t id) const override { return id >= 256 && id < vocab_size(); }
+  int64_t eos_id() const override;
+  // tokenizer_config.json: {"tokenizer_class": "recast-bytes", "special_tokens": [...]}
+  void save(const std::string& dir) const override;
 
  private:
   std::vector<std::string> specials_;
@@ -52,6 +62,10 @@ class BpeTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(id_to_token_.size()); }
   std::string kind() const override { return "gpt2-bpe"; }
+  bool is_special(int64_t id) const override;
+  int64_t eos_id() const override;
+  // vocab.json + merges.txt, as transformers writes them.
+  void save(const std::string& dir) const override;
 
  private:
   BpeTokenizer();
@@ -67,8 +81,8 @@ class BpeTokenizer : public Tokenizer {
   std::unique_ptr<Regex> regex_;
 };
 
-// vocab.json + merges.txt in `dir` -> BPE; anything else is an error that says
-// what was looked for.
+// vocab.json + merges.txt in `dir` -> BPE; a tokenizer_config.json naming
+// "recast-bytes" -> bytes; anything else is an error that says what was looked for.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 
 }  // namespace recast::io

@@ -70,4 +70,31 @@ std::vector<std::string> LmHead::tied_names() const {
   return tied_ ? std::vector<std::string>{"lm_head.weight"} : std::vector<std::string>{};
 }
 
+int64_t sequence_classification_labels(const nlohmann::json& config, const char* architecture) {
+  auto arch = config.find("architectures");
+  if (arch == config.end() || !arch->is_array()) return 0;
+  bool found = false;
+  for (const auto& a : *arch) found = found || (a.is_string() && a.get<std::string>() == architecture);
+  if (!found) return 0;
+  int64_t labels = 0;
+  if (auto it = config.find("id2label"); it != config.end() && it->is_object()) {
+    labels = static_cast<int64_t>(it->size());
+  } else {
+    labels = cfg_int(config, "num_labels", 2);
+  }
+  RECAST_CHECK(labels >= 1, "config: ", architecture, " needs at least one label, found ", labels);
+  return labels;
+}
+
+at::Tensor last_token_states(const at::Tensor& x, const at::Tensor& attention_mask) {
+  const int64_t b = x.size(0), t = x.size(1);
+  at::Tensor last;
+  if (attention_mask.defined()) {
+    last = attention_mask.to(x.device(), at::kLong).sum(1).sub(1).clamp_min(0);
+  } else {
+    last = at::full({b}, t - 1, x.options().dtype(at::kLong));
+  }
+  return x.index({at::arange(b, last.options()), last});
+}
+
 }  // namespace recast::models

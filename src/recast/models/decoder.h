@@ -24,6 +24,15 @@ ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64
 std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
                                             const at::Tensor& v);
 
+// Number of labels when `config` describes a sequence classifier (its
+// "architectures" names `architecture`): len(id2label), else num_labels; 0 for a
+// language model.
+int64_t sequence_classification_labels(const nlohmann::json& config, const char* architecture);
+
+// x [B, T, W] -> [B, W]: each sequence's last real token (attention_mask [B, T]
+// with right padding), or the last position without a mask.
+at::Tensor last_token_states(const at::Tensor& x, const at::Tensor& attention_mask);
+
 // The output projection: tied to the token embedding (no tensor of its own,
 // absent from the checkpoint) or a bias-free Linear registered as "lm_head".
 class LmHead {

@@ -132,11 +132,42 @@ class Gpt2 : public Model {
                  " is not a multiple of n_head ", c_.heads);
     activate(c_.activation, at::zeros({1}));  // rejects unknown activations now
     transformer_ = register_module("transformer", Transformer(c_));
-    lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
+    labels_ = sequence_classification_labels(config, "GPT2ForSequenceClassification");
+    if (labels_ > 0) {
+      // transformers' GPT2ForSequenceClassification: a bias-free "score" head on
+      // the hidden state of each sequence's last real token.
+      score_ = register_module("score",
+                               torch::nn::Linear(torch::nn::LinearOptions(c_.width, labels_).bias(false)));
+    } else {
+      lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
+    }
   }
 
-  Task task() const override { return Task::CausalLM; }
-  std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
+  Task task() const override {
+    return labels_ > 0 ? Task::SequenceClassification : Task::CausalLM;
+  }
+  std::vector<std::string> tied_names() const override {
+    return labels_ > 0 ? std::vector<std::string>{} : lm_head_.tied_names();
+  }
+
+  void init_weights() override {
+    torch::NoGradGuard no_grad;
+    const double std = cfg_double(config(), "initializer_range", 0.02);
+    for (auto& item : named_parameters(true)) {
+      const std::string& name = item.key();
+      at::Tensor p = item.value();
+      if (ends_with(name, ".bias")) {
+        p.zero_();
+      } else if (name.find(".ln_") != std::string::npos || name.find("ln_f") != std::string::npos) {
+        p.fill_(1.0);
+      } else if (ends_with(name, "c_proj.weight")) {
+        // GPT-2's scaled init of the projections that feed the residual stream.
+        p.normal_(0.0, std / std::sqrt(2.0 * static_cast<double>(c_.layers)));
+      } else {
+        p.normal_(0.0, std);
+      }
+    }
+  }
   bool ignorable(const std::string& name) const override {
     // old transformers saved their causal-mask buffers
     return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias");
@@ -154,6 +185,7 @@ class Gpt2 : public Model {
     }
     x = transformer_->ln_f(x);
     if (rec) rec->record("transformer.ln_f", x);
+    if (labels_ > 0) return score_(last_token_states(x, batch.attention_mask));
     return lm_head_(x, transformer_->wte->weight);
   }
 
@@ -169,6 +201,8 @@ class Gpt2 : public Model {
   Gpt2Config c_;
   Transformer transformer_{nullptr};
   LmHead lm_head_;
+  int64_t labels_ = 0;
+  torch::nn::Linear score_{nullptr};
 };
 
 }  // namespace

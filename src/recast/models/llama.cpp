@@ -159,6 +159,22 @@ class Llama : public Model {
   }
 
   Task task() const override { return Task::CausalLM; }
+
+  // transformers' LlamaPreTrainedModel init: N(0, initializer_range) for every
+  // Linear and Embedding weight, RMSNorm weights 1.
+  void init_weights() override {
+    torch::NoGradGuard no_grad;
+    const double std = cfg_double(config(), "initializer_range", 0.02);
+    for (auto& item : named_parameters(true)) {
+      if (item.key().find("norm") != std::string::npos) {
+        item.value().fill_(1.0);
+      } else if (ends_with(item.key(), ".bias")) {
+        item.value().zero_();
+      } else {
+        item.value().normal_(0.0, std);
+      }
+    }
+  }
   std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
   bool ignorable(const std::string& name) const override {
     return name.find(".rotary_emb.inv_freq") != std::string::npos;

@@ -47,6 +47,25 @@ ConfigStyle style_of(const std::string& arch) {
   return model_registry().get(arch).factory.style;
 }
 
+}  // namespace
+
+void set_config_value(nlohmann::json& config, const std::string& arch, const std::string& key,
+                      const nlohmann::json& value) {
+  if (style_of(arch) == ConfigStyle::Transformers) {
+    config[key] = value;
+  } else {
+    config["model_args"][key] = value;
+    if (key == "num_classes") config[key] = value;
+  }
+}
+
+bool has_config_value(const nlohmann::json& config, const std::string& arch,
+                      const std::string& key) {
+  if (style_of(arch) == ConfigStyle::Transformers) return config.contains(key);
+  return config.contains("model_args") && config["model_args"].is_object() &&
+         config["model_args"].contains(key);
+}
+
 // "key=value": the value is read as JSON when it parses, else as a string.
 void apply_overrides(nlohmann::json& config, const std::string& arch,
                      const std::vector<std::string>& sets) {
@@ -59,16 +78,9 @@ void apply_overrides(nlohmann::json& config, const std::string& arch,
     std::string text = kv.substr(eq + 1);
     nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (value.is_discarded()) value = text;
-    if (style_of(arch) == ConfigStyle::Transformers) {
-      config[key] = value;
-    } else {
-      config["model_args"][key] = value;
-      if (key == "num_classes") config[key] = value;
-    }
+    set_config_value(config, arch, key, value);
   }
 }
-
-}  // namespace
 
 std::string arch_from_config(const nlohmann::json& config, const std::string& source) {
   if (!config.is_object()) throw Error(msg(source, ": expected a JSON object"));

@@ -19,7 +19,7 @@
 
 namespace recast::models {
 
-enum class Task { CausalLM, ImageClassification };
+enum class Task { CausalLM, ImageClassification, SequenceClassification };
 
 // Inputs by the names transformers and timm use.
 struct Batch {
@@ -67,6 +67,12 @@ class Model : public torch::nn::Module {
 
   // A random batch of the shape the model expects (smoke tests, reports).
   virtual Batch example_batch(int64_t batch_size, uint64_t seed) const = 0;
+
+  // Fresh weights as the reference implementation initialises them for
+  // pretraining (GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2L);
+  // ResNet: Kaiming fan-out; ViT: truncated N(0, 0.02)), drawn from LibTorch's
+  // default generator (seed it first).
+  virtual void init_weights() = 0;
 
   // Checkpoint names that may be absent because they alias another tensor
   // (a tied lm_head); they are not saved either.
@@ -123,6 +129,15 @@ struct LoadOptions {
 // Loads a checkpoint directory (config.json + weights) or a bare .safetensors
 // file with options.arch. Errors name the file and each offending tensor.
 ModelPtr load_model(const std::string& path, const LoadOptions& options = {});
+
+// Config edits the way the family lays its config out (timm: model_args).
+void set_config_value(nlohmann::json& config, const std::string& arch, const std::string& key,
+                      const nlohmann::json& value);
+bool has_config_value(const nlohmann::json& config, const std::string& arch,
+                      const std::string& key);
+// "key=value" strings (--set); the value is JSON when it parses, else a string.
+void apply_overrides(nlohmann::json& config, const std::string& arch,
+                     const std::vector<std::string>& sets);
 
 // Builds a model with random weights (smoke tests, benchmarks).
 ModelPtr create_model(const std::string& arch,

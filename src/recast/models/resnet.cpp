@@ -122,6 +122,24 @@ class ResNet : public Model {
 
   Task task() const override { return Task::ImageClassification; }
 
+  // timm's ResNet init: Kaiming-normal (fan-out, ReLU) convolutions, BatchNorm
+  // 1 / 0 with the last BatchNorm of each block zeroed (zero_init_last), the
+  // classifier as torch.nn.Linear initialises itself.
+  void init_weights() override {
+    torch::NoGradGuard no_grad;
+    for (auto& item : named_modules("", false)) {
+      if (auto* conv = item.value()->as<nn::Conv2d>()) {
+        nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
+      } else if (auto* norm = item.value()->as<nn::BatchNorm2d>()) {
+        const bool last = ends_with(item.key(), c_.bottleneck ? ".bn3" : ".bn2");
+        norm->weight.fill_(last ? 0.0 : 1.0);
+        norm->bias.zero_();
+      } else if (auto* linear = item.value()->as<nn::Linear>()) {
+        linear->reset_parameters();
+      }
+    }
+  }
+
   at::Tensor forward(const Batch& batch, Recorder* rec, KVCache*) override {
     const at::Tensor& x0 = batch.pixel_values;
     RECAST_CHECK(x0.defined(), "pixel_values: missing (a ResNet takes float [B, C, H, W])");

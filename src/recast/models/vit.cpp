@@ -138,6 +138,33 @@ class Vit : public Model {
 
   Task task() const override { return Task::ImageClassification; }
 
+  // timm's ViT init: truncated N(0, 0.02) for Linear weights and pos_embed,
+  // N(0, 1e-6) for cls_token, zero biases, LayerNorm 1 / 0; the patch
+  // embedding keeps torch's Conv2d init.
+  void init_weights() override {
+    torch::NoGradGuard no_grad;
+    auto trunc_normal = [](at::Tensor t, double std) {
+      // Resample outside [-2, 2] (absolute, as timm's trunc_normal_ defaults).
+      t.normal_(0.0, std);
+      for (at::Tensor bad = t.abs() > 2.0; bad.any().item<bool>(); bad = t.abs() > 2.0) {
+        t.masked_scatter_(bad, at::empty_like(t).normal_(0.0, std).masked_select(bad));
+      }
+    };
+    for (auto& item : named_modules("", false)) {
+      if (auto* linear = item.value()->as<nn::Linear>()) {
+        trunc_normal(linear->weight, 0.02);
+        if (linear->bias.defined()) linear->bias.zero_();
+      } else if (auto* ln = item.value()->as<nn::LayerNorm>()) {
+        ln->weight.fill_(1.0);
+        ln->bias.zero_();
+      } else if (auto* conv = item.value()->as<nn::Conv2d>()) {
+        conv->reset_parameters();
+      }
+    }
+    trunc_normal(pos_embed, 0.02);
+    cls_token.normal_(0.0, 1e-6);
+  }
+
   at::Tensor forward(const Batch& batch, Recorder* rec, KVCache*) override {
     const at::Tensor& px = batch.pixel_values;
     RECAST_CHECK(px.defined(), "pixel_values: missing (a ViT takes float [B, C, H, W])");

@@ -1,0 +1,54 @@
+#pragma once
+
+// What the training and evaluation verbs share: the options of pretrain and
+// finetune, tokenizer and model resolution, and moving a model to its device.
+
+#include "recast/io/tokenizer.h"
+#include "recast/models/model.h"
+#include "recast/train/data.h"
+#include "recast/train/trainer.h"
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace recast::cli {
+
+struct TrainCli {
+  std::string arch, model, data, out, tokenizer, device = "cpu", train_regex, teacher;
+  std::string text_field = "text";
+  std::vector<std::string> set;
+  int64_t steps = 1000, batch_size = 16, seq_len = 128, grad_accum = 1, warmup = -1;
+  int64_t save_every = 0, eval_every = 0, eval_batches = 20, log_every = 10;
+  double lr = 3e-4, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
+  double distill_alpha = 0.5, temperature = 2.0;
+  int keep = 2, threads = 0;
+  uint64_t seed = 0;
+  bool resume = false, bf16 = false, tf32 = false, no_progress = false;
+};
+
+// Declares the options both verbs take.
+void add_train_options(CLI::App* cmd, TrainCli& o);
+
+// Sets LibTorch's intra-op threads: `threads`, or every core when 0 (LibTorch
+// counts physical cores and finds one on these 2-vCPU machines).
+void set_threads(int threads);
+
+// "bytes" -> the byte tokenizer; a directory -> its tokenizer files.
+std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec);
+// The tokenizer saved with a checkpoint directory, or nullptr when it has none.
+std::unique_ptr<io::Tokenizer> tokenizer_of_checkpoint(const std::string& dir);
+
+// The image normalisation recorded in a model's config (pretrained_cfg).
+train::Normalization normalization_of(const nlohmann::json& config);
+void record_normalization(nlohmann::json& config, const train::Normalization& norm);
+
+// recast_manifest.json of a checkpoint directory (empty object when absent).
+nlohmann::json manifest_of(const std::string& dir);
+
+// Parses --seq-len style integers from a manifest with a fallback.
+int64_t manifest_int(const nlohmann::json& manifest, const char* key, int64_t fallback);
+
+}  // namespace recast::cli

@@ -1,0 +1,369 @@
+// recast pretrain --arch NAME [--set key=value]... --data SPEC --out DIR --steps N ...
+// recast finetune --model DIR --data SPEC --out DIR --steps N ...
+// Both end with OUT holding a checkpoint directory every verb accepts
+// (config.json, model.safetensors, the tokenizer, recast_manifest.json).
+
+#include "recast/cli/train_common.h"
+#include "recast/cli/verbs.h"
+#include "recast/core/device.h"
+#include "recast/core/error.h"
+#include "recast/core/log.h"
+#include "recast/core/version.h"
+#include "recast/io/checkpoint.h"
+#include "recast/io/file.h"
+#include "recast/io/json_strict.h"
+
+#include <torch/torch.h>
+
+#include <ctime>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace recast::cli {
+
+void add_train_options(CLI::App* cmd, TrainCli& o) {
+  cmd->add_option("--data", o.data,
+                  "sotu, moby-dick, spam-assassin, fashion-mnist, or a path: text file / "
+                  "directory / glob, .json/.jsonl with a text field, labelled .jsonl, image folder")
+      ->required();
+  cmd->add_option("--out", o.out, "Directory for the final model, checkpoints/ and metrics.jsonl")
+      ->required();
+  cmd->add_option("--steps", o.steps, "Optimizer steps (default 1000)");
+  cmd->add_option("--batch-size", o.batch_size, "Examples per micro-batch (default 16)");
+  cmd->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step (default 1)");
+  cmd->add_option("--seq-len", o.seq_len,
+                  "Tokens per language-model window / text truncation (default 128)");
+  cmd->add_option("--lr", o.lr, "Peak learning rate (default 3e-4)");
+  cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr (0.1)");
+  cmd->add_option("--warmup", o.warmup, "Linear warmup steps (default min(100, steps/10))");
+  cmd->add_option("--weight-decay", o.weight_decay,
+                  "AdamW weight decay on matrices; none on biases, norms, embeddings (0.1)");
+  cmd->add_option("--clip", o.clip, "Clip the gradient norm to this (default 1; 0 = off)");
+  cmd->add_option("--train", o.train_regex,
+                  "Train only parameters whose names match this regex; freeze the rest");
+  cmd->add_option("--save-every", o.save_every,
+                  "Checkpoint every N steps (default 0: at the end and on SIGINT/SIGTERM)");
+  cmd->add_option("--keep", o.keep, "Checkpoints to keep (default 2, at least 2)");
+  cmd->add_option("--eval-every", o.eval_every, "Evaluate on the val split every N steps");
+  cmd->add_option("--eval-batches", o.eval_batches, "Batches per evaluation (default 20)");
+  cmd->add_option("--log-every", o.log_every, "Steps per metrics.jsonl line (default 10)");
+  cmd->add_option("--seed", o.seed, "Seed for initialisation, splits and shuffling (default 0)");
+  cmd->add_flag("--resume", o.resume, "Continue from the newest checkpoint in OUT/checkpoints");
+  cmd->add_option("--tokenizer", o.tokenizer,
+                  "bytes, or a directory with vocab.json + merges.txt (GPT-2 BPE)");
+  cmd->add_option("--text-field", o.text_field, "JSON field holding the text (default text)");
+  cmd->add_option("--device", o.device, "cpu, cuda, cuda:N or auto (default cpu)");
+  cmd->add_flag("--bf16", o.bf16, "bf16 autocast on CUDA (fp32 weights and optimizer state)");
+  cmd->add_flag("--tf32", o.tf32, "Let CUDA fp32 products use TF32");
+  cmd->add_option("--threads", o.threads, "CPU threads (default: every core)");
+  cmd->add_option("--teacher", o.teacher, "Distil from this model's logits (checkpoint dir)");
+  cmd->add_option("--distill-alpha", o.distill_alpha,
+                  "Weight of the distillation loss against the task loss (0.5)");
+  cmd->add_option("--temperature", o.temperature, "Distillation temperature (default 2)");
+  cmd->add_flag("--no-progress", o.no_progress, "No progress bar (metrics.jsonl still written)");
+}
+
+void set_threads(int threads) {
+  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+}
+
+std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec) {
+  if (spec.empty() || spec == "bytes") return std::make_unique<io::ByteTokenizer>();
+  if (!io::is_directory(spec)) {
+    throw UsageError(msg("--tokenizer ", quote(spec),
+                         ": expected 'bytes' or a directory with vocab.json + merges.txt"));
+  }
+  return io::load_tokenizer(spec);
+}
+
+std::unique_ptr<io::Tokenizer> tokenizer_of_checkpoint(const std::string& dir) {
+  const fs::path d(dir);
+  if (!io::is_directory(dir)) return nullptr;
+  if (!fs::exists(d / "vocab.json") && !fs::exists(d / "tokenizer_config.json")) return nullptr;
+  return io::load_tokenizer(dir);
+}
+
+train::Normalization normalization_of(const nlohmann::json& config) {
+  train::Normalization n;
+  auto cfg = config.find("pretrained_cfg");
+  if (cfg == config.end() || !cfg->is_object()) return n;
+  auto read = [&](const char* key, std::vector<double>& out) {
+    auto it = cfg->find(key);
+    if (it == cfg->end()) return;
+    if (!it->is_array()) throw Error(msg("config.json: pretrained_cfg.", key, ": expected a list"));
+    for (const auto& v : *it) {
+      if (!v.is_number()) throw Error(msg("config.json: pretrained_cfg.", key, ": expected numbers"));
+      out.push_back(v.get<double>());
+    }
+  };
+  read("mean", n.mean);
+  read("std", n.std);
+  return n;
+}
+
+void record_normalization(nlohmann::json& config, const train::Normalization& norm) {
+  config["pretrained_cfg"]["mean"] = norm.mean;
+  config["pretrained_cfg"]["std"] = norm.std;
+}
+
+nlohmann::json manifest_of(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "recast_manifest.json").string();
+  if (!io::is_regular_file(path)) return nlohmann::json::object();
+  return io::read_json_file(path);
+}
+
+int64_t manifest_int(const nlohmann::json& manifest, const char* key, int64_t fallback) {
+  auto it = manifest.find(key);
+  return it != manifest.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+}
+
+namespace {
+
+bool is_vit(const std::string& arch) { return arch.rfind("vit", 0) == 0; }
+
+// Head parameters a change of task or class count replaces.
+bool is_head(const std::string& name) {
+  for (const char* prefix : {"fc.", "head.", "score.", "lm_head.", "classifier."}) {
+    if (name.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+// transformers' GPT2ForSequenceClassification layout: the pooled "score" head.
+void make_sequence_classifier(nlohmann::json& config, const std::string& arch,
+                              const io::Tokenizer* tok, const train::Dataset& data) {
+  RECAST_CHECK(arch == "gpt2", "text classification needs a gpt2 backbone, found ", arch);
+  config["architectures"] = {"GPT2ForSequenceClassification"};
+  nlohmann::json id2label = nlohmann::json::object();
+  for (size_t i = 0; i < data.classes().size(); ++i) {
+    id2label[std::to_string(i)] = data.classes()[i];
+  }
+  config["id2label"] = id2label;
+  if (tok && tok->eos_id() >= 0) config["pad_token_id"] = tok->eos_id();
+}
+
+// Fills what the data decides (vocabulary, classes, channels, context) into a
+// config unless --set gave it.
+void fit_config_to_data(nlohmann::json& config, const std::string& arch,
+                        const models::ConfigStyle style, train::DataKind kind,
+                        const io::Tokenizer* tok, const train::Dataset& data,
+                        const std::vector<std::string>& sets, int64_t seq_len) {
+  std::set<std::string> given;
+  for (const auto& kv : sets) given.insert(kv.substr(0, kv.find('=')));
+  auto fill = [&](const std::string& key, const nlohmann::json& value) {
+    if (!given.count(key)) models::set_config_value(config, arch, key, value);
+  };
+  if (kind == train::DataKind::ImageClassification) {
+    RECAST_CHECK(style == models::ConfigStyle::Timm, "--data ", data.describe(),
+                 " is images; --arch ", arch, " is not an image model");
+    fill("num_classes", static_cast<int64_t>(data.classes().size()));
+    const at::Tensor px = data.batch({0}).inputs.pixel_values;
+    fill("in_chans", px.size(1));
+    if (is_vit(arch)) fill("img_size", nlohmann::json::array({px.size(2), px.size(3)}));
+    return;
+  }
+  RECAST_CHECK(style == models::ConfigStyle::Transformers, "--data is text; --arch ", arch,
+               " is not a language model");
+  fill("vocab_size", tok->vocab_size());
+  if (tok->eos_id() >= 0) {
+    fill("bos_token_id", tok->eos_id());
+    fill("eos_token_id", tok->eos_id());
+  }
+  if (arch == "gpt2") {
+    fill("n_positions", std::max<int64_t>(seq_len, 128));
+  } else {
+    fill("max_position_embeddings", std::max<int64_t>(seq_len, 128));
+  }
+  if (kind == train::DataKind::TextClassification) make_sequence_classifier(config, arch, tok, data);
+}
+
+struct Prepared {
+  std::unique_ptr<io::Tokenizer> tokenizer;
+  std::unique_ptr<train::Dataset> train, val;
+  train::Normalization norm;
+  train::DataKind kind;
+};
+
+Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
+                      train::Normalization norm) {
+  Prepared p;
+  p.kind = train::sniff_data_kind(o.data);
+  if (p.kind != train::DataKind::ImageClassification) {
+    p.tokenizer = tok ? std::move(tok) : tokenizer_from_option(o.tokenizer);
+  }
+  p.norm = std::move(norm);
+  train::DataOptions d{o.data, "train", o.seed, o.seq_len, o.text_field};
+  p.train = train::open_dataset(d, p.tokenizer.get(), &p.norm);
+  d.split = "val";
+  try {
+    p.val = train::open_dataset(d, p.tokenizer.get(), &p.norm);
+  } catch (const Error& e) {
+    log::warn("no validation split: ", e.what());
+  }
+  return p;
+}
+
+train::TrainOptions trainer_options(const TrainCli& o) {
+  train::TrainOptions t;
+  t.out = o.out;
+  t.steps = o.steps;
+  t.batch_size = o.batch_size;
+  t.grad_accum = o.grad_accum;
+  t.lr = o.lr;
+  t.min_lr_ratio = o.min_lr_ratio;
+  t.warmup = o.warmup;
+  t.weight_decay = o.weight_decay;
+  t.clip = o.clip;
+  t.save_every = o.save_every;
+  t.eval_every = o.eval_every;
+  t.eval_batches = o.eval_batches;
+  t.log_every = std::max<int64_t>(1, o.log_every);
+  t.keep = o.keep;
+  t.train_regex = o.train_regex;
+  t.resume = o.resume;
+  t.seed = o.seed;
+  t.device = select_device(o.device);
+  t.bf16 = o.bf16;
+  t.progress = !o.no_progress;
+  t.distill_alpha = o.distill_alpha;
+  t.temperature = o.temperature;
+  return t;
+}
+
+nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const Prepared& p) {
+  std::time_t now = std::time(nullptr);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  nlohmann::json m = {{"made_by", msg("recast ", verb)},
+                      {"created", when},
+                      {"git_revision", RECAST_GIT_REVISION},
+                      {"data", o.data},
+                      {"data_kind", train::data_kind_name(p.kind)},
+                      {"train_data", p.train->describe()},
+                      {"seq_len", o.seq_len},
+                      {"batch_size", o.batch_size},
+                      {"grad_accum", o.grad_accum},
+                      {"lr", o.lr},
+                      {"seed", o.seed},
+                      {"train", o.train_regex.empty() ? ".*" : o.train_regex},
+                      {"device", o.device},
+                      {"bf16", o.bf16}};
+  if (p.tokenizer) m["tokenizer"] = p.tokenizer->kind();
+  if (!o.teacher.empty()) m["teacher"] = o.teacher;
+  return m;
+}
+
+int run_pretrain(TrainCli& o) {
+  set_threads(o.threads);
+  set_tf32(o.tf32);
+  const auto& factory = models::model_registry().get(o.arch).factory;
+  Prepared p = prepare_data(o, nullptr, {});
+  nlohmann::json config = nlohmann::json::object();
+  config[factory.style == models::ConfigStyle::Transformers ? "model_type" : "architecture"] = o.arch;
+  fit_config_to_data(config, o.arch, factory.style, p.kind, p.tokenizer.get(), *p.train, o.set,
+                     o.seq_len);
+  models::apply_overrides(config, o.arch, o.set);
+  if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
+  at::manual_seed(o.seed);
+  models::ModelPtr model = models::create_model(o.arch, config);
+  model->init_weights();
+  model->set_metadata({{"format", "pt"}});
+  train::TrainOptions t = trainer_options(o);
+  model->to(t.device);
+  nlohmann::json manifest = base_manifest("pretrain", o, p);
+  manifest["arch"] = o.arch;
+  manifest["set"] = o.set;
+  train::train(*model, *p.train, p.val.get(), t, {manifest, p.tokenizer.get()});
+  return 0;  // also when stopped by a signal (checkpoint saved; --resume continues)
+}
+
+int run_finetune(TrainCli& o) {
+  set_threads(o.threads);
+  set_tf32(o.tf32);
+  if (!io::is_directory(o.model)) {
+    throw UsageError(msg("--model ", quote(o.model), ": expected a checkpoint directory"));
+  }
+  const std::string config_path = (fs::path(o.model) / io::kConfigName).string();
+  if (!io::is_regular_file(config_path)) {
+    throw Error(msg(o.model, ": no config.json in this directory"));
+  }
+  nlohmann::json config = io::read_json_file(config_path);
+  const std::string arch = models::arch_from_config(config, config_path);
+  std::unique_ptr<io::Tokenizer> tok =
+      o.tokenizer.empty() ? tokenizer_of_checkpoint(o.model) : tokenizer_from_option(o.tokenizer);
+  Prepared p = prepare_data(o, std::move(tok), normalization_of(config));
+  if (p.tokenizer) {
+    const int64_t vocab = models::cfg_int(config, "vocab_size", 0);
+    if (vocab > 0 && p.tokenizer->vocab_size() > vocab) {
+      throw Error(msg("the tokenizer has ", p.tokenizer->vocab_size(), " ids but ", config_path,
+                      " has vocab_size ", vocab, " (token ids >= vocab size would not embed)"));
+    }
+  }
+  // A classifier head sized for this data (timm num_classes / GPT-2 score).
+  if (p.kind == train::DataKind::ImageClassification) {
+    models::set_config_value(config, arch, "num_classes",
+                             static_cast<int64_t>(p.train->classes().size()));
+    record_normalization(config, p.norm);
+  } else if (p.kind == train::DataKind::TextClassification) {
+    make_sequence_classifier(config, arch, p.tokenizer.get(), *p.train);
+  }
+  models::apply_overrides(config, arch, o.set);
+  at::manual_seed(o.seed);
+  models::ModelPtr model = models::create_model(arch, config);
+  model->init_weights();
+  const io::TensorStore store = io::TensorStore::open(o.model);
+  const models::LoadReport report = models::load_weights(*model, store);
+  std::vector<std::string> fresh;
+  for (const auto* list : {&report.missing, &report.unexpected, &report.mismatched}) {
+    for (const auto& entry : *list) {
+      const std::string name = entry.substr(0, entry.find(':'));
+      if (!is_head(name)) {
+        throw Error(msg(o.model, ": weights do not fit ", arch, ": ", report.describe()));
+      }
+      if (list != &report.unexpected) fresh.push_back(name);
+    }
+  }
+  if (!fresh.empty()) {
+    log::info("new head for ", p.train->classes().size(), " classes, initialised fresh: ",
+              fresh.size() == 1 ? fresh[0] : msg(fresh[0], " and ", fresh.size() - 1, " more"));
+  }
+  model->set_metadata(store.metadata());
+  train::TrainOptions t = trainer_options(o);
+  model->to(t.device);
+  if (!o.teacher.empty()) {
+    t.teacher = models::load_model(o.teacher);
+    t.teacher->to(t.device);
+  }
+  nlohmann::json manifest = base_manifest("finetune", o, p);
+  manifest["from"] = o.model;
+  manifest["arch"] = arch;
+  train::train(*model, *p.train, p.val.get(), t, {manifest, p.tokenizer.get()});
+  return 0;  // also when stopped by a signal (checkpoint saved; --resume continues)
+}
+
+}  // namespace
+
+Runner add_pretrain(CLI::App& app) {
+  auto o = std::make_shared<TrainCli>();
+  auto* cmd = app.add_subcommand("pretrain", verb_info("pretrain").summary);
+  cmd->add_option("--arch", o->arch, "Architecture (see 'recast list')")->required();
+  cmd->add_option("--set", o->set, "Config value key=value (JSON value); repeatable");
+  add_train_options(cmd, *o);
+  return [o] { return run_pretrain(*o); };
+}
+
+Runner add_finetune(CLI::App& app) {
+  auto o = std::make_shared<TrainCli>();
+  auto* cmd = app.add_subcommand("finetune", verb_info("finetune").summary);
+  cmd->add_option("--model", o->model, "Checkpoint directory to start from")->required();
+  cmd->add_option("--set", o->set, "Override a config value key=value; repeatable");
+  add_train_options(cmd, *o);
+  o->lr = 1e-4;
+  return [o] { return run_finetune(*o); };
+}
+
+}  // namespace recast::cli

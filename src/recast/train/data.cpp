@@ -1,0 +1,488 @@
+#include "recast/train/data.h"
+
+#include "recast/core/error.h"
+#include "recast/core/log.h"
+#include "recast/io/file.h"
+#include "recast/io/image_data.h"
+#include "recast/io/text_data.h"
+
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+
+namespace fs = std::filesystem;
+
+namespace recast::train {
+namespace {
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+const std::vector<std::string> kFashionClasses = {"T-shirt/top", "Trouser", "Pullover", "Dress",
+                                                  "Coat",        "Sandal",  "Shirt",    "Sneaker",
+                                                  "Bag",         "Ankle boot"};
+const char* kNamed[] = {"sotu", "moby-dick", "spam-assassin", "fashion-mnist"};
+
+bool is_named(const std::string& spec) {
+  return std::find(std::begin(kNamed), std::end(kNamed), spec) != std::end(kNamed);
+}
+
+// The installed folder of a named set; an error that says how to install it.
+std::string named_dir(const std::string& name) {
+  fs::path dir = fs::path(data_root()) / name;
+  if (name == "fashion-mnist" && !fs::exists(dir / "train-images-idx3-ubyte.gz")) {
+    dir = "/usr/share/datasets/fashion-mnist";
+  }
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw Error(msg("data set ", quote(name), " is not installed (looked in ",
+                    (fs::path(data_root()) / name).string(), "; run scripts/fetch-data.sh ", name,
+                    ")"));
+  }
+  return dir.string();
+}
+
+// Which of [0, n) belong to `split`: a seeded permutation cut into
+// test | val | train (fractions of n), each kept in its original order.
+std::vector<int64_t> split_indices(int64_t n, uint64_t seed, double val_fraction,
+                                   double test_fraction, const std::string& split) {
+  std::vector<int64_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), 0);
+  if (split == "all") return all;
+  const auto n_test = static_cast<int64_t>(std::llround(static_cast<double>(n) * test_fraction));
+  const auto n_val = static_cast<int64_t>(std::llround(static_cast<double>(n) * val_fraction));
+  const std::vector<int64_t> perm = permutation(n, seed ^ 0x5EEDULL);
+  std::vector<int64_t> out;
+  int64_t lo = 0, hi = 0;
+  if (split == "test") {
+    lo = 0, hi = n_test;
+  } else if (split == "val") {
+    lo = n_test, hi = n_test + n_val;
+  } else {
+    lo = n_test + n_val, hi = n;
+  }
+  out.assign(perm.begin() + lo, perm.begin() + std::max(lo, hi));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void check_split(const std::string& split) {
+  if (split != "train" && split != "val" && split != "test" && split != "all") {
+    throw UsageError(msg("--split: expected train, val, test or all, found ", quote(split)));
+  }
+}
+
+std::string with_commas(int64_t n) {
+  std::string s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+// ---------------------------------------------------------------- language modelling
+
+class TextLmDataset : public Dataset {
+ public:
+  TextLmDataset(const std::string& name, const std::vector<io::Document>& docs,
+                const DataOptions& o, const io::Tokenizer& tok)
+      : seq_len_(o.seq_len) {
+    RECAST_CHECK(seq_len_ >= 1, "--seq-len: expected >= 1, found ", seq_len_);
+    const auto n_docs = static_cast<int64_t>(docs.size());
+    // Many documents: split by document. Few: split one token stream (tail = test).
+    const bool by_document = n_docs >= 20 || o.split == "all";
+    std::vector<int64_t> chosen;
+    if (by_document) {
+      chosen = split_indices(n_docs, o.seed, 0.05, 0.05, o.split);
+    } else {
+      chosen.resize(static_cast<size_t>(n_docs));
+      std::iota(chosen.begin(), chosen.end(), 0);
+    }
+    const int64_t eos = tok.eos_id();
+    for (int64_t d : chosen) {
+      const auto ids = tok.encode(docs[static_cast<size_t>(d)].text);
+      tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+      if (eos >= 0) tokens_.push_back(static_cast<int32_t>(eos));
+    }
+    if (!by_document) {
+      const auto n = static_cast<int64_t>(tokens_.size());
+      const int64_t test_start = n - n / 20, val_start = test_start - n / 20;
+      int64_t lo = 0, hi = val_start;
+      if (o.split == "val") lo = val_start, hi = test_start;
+      if (o.split == "test") lo = test_start, hi = n;
+      tokens_ = std::vector<int32_t>(tokens_.begin() + lo, tokens_.begin() + hi);
+    }
+    docs_ = static_cast<int64_t>(chosen.size());
+    windows_ = tokens_.size() > 1 ? (static_cast<int64_t>(tokens_.size()) - 1) / seq_len_ : 0;
+    if (windows_ == 0) {
+      throw Error(msg("data ", quote(name), " (", o.split, "): empty data set (", tokens_.size(),
+                      " tokens, fewer than one window of --seq-len ", seq_len_, " + 1)"));
+    }
+    byte_len_.resize(static_cast<size_t>(tok.vocab_size()));
+    for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+      byte_len_[static_cast<size_t>(id)] =
+          tok.is_special(id) ? 0 : static_cast<int32_t>(tok.decode({id}).size());
+    }
+    describe_ = msg(name, " (", o.split, "): ", with_commas(windows_), " windows of ", seq_len_,
+                    " tokens (", with_commas(static_cast<int64_t>(tokens_.size())),
+                    " tokens, ", docs_, by_document ? " documents" : " documents, split by position",
+                    ", ", tok.kind(), " tokenizer)");
+  }
+
+  DataKind kind() const override { return DataKind::Text; }
+  int64_t size() const override { return windows_; }
+  std::string describe() const override { return describe_; }
+
+  Example batch(const std::vector<int64_t>& indices) const override {
+    const auto b = static_cast<int64_t>(indices.size());
+    at::Tensor x = at::empty({b, seq_len_}, at::kLong), y = at::empty({b, seq_len_}, at::kLong);
+    auto* px = x.data_ptr<int64_t>();
+    auto* py = y.data_ptr<int64_t>();
+    Example ex;
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t w = indices[static_cast<size_t>(r)];
+      RECAST_CHECK(w >= 0 && w < windows_, "window ", w, " out of range [0, ", windows_, ")");
+      const int32_t* src = tokens_.data() + w * seq_len_;
+      for (int64_t t = 0; t < seq_len_; ++t) {
+        px[r * seq_len_ + t] = src[t];
+        py[r * seq_len_ + t] = src[t + 1];
+        ex.bytes += byte_len_[static_cast<size_t>(src[t + 1])];
+      }
+    }
+    ex.inputs.input_ids = x;
+    ex.labels = y;
+    ex.tokens = b * seq_len_;
+    return ex;
+  }
+
+ private:
+  int64_t seq_len_, windows_ = 0, docs_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<int32_t> byte_len_;
+  std::string describe_;
+};
+
+// ---------------------------------------------------------------- text classification
+
+class TextClassificationDataset : public Dataset {
+ public:
+  TextClassificationDataset(const std::string& name, const io::LabeledTexts& all,
+                            const DataOptions& o, const io::Tokenizer& tok)
+      : seq_len_(o.seq_len), classes_(all.classes) {
+    const auto chosen =
+        split_indices(static_cast<int64_t>(all.items.size()), o.seed, 0.1, 0.1, o.split);
+    if (chosen.empty()) {
+      throw Error(msg("data ", quote(name), " (", o.split, "): empty data set"));
+    }
+    for (int64_t i : chosen) {
+      const auto& item = all.items[static_cast<size_t>(i)];
+      auto ids = tok.encode(item.text);
+      if (ids.empty() && tok.eos_id() >= 0) ids.push_back(tok.eos_id());
+      if (ids.empty()) throw Error(msg(item.source, ": empty text"));
+      // Keep the start (headers and first lines carry most of an e-mail's signal).
+      if (static_cast<int64_t>(ids.size()) > seq_len_) ids.resize(static_cast<size_t>(seq_len_));
+      ids_.emplace_back(ids.begin(), ids.end());
+      labels_.push_back(item.label);
+    }
+    std::vector<int64_t> count(classes_.size(), 0);
+    for (auto l : labels_) ++count[static_cast<size_t>(l)];
+    std::string counts;
+    for (size_t c = 0; c < classes_.size(); ++c) {
+      counts += msg(c ? ", " : "", classes_[c], " ", count[c]);
+    }
+    describe_ = msg(name, " (", o.split, "): ", with_commas(size()), " texts (", counts,
+                    "), up to ", seq_len_, " tokens each");
+  }
+
+  DataKind kind() const override { return DataKind::TextClassification; }
+  int64_t size() const override { return static_cast<int64_t>(labels_.size()); }
+  std::string describe() const override { return describe_; }
+  const std::vector<std::string>& classes() const override { return classes_; }
+
+  Example batch(const std::vector<int64_t>& indices) const override {
+    const auto b = static_cast<int64_t>(indices.size());
+    int64_t t = 1;
+    for (auto i : indices) t = std::max<int64_t>(t, ids_[static_cast<size_t>(i)].size());
+    at::Tensor x = at::zeros({b, t}, at::kLong), m = at::zeros({b, t}, at::kLong),
+               y = at::empty({b}, at::kLong);
+    for (int64_t r = 0; r < b; ++r) {
+      const auto& ids = ids_[static_cast<size_t>(indices[static_cast<size_t>(r)])];
+      for (size_t k = 0; k < ids.size(); ++k) {
+        x[r][static_cast<int64_t>(k)] = ids[k];
+      }
+      m[r].narrow(0, 0, static_cast<int64_t>(ids.size())).fill_(1);
+      y[r] = labels_[static_cast<size_t>(indices[static_cast<size_t>(r)])];
+    }
+    Example ex;
+    ex.inputs.input_ids = x;
+    ex.inputs.attention_mask = m;
+    ex.labels = y;
+    ex.tokens = b;
+    return ex;
+  }
+
+ private:
+  int64_t seq_len_;
+  std::vector<std::string> classes_;
+  std::vector<std::vector<int32_t>> ids_;
+  std::vector<int64_t> labels_;
+  std::string describe_;
+};
+
+// ---------------------------------------------------------------- images
+
+class ImageDataset : public Dataset {
+ public:
+  ImageDataset(const std::string& name, std::shared_ptr<const io::ImageSet> set,
+               std::vector<int64_t> chosen, const std::string& split, Normalization norm)
+      : set_(std::move(set)), chosen_(std::move(chosen)), norm_(std::move(norm)) {
+    if (chosen_.empty()) throw Error(msg("data ", quote(name), " (", split, "): empty data set"));
+    RECAST_CHECK(static_cast<int64_t>(norm_.mean.size()) == set_->channels &&
+                     norm_.std.size() == norm_.mean.size(),
+                 "image normalisation: expected ", set_->channels, " channel means and stds, found ",
+                 norm_.mean.size(), " and ", norm_.std.size());
+    describe_ = msg(name, " (", split, "): ", with_commas(size()), " images ", set_->channels, "x",
+                    set_->height, "x", set_->width, ", ", set_->classes.size(), " classes");
+  }
+  DataKind kind() const override { return DataKind::ImageClassification; }
+  int64_t size() const override { return static_cast<int64_t>(chosen_.size()); }
+  std::string describe() const override { return describe_; }
+  const std::vector<std::string>& classes() const override { return set_->classes; }
+
+  Example batch(const std::vector<int64_t>& indices) const override {
+    const auto b = static_cast<int64_t>(indices.size());
+    const int64_t c = set_->channels, hw = set_->height * set_->width, per = c * hw;
+    at::Tensor raw = at::empty({b, c, set_->height, set_->width}, at::kByte);
+    at::Tensor y = at::empty({b}, at::kLong);
+    auto* dst = raw.data_ptr<uint8_t>();
+    auto* py = y.data_ptr<int64_t>();
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t i = chosen_[static_cast<size_t>(indices[static_cast<size_t>(r)])];
+      std::copy_n(set_->pixels.data() + i * per, per, dst + r * per);
+      py[r] = set_->labels[static_cast<size_t>(i)];
+    }
+    at::Tensor x = raw.to(at::kFloat).div_(255.0);
+    at::Tensor mean = at::tensor(norm_.mean, at::kDouble).to(at::kFloat).view({1, c, 1, 1});
+    at::Tensor stdv = at::tensor(norm_.std, at::kDouble).to(at::kFloat).view({1, c, 1, 1});
+    Example ex;
+    ex.inputs.pixel_values = x.sub_(mean).div_(stdv);
+    ex.labels = y;
+    ex.tokens = b;
+    return ex;
+  }
+
+ private:
+  std::shared_ptr<const io::ImageSet> set_;
+  std::vector<int64_t> chosen_;
+  Normalization norm_;
+  std::string describe_;
+};
+
+std::unique_ptr<Dataset> open_images(const std::string& name, const io::ImageSet& train_set,
+                                     const io::ImageSet* test_set, const DataOptions& o,
+                                     Normalization* norm, Normalization defaults) {
+  Normalization use = norm && !norm->mean.empty() ? *norm : defaults;
+  if (norm && norm->mean.empty()) *norm = use;
+  if (test_set && o.split == "test") {
+    auto set = std::make_shared<const io::ImageSet>(*test_set);
+    std::vector<int64_t> all(static_cast<size_t>(set->count));
+    std::iota(all.begin(), all.end(), 0);
+    return std::make_unique<ImageDataset>(name, set, all, o.split, use);
+  }
+  // With a separate test set, the file's own split gives train + val only.
+  const double test_fraction = test_set ? 0.0 : 0.1;
+  auto set = std::make_shared<const io::ImageSet>(train_set);
+  return std::make_unique<ImageDataset>(
+      name, set, split_indices(set->count, o.seed, 0.1, test_fraction, o.split), o.split, use);
+}
+
+io::LabeledTexts read_spam_assassin(const std::string& dir) {
+  io::LabeledTexts out;
+  out.classes = {"ham", "spam"};
+  for (const char* group : {"easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2"}) {
+    const int64_t label = std::string(group).rfind("spam", 0) == 0 ? 1 : 0;
+    for (const auto& doc : io::read_text_documents((fs::path(dir) / group).string())) {
+      out.items.push_back({doc.source, doc.text, label});
+    }
+  }
+  return out;
+}
+
+const io::Tokenizer& need_tokenizer(const io::Tokenizer* tok, const std::string& spec) {
+  if (!tok) throw Error(msg("data ", quote(spec), ": text data needs a tokenizer"));
+  return *tok;
+}
+
+}  // namespace
+
+const char* data_kind_name(DataKind kind) {
+  switch (kind) {
+    case DataKind::Text: return "text";
+    case DataKind::TextClassification: return "text-classification";
+    case DataKind::ImageClassification: return "image-classification";
+  }
+  return "?";
+}
+
+std::string data_root() {
+  if (const char* env = std::getenv("RECAST_DATA_DIR"); env && *env) return env;
+  std::error_code ec;
+  if (fs::is_directory("data", ec)) return "data";
+  // build/recast-engine -> build/../data
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (fs::path p = exe.parent_path(); !p.empty() && p != p.root_path(); p = p.parent_path()) {
+      if (fs::is_directory(p / "data", ec)) return (p / "data").string();
+    }
+  }
+  return "data";
+}
+
+std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  std::iota(p.begin(), p.end(), 0);
+  uint64_t state = seed;
+  for (int64_t i = n - 1; i > 0; --i) {
+    const auto j = static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(i + 1));
+    std::swap(p[static_cast<size_t>(i)], p[static_cast<size_t>(j)]);
+  }
+  return p;
+}
+
+DataKind sniff_data_kind(const std::string& spec) {
+  if (spec == "spam-assassin") return DataKind::TextClassification;
+  if (spec == "fashion-mnist") return DataKind::ImageClassification;
+  if (is_named(spec)) return DataKind::Text;
+  if (io::looks_like_image_folder(spec)) return DataKind::ImageClassification;
+  if (ends_with(spec, ".jsonl") && io::is_regular_file(spec)) {
+    // A labelled JSONL: its first record has a "label".
+    const std::string head = io::read_prefix(spec, 1 << 20);
+    const std::string first = head.substr(0, head.find('\n'));
+    try {
+      const auto obj = nlohmann::json::parse(first);
+      if (obj.is_object() && obj.contains("label")) return DataKind::TextClassification;
+    } catch (const nlohmann::json::exception&) {
+      // read_text_documents reports the malformed line with its number.
+    }
+  }
+  return DataKind::Text;
+}
+
+std::unique_ptr<Dataset> open_dataset(const DataOptions& o, const io::Tokenizer* tokenizer,
+                                      Normalization* norm) {
+  check_split(o.split);
+  const std::string& spec = o.spec;
+  if (spec.empty()) throw UsageError("--data: expected a named data set or a path, found ''");
+  if (spec == "fashion-mnist") {
+    const fs::path dir = named_dir(spec);
+    auto train_set = io::read_idx_images((dir / "train-images-idx3-ubyte.gz").string(),
+                                         (dir / "train-labels-idx1-ubyte.gz").string(),
+                                         kFashionClasses);
+    std::unique_ptr<io::ImageSet> test_set;
+    if (o.split == "test") {
+      test_set = std::make_unique<io::ImageSet>(
+          io::read_idx_images((dir / "t10k-images-idx3-ubyte.gz").string(),
+                              (dir / "t10k-labels-idx1-ubyte.gz").string(), kFashionClasses));
+    }
+    return open_images(spec, train_set, test_set ? test_set.get() : &train_set, o, norm,
+                       {{0.2860}, {0.3530}});
+  }
+  switch (sniff_data_kind(spec)) {
+    case DataKind::ImageClassification: {
+      const auto set = io::read_image_folder(spec);
+      Normalization defaults{std::vector<double>(static_cast<size_t>(set.channels), 0.5),
+                             std::vector<double>(static_cast<size_t>(set.channels), 0.5)};
+      return open_images(spec, set, nullptr, o, norm, defaults);
+    }
+    case DataKind::TextClassification: {
+      const auto& tok = need_tokenizer(tokenizer, spec);
+      const auto texts = spec == "spam-assassin" ? read_spam_assassin(named_dir(spec))
+                                                 : io::read_labeled_jsonl(spec, o.text_field);
+      return std::make_unique<TextClassificationDataset>(spec, texts, o, tok);
+    }
+    case DataKind::Text: {
+      const auto& tok = need_tokenizer(tokenizer, spec);
+      std::string source = spec;
+      if (spec == "sotu") source = named_dir(spec);
+      if (spec == "moby-dick") source = (fs::path(named_dir(spec)) / "data.txt").string();
+      return std::make_unique<TextLmDataset>(spec, io::read_text_documents(source, o.text_field),
+                                             o, tok);
+    }
+  }
+  throw Error("unreachable");
+}
+
+// ---------------------------------------------------------------- Loader
+
+Loader::Loader(int64_t size, int64_t batch_size, uint64_t seed, bool shuffle, bool drop_last)
+    : size_(size), batch_(batch_size), seed_(seed), shuffle_(shuffle), drop_last_(drop_last) {
+  RECAST_CHECK(batch_ >= 1, "batch size: expected >= 1, found ", batch_);
+  if (size_ < 1 || (drop_last_ && size_ < batch_)) {
+    throw Error(msg("empty data set: ", size_, " examples, fewer than one batch of ", batch_));
+  }
+  start_epoch(0);
+}
+
+void Loader::start_epoch(int64_t epoch) {
+  epoch_ = epoch;
+  cursor_ = 0;
+  if (shuffle_) {
+    order_ = permutation(size_, seed_ * 0x100000001B3ULL + static_cast<uint64_t>(epoch));
+  } else {
+    order_.resize(static_cast<size_t>(size_));
+    std::iota(order_.begin(), order_.end(), 0);
+  }
+}
+
+int64_t Loader::batches_per_epoch() const {
+  return drop_last_ ? size_ / batch_ : (size_ + batch_ - 1) / batch_;
+}
+
+bool Loader::at_epoch_end() const {
+  return drop_last_ ? cursor_ + batch_ > size_ : cursor_ >= size_;
+}
+
+std::vector<int64_t> Loader::next() {
+  if (at_epoch_end()) start_epoch(epoch_ + 1);
+  const int64_t end = std::min(size_, cursor_ + batch_);
+  std::vector<int64_t> out(order_.begin() + cursor_, order_.begin() + end);
+  cursor_ = end;
+  return out;
+}
+
+nlohmann::json Loader::state() const {
+  return {{"epoch", epoch_}, {"cursor", cursor_}, {"seed", seed_}, {"size", size_},
+          {"batch_size", batch_}, {"shuffle", shuffle_}};
+}
+
+void Loader::restore(const nlohmann::json& s) {
+  try {
+    const auto size = s.at("size").get<int64_t>();
+    const auto batch = s.at("batch_size").get<int64_t>();
+    const auto seed = s.at("seed").get<uint64_t>();
+    if (size != size_ || batch != batch_ || seed != seed_ || s.at("shuffle").get<bool>() != shuffle_) {
+      throw Error(msg("data loader state is for ", size, " examples in batches of ", batch,
+                      " with seed ", seed, ", but this run has ", size_, ", ", batch_, " and ",
+                      seed_, " (different --data, --batch-size, --seq-len or --seed)"));
+    }
+    const auto epoch = s.at("epoch").get<int64_t>();
+    const auto cursor = s.at("cursor").get<int64_t>();
+    if (epoch < 0 || cursor < 0 || cursor > size_) {
+      throw Error(msg("data loader state: epoch ", epoch, " cursor ", cursor, " out of range"));
+    }
+    start_epoch(epoch);
+    cursor_ = cursor;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(msg("data loader state: ", e.what()));
+  }
+}
+
+}  // namespace recast::train

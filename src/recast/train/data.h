@@ -1,0 +1,106 @@
+#pragma once
+
+// Data sets as the trainer sees them: a named set (sotu, moby-dick,
+// spam-assassin, fashion-mnist) or a path, split deterministically by seed into
+// train / val / test, turned into batches of tensors; and a Loader that walks
+// seeded permutations epoch after epoch and whose position can be saved and
+// restored (exact resume).
+
+#include "recast/io/tokenizer.h"
+#include "recast/models/model.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace recast::train {
+
+enum class DataKind { Text, TextClassification, ImageClassification };
+const char* data_kind_name(DataKind kind);
+
+struct DataOptions {
+  std::string spec;             // named set or path (file, directory, glob)
+  std::string split = "train";  // train | val | test | all
+  uint64_t seed = 0;            // the split's seed (not the shuffling's)
+  int64_t seq_len = 128;        // LM window / classification truncation
+  std::string text_field = "text";
+};
+
+// A batch: model inputs plus targets ([B, T] next tokens for LMs, [B] labels
+// for classifiers).
+struct Example {
+  models::Batch inputs;
+  at::Tensor labels;
+  int64_t tokens = 0;  // target tokens (LMs) or examples (classifiers)
+  int64_t bytes = 0;   // bytes of text the LM targets stand for (bits per byte)
+};
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual DataKind kind() const = 0;
+  // Examples in this split (LM: windows of seq_len + 1 tokens).
+  virtual int64_t size() const = 0;
+  virtual Example batch(const std::vector<int64_t>& indices) const = 0;
+  // "sotu (train): 4,123 windows of 128 tokens from 210 documents"
+  virtual std::string describe() const = 0;
+  // Class names (classifiers), empty for LMs.
+  virtual const std::vector<std::string>& classes() const { return no_classes_; }
+
+ private:
+  std::vector<std::string> no_classes_;
+};
+
+// Image normalisation written into the model's config ("pretrained_cfg":
+// {"mean": [...], "std": [...]}, as timm does) so that eval uses the training one.
+struct Normalization {
+  std::vector<double> mean, std;
+};
+
+// Opens SPEC's split. `tokenizer` is required for text; `norm` (images) is
+// filled when empty with the data set's own values and used as given otherwise.
+std::unique_ptr<Dataset> open_dataset(const DataOptions& options, const io::Tokenizer* tokenizer,
+                                      Normalization* norm = nullptr);
+
+// What SPEC holds, without reading it all.
+DataKind sniff_data_kind(const std::string& spec);
+
+// Where named sets live: $RECAST_DATA_DIR, else ./data (scripts/fetch-data.sh),
+// else data/ beside the executable's source tree.
+std::string data_root();
+
+// Seeded permutation of [0, n) (Fisher-Yates over splitmix64): the same on every
+// platform and library, unlike std::shuffle.
+std::vector<int64_t> permutation(int64_t n, uint64_t seed);
+
+class Loader {
+ public:
+  // drop_last: every batch has `batch_size` examples (training); otherwise the
+  // last batch of an epoch may be short (evaluation).
+  Loader(int64_t size, int64_t batch_size, uint64_t seed, bool shuffle, bool drop_last);
+
+  // The next batch's indices; moves to the next epoch (a new permutation) when
+  // this one is used up.
+  std::vector<int64_t> next();
+  int64_t epoch() const { return epoch_; }
+  int64_t batches_per_epoch() const;
+  // True when next() would start a new epoch.
+  bool at_epoch_end() const;
+
+  // {"epoch": E, "cursor": C, "seed": S, "size": N, "batch_size": B}
+  nlohmann::json state() const;
+  // Throws when the state was saved for another data set size / batch / seed.
+  void restore(const nlohmann::json& state);
+
+ private:
+  void start_epoch(int64_t epoch);
+  int64_t size_, batch_, epoch_ = 0, cursor_ = 0;
+  uint64_t seed_;
+  bool shuffle_, drop_last_;
+  std::vector<int64_t> order_;
+};
+
+}  // namespace recast::train

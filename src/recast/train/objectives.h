@@ -1,0 +1,59 @@
+#pragma once
+
+// Training objectives and evaluation metrics: causal language modelling,
+// classification (images, and text through a pooled head), and distillation
+// from a teacher's logits.
+
+#include "recast/models/model.h"
+#include "recast/train/data.h"
+
+#include <c10/core/Device.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace recast::train {
+
+// Mean next-token cross entropy; logits [B, T, V], labels [B, T]. Computed in
+// float32 whatever the logits' dtype.
+at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels);
+// Mean cross entropy; logits [B, C], labels [B] in [0, C) (checked).
+at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels);
+// Hinton et al.'s distillation loss: T^2 * KL(softmax(teacher / T) ||
+// softmax(student / T)), averaged over every position (all but the last axis).
+at::Tensor distillation_kl(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                           double temperature);
+
+// The training loss for a batch: the task's loss, and with a teacher
+// alpha * distillation + (1 - alpha) * task loss.
+struct Objective {
+  models::Task task = models::Task::CausalLM;
+  models::Model* teacher = nullptr;
+  double alpha = 0.5, temperature = 2.0;
+  at::Tensor operator()(const at::Tensor& logits, const Example& ex) const;
+};
+
+struct EvalOptions {
+  int64_t batch_size = 16;
+  int64_t max_batches = 0;  // 0: the whole split
+  c10::Device device = c10::kCPU;
+  bool bf16 = false;  // CUDA autocast
+};
+
+struct EvalResult {
+  double loss = 0;            // mean per token (LM) / per example
+  int64_t count = 0;          // tokens (LM) or examples
+  double perplexity = 0;      // LM
+  double bits_per_byte = 0;   // LM
+  double accuracy = 0;        // classifiers
+  std::vector<std::string> classes;
+  std::vector<double> per_class_accuracy;
+  std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
+  nlohmann::json to_json() const;
+};
+
+// Runs `model` (in eval mode, without gradients) over `data` in order.
+EvalResult evaluate(models::Model& model, const Dataset& data, const EvalOptions& options);
+
+}  // namespace recast::train

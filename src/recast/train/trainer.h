@@ -1,0 +1,76 @@
+#pragma once
+
+// The training loop every verb shares (pretrain, finetune, and the recasts'
+// fine-tuning): AdamW with parameter groups, cosine schedule with warmup,
+// clipping, gradient accumulation, bf16 autocast on CUDA, freezing by name,
+// periodic evaluation, and atomic checkpoints that make --resume exact.
+//
+// OUT/
+//   config.json, model.safetensors, tokenizer, recast_manifest.json   (at the end)
+//   metrics.jsonl                                                      (one line per log / eval)
+//   checkpoints/step-00000200/  config.json model.safetensors optimizer.safetensors
+//                               trainer_state.json (written last)
+//
+// A checkpoint directory is assembled under a temporary name and renamed into
+// place, so a crash or SIGKILL never leaves a half-written one under its final
+// name; the last `keep` (>= 2) are kept.
+
+#include "recast/io/tokenizer.h"
+#include "recast/models/model.h"
+#include "recast/train/data.h"
+#include "recast/train/objectives.h"
+
+#include <c10/core/Device.h>
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+namespace recast::train {
+
+struct TrainOptions {
+  std::string out;
+  int64_t steps = 1000;
+  int64_t batch_size = 16;
+  int64_t grad_accum = 1;
+  double lr = 3e-4;
+  double min_lr_ratio = 0.1;
+  int64_t warmup = -1;  // -1: min(100, steps / 10)
+  double weight_decay = 0.1;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double clip = 1.0;  // <= 0: no clipping
+  int64_t save_every = 0;  // 0: only at the end (and on a signal)
+  int64_t eval_every = 0;  // 0: only at the end
+  int64_t eval_batches = 20;
+  int64_t log_every = 10;
+  int keep = 2;
+  std::string train_regex;  // empty: every parameter
+  bool resume = false;
+  uint64_t seed = 0;
+  c10::Device device = c10::kCPU;
+  bool bf16 = false;  // autocast (CUDA only)
+  bool progress = true;
+  // Distillation from a teacher's logits.
+  models::ModelPtr teacher;
+  double distill_alpha = 0.5, temperature = 2.0;
+};
+
+struct TrainRun {
+  nlohmann::json manifest;  // how the model was made (verb, arguments, data)
+  const io::Tokenizer* tokenizer = nullptr;
+};
+
+struct TrainResult {
+  int64_t step = 0;
+  bool interrupted = false;  // stopped by SIGINT / SIGTERM after checkpointing
+  double last_loss = 0;
+  std::optional<EvalResult> eval;
+};
+
+TrainResult train(models::Model& model, const Dataset& train_data, const Dataset* val_data,
+                  const TrainOptions& options, const TrainRun& run);
+
+// The newest complete checkpoint under OUT/checkpoints ("" when none).
+std::string latest_checkpoint(const std::string& out);
+
+}  // namespace recast::train
