@@ -1,0 +1,357 @@
+// The training verbs as processes: exact resume after SIGKILL at random steps,
+// SIGTERM / double SIGINT, a diverging run stopped before a non-finite update,
+// generation without a tokenizer, evaluation, a classifier head swap, and bad
+// input giving one-line errors and no output directory.
+
+#include "process_util.h"
+#include "recast/io/checkpoint.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <stb/stb_image_write.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+namespace recast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A corpus of 40 small documents of pseudo-English, the same every time.
+void write_corpus(const std::string& dir) {
+  const char* words[] = {"the ",  "union ", "is ",  "strong ", "and ",     "we ",
+                         "shall ", "not ",  "fail. ", "our ",  "people ", "endure.\n"};
+  uint64_t x = 12345;
+  for (int d = 0; d < 40; ++d) {
+    std::string text;
+    while (text.size() < 1500) {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      text += words[(x >> 33) % 12];
+    }
+    write_bytes(dir + "/doc" + std::to_string(d) + ".txt", text);
+  }
+}
+
+std::vector<std::string> pretrain_args(const std::string& data, const std::string& out,
+                                       int steps = 50) {
+  return {"pretrain", "--arch",     "gpt2",  "--set",         "n_layer=2",     "--set",
+          "n_embd=32", "--set",     "n_head=2", "--data",     data,            "--seq-len",
+          "32",        "--batch-size", "4",  "--steps",       std::to_string(steps), "--lr",
+          "3e-3",      "--save-every", "3",  "--log-every",   "1",             "--threads",
+          "2",         "--no-progress", "-q", "--out",        out};
+}
+
+void set_arg(std::vector<std::string>& args, const std::string& name, const std::string& value) {
+  auto it = std::find(args.begin(), args.end(), name);
+  ASSERT_NE(it, args.end()) << name;
+  *(it + 1) = value;
+}
+
+// A child process running recast with stdout/stderr in files.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& args, const std::string& log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> argv;
+      std::string bin = RECAST_BINARY;
+      argv.push_back(bin.data());
+      std::vector<std::string> copy = args;
+      for (auto& a : copy) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(bin.c_str(), argv.data());
+      ::_exit(127);
+    }
+  }
+  void signal(int sig) { ::kill(pid_, sig); }
+  // Exit code, or 128 + signal.
+  int wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Highest "step" in OUT/metrics.jsonl so far (0 when none).
+int64_t logged_step(const std::string& out) {
+  std::ifstream in(out + "/metrics.jsonl");
+  std::string line;
+  int64_t step = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("step")) step = std::max<int64_t>(step, j["step"].get<int64_t>());
+  }
+  return step;
+}
+
+bool wait_for_step(const std::string& out, int64_t step) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (logged_step(out) >= step) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    fs::create_directories(dir_->file("corpus"));
+    write_corpus(dir_->file("corpus"));
+    // The uninterrupted run every interrupted one must reproduce bit for bit.
+    Result r = run(pretrain_args(dir_->file("corpus"), dir_->file("reference")));
+    ASSERT_EQ(r.code, 0) << r.err;
+    reference_ = new std::string(read_bytes(dir_->file("reference/model.safetensors")));
+  }
+  static void TearDownTestSuite() {
+    delete reference_;
+    delete dir_;
+  }
+  static std::string corpus() { return dir_->file("corpus"); }
+  static void expect_reference(const std::string& out) {
+    const std::string got = read_bytes(out + "/model.safetensors");
+    ASSERT_FALSE(got.empty()) << out;
+    EXPECT_TRUE(got == *reference_) << out << ": final weights differ from the uninterrupted run";
+  }
+  static TempDir* dir_;
+  static std::string* reference_;
+};
+TempDir* TrainCli::dir_ = nullptr;
+std::string* TrainCli::reference_ = nullptr;
+
+TEST_F(TrainCli, KillAtRandomStepsThenResumeIsBitIdentical) {
+  std::mt19937 rng(2026);
+  for (int trial = 0; trial < 3; ++trial) {
+    TempDir t;
+    const std::string out = t.file("run");
+    const int64_t kill_at = std::uniform_int_distribution<int64_t>(2, 40)(rng);
+    Child child(pretrain_args(corpus(), out), t.file("log"));
+    ASSERT_TRUE(wait_for_step(out, kill_at)) << read_bytes(t.file("log"));
+    child.signal(SIGKILL);
+    EXPECT_EQ(child.wait(), 128 + SIGKILL);
+    auto args = pretrain_args(corpus(), out);
+    args.push_back("--resume");
+    Result r = run(args);
+    ASSERT_EQ(r.code, 0) << "trial " << trial << " (killed after step " << kill_at << "): " << r.err;
+    expect_reference(out);
+    // The metrics log has one line per step, none repeated by the resume.
+    std::ifstream in(out + "/metrics.jsonl");
+    std::string line;
+    int64_t expected = 1;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["split"] == "train") {
+        EXPECT_EQ(j["step"].get<int64_t>(), expected++);
+      }
+    }
+    EXPECT_EQ(expected, 51);
+  }
+}
+
+TEST_F(TrainCli, SigtermCheckpointsAndExitsZeroThenResumes) {
+  TempDir t;
+  const std::string out = t.file("run");
+  Child child(pretrain_args(corpus(), out), t.file("log"));
+  ASSERT_TRUE(wait_for_step(out, 4));
+  child.signal(SIGTERM);
+  EXPECT_EQ(child.wait(), 0) << read_bytes(t.file("log"));
+  const std::string log = read_bytes(t.file("log"));
+  EXPECT_NE(log.find("interrupted: stopped after step"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out + "/model.safetensors")) << "no final model before the last step";
+  const int64_t stopped = logged_step(out);
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-" + std::string(8 - std::to_string(stopped).size(), '0') +
+                         std::to_string(stopped)))
+      << "the step the signal interrupted is checkpointed";
+  auto args = pretrain_args(corpus(), out);
+  args.push_back("--resume");
+  Result r = run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_reference(out);
+}
+
+TEST_F(TrainCli, SecondSignalExitsAtOnceLeavingTheLastCheckpointIntact) {
+  TempDir t;
+  const std::string out = t.file("run");
+  Child child(pretrain_args(corpus(), out), t.file("log"));
+  ASSERT_TRUE(wait_for_step(out, 7));
+  child.signal(SIGINT);
+  child.signal(SIGINT);
+  const int code = child.wait();
+  EXPECT_TRUE(code == 128 + SIGINT || code == 0) << code << " " << read_bytes(t.file("log"));
+  // Every checkpoint directory under its final name is complete.
+  for (const auto& e : fs::directory_iterator(out + "/checkpoints")) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step-", 0) != 0) continue;
+    EXPECT_TRUE(fs::exists(e.path() / "trainer_state.json")) << name;
+    EXPECT_NO_THROW(io::TensorStore::open(e.path().string())) << name;
+    EXPECT_NO_THROW(io::TensorStore::open((e.path() / "optimizer.safetensors").string())) << name;
+  }
+  auto args = pretrain_args(corpus(), out);
+  args.push_back("--resume");
+  Result r = run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_reference(out);
+}
+
+TEST_F(TrainCli, DivergenceStopsBeforeTheUpdateAndKeepsTheLastGoodCheckpoint) {
+  TempDir t;
+  const std::string out = t.file("run");
+  auto args = pretrain_args(corpus(), out, 20);
+  set_arg(args, "--lr", "1e30");
+  set_arg(args, "--save-every", "1");
+  for (const char* a : {"--warmup", "0", "--clip", "0"}) args.push_back(a);
+  Result r = run(args);
+  EXPECT_EQ(r.code, 1) << r.err;
+  const std::string last = r.err.substr(r.err.rfind("recast: error: "));
+  EXPECT_EQ(std::count(last.begin(), last.end(), '\n'), 1) << last;
+  const auto at = last.find("step ");
+  ASSERT_NE(at, std::string::npos) << last;
+  const int64_t bad_step = std::stoll(last.substr(at + 5));
+  EXPECT_GE(bad_step, 2) << last;
+  EXPECT_NE(last.find(" is "), std::string::npos) << last;
+  EXPECT_NE(last.find("stopped before the optimizer step"), std::string::npos) << last;
+  auto name = [](int64_t s) {
+    std::string n = std::to_string(s);
+    return "step-" + std::string(8 - n.size(), '0') + n;
+  };
+  EXPECT_NE(last.find(name(bad_step - 1)), std::string::npos) << "names the last good checkpoint";
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/" + name(bad_step - 1) + "/trainer_state.json"));
+  EXPECT_FALSE(fs::exists(out + "/checkpoints/" + name(bad_step)));
+  EXPECT_NO_THROW(io::TensorStore::open(out + "/checkpoints/" + name(bad_step - 1)));
+  EXPECT_FALSE(fs::exists(out + "/model.safetensors"));
+}
+
+TEST_F(TrainCli, ExistingCheckpointsNeedResume) {
+  Result r = run(pretrain_args(corpus(), dir_->file("reference")));
+  expect_one_line_error(r, 2, "already holds checkpoints");
+}
+
+TEST_F(TrainCli, EvalReportsPerplexityAndBitsPerByte) {
+  Result r = run({"eval", "--model", dir_->file("reference"), "--data", corpus(), "--split",
+                  "test", "--json", "--threads", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["perplexity"].get<double>(), 1.0);
+  EXPECT_LT(j["perplexity"].get<double>(), 257.0);  // learnt something: below uniform bytes
+  // Byte tokens: bits per byte is the loss in bits.
+  EXPECT_NEAR(j["bits_per_byte"].get<double>() * std::log(2.0), j["loss"].get<double>(), 0.05);
+}
+
+TEST_F(TrainCli, GenerateIdsWithoutATokenizerAndTextWithOne) {
+  TempDir t;
+  fs::create_directories(t.file("bare"));
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::copy_file(dir_->file(std::string("reference/") + f), t.file(std::string("bare/") + f));
+  }
+  Result ids = run({"generate", "--model", t.file("bare"), "--prompt-ids", "116,104,101", "--max-tokens",
+                    "6", "--temperature", "0", "--ignore-eos", "--json"});
+  ASSERT_EQ(ids.code, 0) << ids.err;
+  auto j = nlohmann::json::parse(ids.out);
+  EXPECT_EQ(j["prompt_ids"], nlohmann::json::array({116, 104, 101}));
+  EXPECT_EQ(j["ids"].size(), 6u);
+  EXPECT_FALSE(j.contains("text"));
+  expect_one_line_error(run({"generate", "--model", t.file("bare"), "--prompt", "the"}), 1,
+                        "no tokenizer files");
+  // A token id beyond the vocabulary (257 ids) is refused, naming the id.
+  expect_one_line_error(run({"generate", "--model", t.file("bare"), "--prompt-ids", "1,5000"}), 1,
+                        "5000");
+  expect_one_line_error(run({"generate", "--model", t.file("bare"), "--prompt-ids", "1,x"}), 2,
+                        "--prompt-ids");
+  // Greedy decoding is deterministic, and text and ids agree.
+  Result a = run({"generate", "--model", dir_->file("reference"), "--prompt", "the ", "--max-tokens",
+                  "12", "--temperature", "0", "--json", "--ignore-eos"});
+  Result b = run({"generate", "--model", dir_->file("reference"), "--prompt-ids", "116,104,101,32",
+                  "--max-tokens", "12", "--temperature", "0", "--json", "--ignore-eos"});
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
+  EXPECT_EQ(ja["ids"], jb["ids"]);
+  std::string text;
+  for (auto id : ja["ids"]) text += static_cast<char>(id.get<int>());
+  EXPECT_EQ(ja["text"].get<std::string>(), text);
+  // Sampling with a seed repeats.
+  auto sampled = [&] {
+    return run({"generate", "--model", dir_->file("reference"), "--prompt", "we ", "--max-tokens", "10",
+                "--top-k", "5", "--top-p", "0.9", "--seed", "3", "--json", "--ignore-eos"}).out;
+  };
+  EXPECT_EQ(sampled(), sampled());
+}
+
+TEST_F(TrainCli, BadDataGivesOneLineErrorsAndNoOutput) {
+  TempDir t;
+  auto args = pretrain_args("no-such-data-set", t.file("out1"));
+  expect_one_line_error(run(args), 1, "'no-such-data-set': no such file or directory");
+  EXPECT_FALSE(fs::exists(t.file("out1")));
+  write_bytes(t.file("empty.txt"), "");
+  expect_one_line_error(run(pretrain_args(t.file("empty.txt"), t.file("out2"))), 1, "empty data set");
+  EXPECT_FALSE(fs::exists(t.file("out2")));
+  write_bytes(t.file("tiny.txt"), "only a few bytes");
+  expect_one_line_error(run(pretrain_args(t.file("tiny.txt"), t.file("out3"))), 1, "empty data set");
+  auto bad_arch = pretrain_args(corpus(), t.file("out4"));
+  bad_arch[2] = "gpt3";
+  expect_one_line_error(run(bad_arch), 2, "gpt3");
+  EXPECT_FALSE(fs::exists(t.file("out4")));
+  expect_one_line_error(run({"pretrain", "--arch", "gpt2", "--data", corpus(), "--out", t.file("o5"),
+                             "--bogus"}),
+                        2, "--bogus");
+}
+
+TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
+  TempDir t;
+  auto folder = [&](const std::string& dir, int classes) {
+    for (int c = 0; c < classes; ++c) {
+      const std::string cls = dir + "/class" + std::to_string(c);
+      fs::create_directories(cls);
+      for (int i = 0; i < 8; ++i) {
+        std::vector<uint8_t> px(16 * 16);
+        for (size_t k = 0; k < px.size(); ++k) px[k] = static_cast<uint8_t>((k * (c + 1) * 13 + i) & 255);
+        ASSERT_TRUE(stbi_write_png((cls + "/" + std::to_string(i) + ".png").c_str(), 16, 16, 1,
+                                   px.data(), 16));
+      }
+    }
+  };
+  folder(t.file("two"), 2);
+  folder(t.file("three"), 3);
+  Result pre = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
+                    t.file("two"), "--steps", "3", "--batch-size", "4", "--out", t.file("m2"),
+                    "--no-progress", "--threads", "2"});
+  ASSERT_EQ(pre.code, 0) << pre.err;
+  Result fine = run({"finetune", "--model", t.file("m2"), "--data", t.file("three"), "--steps", "3",
+                     "--batch-size", "4", "--out", t.file("m3"), "--no-progress", "--threads", "2"});
+  ASSERT_EQ(fine.code, 0) << fine.err;
+  EXPECT_NE(fine.err.find("new head for 3 classes"), std::string::npos) << fine.err;
+  Result ev = run({"eval", "--model", t.file("m3"), "--data", t.file("three"), "--split", "all",
+                   "--json"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  auto j = nlohmann::json::parse(ev.out);
+  EXPECT_EQ(j["confusion"].size(), 3u);
+  EXPECT_EQ(j["count"].get<int>(), 24);
+  int64_t total = 0;
+  for (const auto& row : j["confusion"]) for (const auto& n : row) total += n.get<int64_t>();
+  EXPECT_EQ(total, 24);
+  auto config = nlohmann::json::parse(read_bytes(t.file("m3/config.json")));
+  EXPECT_EQ(config["num_classes"], 3);
+  // Evaluating a classifier on text is a usage error.
+  expect_one_line_error(run({"eval", "--model", t.file("m3"), "--data", corpus()}), 2,
+                        "is a classifier");
+}
+
+}  // namespace
+}  // namespace recast::testing
