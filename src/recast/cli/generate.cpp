@@ -133,8 +133,15 @@ int run_generate(const GenerateCli& o) {
   }
   for (int64_t i = 0; i < o.max_tokens; ++i) {
     if (cache.length() + batch.input_ids.size(1) > context) {
-      log::warn("stopped at the model's context of ", context, " tokens");
-      break;
+      // Past the model's context: keep the last half and prefill it afresh
+      // (a sliding window; each slide costs one forward over context/2 tokens).
+      std::vector<int64_t> all = prompt;
+      all.insert(all.end(), generated.begin(), generated.end());
+      const auto keep = static_cast<ptrdiff_t>(std::max<int64_t>(1, context / 2));
+      std::vector<int64_t> tail(all.end() - std::min<ptrdiff_t>(keep, static_cast<ptrdiff_t>(all.size())), all.end());
+      cache = models::KVCache();
+      batch.input_ids = at::tensor(tail, at::kLong).view({1, -1}).to(device);
+      log::debug("context of ", context, " tokens full: sliding to the last ", tail.size());
     }
     const at::Tensor logits = model->forward(batch, nullptr, &cache);
     const int64_t next = sample(logits[0][-1], o, gen);

@@ -309,7 +309,9 @@ io::LabeledTexts read_spam_assassin(const std::string& dir) {
   out.classes = {"ham", "spam"};
   for (const char* group : {"easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2"}) {
     const int64_t label = std::string(group).rfind("spam", 0) == 0 ? 1 : 0;
-    for (const auto& doc : io::read_text_documents((fs::path(dir) / group).string())) {
+    // The .json copies: their "text" is valid UTF-8 (the raw .txt e-mails are
+    // often Latin-1).
+    for (const auto& doc : io::read_text_documents((fs::path(dir) / group / "*.json").string())) {
       out.items.push_back({doc.source, doc.text, label});
     }
   }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -232,6 +233,29 @@ models::Batch to_device(const models::Batch& b, c10::Device device) {
 
 }  // namespace
 
+DistEnv dist_env() {
+  auto int_var = [](const char* name, int fallback, int lo) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    char* end = nullptr;
+    const long x = std::strtol(v, &end, 10);
+    if (*end != '\0' || x < lo || x > 1'000'000) {
+      throw UsageError(msg("environment ", name, "=", quote(v), ": expected an integer >= ", lo));
+    }
+    return static_cast<int>(x);
+  };
+  DistEnv e;
+  e.world_size = int_var("WORLD_SIZE", 1, 1);
+  e.rank = int_var("RANK", 0, 0);
+  e.local_rank = int_var("LOCAL_RANK", 0, 0);
+  if (e.rank >= e.world_size) {
+    throw UsageError(msg("environment RANK=", e.rank, " is not below WORLD_SIZE=", e.world_size));
+  }
+  if (const char* a = std::getenv("MASTER_ADDR")) e.master_addr = a;
+  if (const char* p = std::getenv("MASTER_PORT")) e.master_port = p;
+  return e;
+}
+
 std::string latest_checkpoint(const std::string& out) {
   auto all = list_checkpoints(fs::path(out) / "checkpoints");
   return all.empty() ? "" : all.back().second.string();
@@ -247,6 +271,12 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
   RECAST_CHECK(o.lr > 0, "--lr: expected > 0, found ", o.lr);
   if (o.bf16 && !o.device.is_cuda()) {
     throw UsageError("--bf16: autocast is for CUDA; on the CPU train in fp32");
+  }
+  const DistEnv dist = dist_env();
+  if (dist.world_size > 1) {
+    throw UsageError(msg("WORLD_SIZE=", dist.world_size, " (rank ", dist.rank, ", master ",
+                         dist.master_addr, ":", dist.master_port,
+                         "): data-parallel training is not implemented yet; run one process"));
   }
   const fs::path out(o.out);
   const fs::path ckpt_dir = out / "checkpoints";

@@ -70,6 +70,15 @@ struct TrainResult {
 TrainResult train(models::Model& model, const Dataset& train_data, const Dataset* val_data,
                   const TrainOptions& options, const TrainRun& run);
 
+// The process group torchrun describes: RANK, WORLD_SIZE, LOCAL_RANK,
+// MASTER_ADDR, MASTER_PORT (absent: a single process). Malformed values are
+// errors naming the variable.
+struct DistEnv {
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string master_addr, master_port;
+};
+DistEnv dist_env();
+
 // The newest complete checkpoint under OUT/checkpoints ("" when none).
 std::string latest_checkpoint(const std::string& out);
 
