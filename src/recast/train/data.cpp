@@ -53,7 +53,7 @@ std::string named_dir(const std::string& name) {
 }
 
 // Which of [0, n) belong to `split`: a seeded permutation cut into
-// test | val | train (fractions of n), each kept in its original order.
+// test | val | train (fractions of n), each in the permutation's order.
 std::vector<int64_t> split_indices(int64_t n, uint64_t seed, double val_fraction,
                                    double test_fraction, const std::string& split) {
   std::vector<int64_t> all(static_cast<size_t>(n));
@@ -71,8 +71,9 @@ std::vector<int64_t> split_indices(int64_t n, uint64_t seed, double val_fraction
   } else {
     lo = n_test + n_val, hi = n;
   }
+  // In the permutation's order, not sorted: an evaluation that stops after a
+  // few batches then sees a random sample, not the first class's files.
   out.assign(perm.begin() + lo, perm.begin() + std::max(lo, hi));
-  std::sort(out.begin(), out.end());
   return out;
 }
 
