@@ -81,7 +81,12 @@ std::string ProgressBar::render(Clock::time_point now) const {
         (done_ >= total_ ? "  took " + format_duration(elapsed) : "  ETA " + format_duration(eta));
   }
   for (const auto& [name, value] : metrics_) {
-    std::snprintf(buf, sizeof buf, "  %s=%.4g", name.c_str(), value);
+    // Large values (throughputs) as whole numbers, the rest with 4 digits.
+    if (std::fabs(value) >= 1e4 && std::fabs(value) < 1e12) {
+      std::snprintf(buf, sizeof buf, "  %s=%.0f", name.c_str(), value);
+    } else {
+      std::snprintf(buf, sizeof buf, "  %s=%.4g", name.c_str(), value);
+    }
     line += buf;
   }
   return line;

@@ -393,7 +393,8 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   auto window_start = started;
-  double window_loss = 0;
+  double window_loss = 0, last_throughput = 0;
+  const char* throughput_name = model.task() == models::Task::CausalLM ? "tok/s" : "ex/s";
   int64_t window_steps = 0, window_tokens = 0;
   while (step < o.steps) {
     const double lr = cosine_lr(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
@@ -439,15 +440,16 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
     ++window_steps;
     const auto now = Clock::now();
     const double window_s = std::chrono::duration<double>(now - window_start).count();
-    bar.update(1, {{"loss", loss_value}, {"lr", lr}});
+    bar.update(1, {{"loss", loss_value}, {"lr", lr}, {throughput_name, last_throughput}});
     if (step % o.log_every == 0 || step == o.steps) {
+      last_throughput = window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0;
       log_metrics({{"step", step},
                    {"split", "train"},
                    {"loss", window_loss / static_cast<double>(window_steps)},
                    {"lr", lr},
                    {"grad_norm", norm_value},
                    {model.task() == models::Task::CausalLM ? "tokens_per_s" : "examples_per_s",
-                    window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0},
+                    last_throughput},
                    {"elapsed_s", std::chrono::duration<double>(now - started).count()}});
       window_loss = 0, window_steps = 0, window_tokens = 0, window_start = Clock::now();
     }
