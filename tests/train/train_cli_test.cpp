@@ -353,5 +353,59 @@ TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
                         "is a classifier");
 }
 
+TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
+  TempDir t;
+  const std::string out = t.file("t2r");
+  Result c = run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out", out,
+                  "--feature-dim", "16", "--data", corpus(), "--seq-len", "32", "--batch-size", "4",
+                  "--transfer-steps", "20", "--threads", "2"});
+  ASSERT_EQ(c.code, 0) << c.err;
+  auto manifest = nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"));
+  ASSERT_EQ(manifest["error_at_init"].size(), 2u);
+  EXPECT_EQ(manifest["error_at_init"][0]["module"], "transformer.h.0.attn");
+  EXPECT_EQ(manifest["conversion"]["recipe"], "t2r");
+  ASSERT_EQ(manifest["attention_transfer"]["error_after"].size(), 2u);
+  // Attention transfer reduces every layer's error.
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_LT(manifest["attention_transfer"]["error_after"][i]["relative_error"].get<double>(),
+              manifest["error_at_init"][i]["relative_error"].get<double>())
+        << i;
+  }
+  EXPECT_NE(c.out.find("transformer.h.1.attn"), std::string::npos) << c.out;
+  Result ev = run({"eval", "--model", out, "--data", corpus(), "--json", "--threads", "2"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  EXPECT_TRUE(std::isfinite(nlohmann::json::parse(ev.out)["perplexity"].get<double>()));
+  Result gen = run({"generate", "--model", out, "--prompt", "the ", "--max-tokens", "8",
+                    "--temperature", "0", "--json", "--ignore-eos"});
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  EXPECT_EQ(nlohmann::json::parse(gen.out)["ids"].size(), 8u);
+  Result ft = run({"finetune", "--model", out, "--data", corpus(), "--seq-len", "32", "--batch-size",
+                   "4", "--steps", "3", "--out", t.file("ft"), "--no-progress", "--threads", "2"});
+  ASSERT_EQ(ft.code, 0) << ft.err;
+  auto config = nlohmann::json::parse(read_bytes(t.file("ft/config.json")));
+  EXPECT_TRUE(config.contains("recast_t2r"));
+  Result bench = run({"bench", "decode", "--model", out, "--context", "20", "--new-tokens", "4",
+                      "--json"});
+  ASSERT_EQ(bench.code, 0) << bench.err;
+  EXPECT_EQ(nlohmann::json::parse(bench.out)["attention"], "t2r");
+  // A hybrid keeps the unselected layer softmax; bad options are one-line errors.
+  Result hybrid = run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out",
+                       t.file("hybrid"), "--layers", "h\\.1\\."});
+  ASSERT_EQ(hybrid.code, 0) << hybrid.err;
+  auto hm = nlohmann::json::parse(read_bytes(t.file("hybrid/recast_manifest.json")));
+  EXPECT_EQ(hm["conversion"]["layers"], nlohmann::json::array({"transformer.h.1.attn"}));
+  expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"),
+                             "--out", t.file("x"), "--layers", "layer4"}),
+                        2, "matches none");
+  expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"),
+                             "--out", out}),
+                        2, "exists and is not empty");
+  expect_one_line_error(run({"convert", "--recipe", "nope", "--model", dir_->file("reference"),
+                             "--out", t.file("y")}),
+                        2, "unknown recipe 'nope'");
+  EXPECT_FALSE(fs::exists(t.file("x")));
+  EXPECT_FALSE(fs::exists(t.file("y")));
+}
+
 }  // namespace
 }  // namespace recast::testing

@@ -14,5 +14,7 @@ int main(int argc, char** argv) {
                   {"finetune", add_finetune},
                   {"eval", add_eval},
                   {"generate", add_generate},
+                  {"convert", add_convert},
+                  {"bench", add_bench},
                   {"plot", add_plot}});
 }

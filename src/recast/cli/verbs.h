@@ -43,6 +43,8 @@ inline constexpr VerbInfo kVerbs[] = {
     {"finetune", "Fine-tune a checkpoint on a data set (new classifier head when needed)", true},
     {"eval", "Evaluate a checkpoint: perplexity and bits per byte, or accuracy and confusion", true},
     {"generate", "Generate text from a language model with the KV cache", true},
+    {"convert", "Recast a checkpoint with a recipe (t2r: softmax -> linear attention)", true},
+    {"bench", "Measure: 'bench decode' = ms per token and memory after a long prompt", true},
     {"plot", "Draw training curves from a metrics.jsonl file as SVG", false},
 };
 
@@ -67,6 +69,8 @@ Runner add_pretrain(CLI::App& app);
 Runner add_finetune(CLI::App& app);
 Runner add_eval(CLI::App& app);
 Runner add_generate(CLI::App& app);
+Runner add_convert(CLI::App& app);
+Runner add_bench(CLI::App& app);
 
 // Human-readable sizes for tables: 1.5 GB, 12.0 MB, 512 B.
 std::string human_bytes(uint64_t bytes);

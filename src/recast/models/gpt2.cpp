@@ -4,6 +4,7 @@
 
 #include "recast/core/error.h"
 #include "recast/models/decoder.h"
+#include "recast/layers/linear_attention.h"
 #include "recast/ops/attention.h"
 
 #include <torch/torch.h>
@@ -33,6 +34,7 @@ struct Gpt2Config {
   double eps;
   std::string activation;
   bool tied, scale_by_layer;
+  std::optional<layers::T2RConfig> t2r;  // layers recast to linear attention (T2R)
 };
 
 at::Tensor activate(const std::string& name, const at::Tensor& x) {
@@ -50,6 +52,12 @@ struct AttentionImpl : torch::nn::Module {
     c_proj = register_module("c_proj", Conv1D(c.width, c.width));
     scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
     if (c.scale_by_layer) scale /= static_cast<double>(layer_index + 1);
+    if (c.t2r && c.t2r->linear(layer_index)) {
+      t2r = *c.t2r;
+      feature_map = register_module(
+          "feature_map",
+          layers::FeatureMap(t2r->feature_map, c.heads, c.width / c.heads, t2r->features));
+    }
   }
   at::Tensor forward(const at::Tensor& x, ops::AttentionMask mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1), w = x.size(2), d = w / heads;
@@ -58,13 +66,28 @@ struct AttentionImpl : torch::nn::Module {
       return y.view({b, t, heads, d}).transpose(1, 2);
     };
     at::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
-    if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
-    at::Tensor y = ops::attention(q, k, v, mask, scale);
+    at::Tensor y;
+    if (t2r) {
+      at::Tensor padding;
+      if (mask.key_padding.defined()) padding = mask.key_padding.narrow(1, mask.query_offset, t);
+      y = layers::t2r_attention(feature_map, q, k, v, padding, *t2r,
+                                cache ? &cache->linear_state(static_cast<size_t>(layer)) : nullptr);
+      if (probe.on) {
+        RECAST_CHECK(cache == nullptr, "attention transfer runs without a KV cache");
+        y = probe.compare(y, ops::attention(q, k, v, mask, scale));
+      }
+    } else {
+      if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
+      y = ops::attention(q, k, v, mask, scale);
+    }
     return c_proj(y.transpose(1, 2).reshape({b, t, w}));
   }
   int64_t heads, layer;
   double scale;
   Conv1D c_attn{nullptr}, c_proj{nullptr};
+  std::optional<layers::T2RConfig> t2r;
+  layers::FeatureMap feature_map{nullptr};
+  layers::TransferProbe probe;
 };
 TORCH_MODULE(Attention);
 
@@ -130,6 +153,13 @@ class Gpt2 : public Model {
     }
     RECAST_CHECK(c_.width % c_.heads == 0, "config: n_embd ", c_.width,
                  " is not a multiple of n_head ", c_.heads);
+    c_.t2r = layers::T2RConfig::from(config);
+    if (c_.t2r) {
+      for (int64_t l : c_.t2r->layers) {
+        RECAST_CHECK(l >= 0 && l < c_.layers, "config 'recast_t2r': layer ", l,
+                     " out of range for n_layer ", c_.layers);
+      }
+    }
     activate(c_.activation, at::zeros({1}));  // rejects unknown activations now
     transformer_ = register_module("transformer", Transformer(c_));
     labels_ = sequence_classification_labels(config, "GPT2ForSequenceClassification");
@@ -156,6 +186,7 @@ class Gpt2 : public Model {
     for (auto& item : named_parameters(true)) {
       const std::string& name = item.key();
       at::Tensor p = item.value();
+      if (name.find(".feature_map.") != std::string::npos) continue;  // below
       if (ends_with(name, ".bias")) {
         p.zero_();
       } else if (name.find(".ln_") != std::string::npos || name.find("ln_f") != std::string::npos) {
@@ -166,6 +197,10 @@ class Gpt2 : public Model {
       } else {
         p.normal_(0.0, std);
       }
+    }
+    for (size_t i = 0; i < transformer_->h->size(); ++i) {
+      auto& attn = transformer_->h[i]->as<Block>()->attn;
+      if (attn->feature_map) attn->feature_map->reset_parameters();
     }
   }
   bool ignorable(const std::string& name) const override {
@@ -183,10 +218,27 @@ class Gpt2 : public Model {
       x = transformer_->h[i]->as<Block>()->forward(x, mask, cache);
       if (rec) rec->record(msg("transformer.h.", i), x);
     }
+    if (cache) cache->tokens += ids.size(1);
     x = transformer_->ln_f(x);
     if (rec) rec->record("transformer.ln_f", x);
     if (labels_ > 0) return score_(last_token_states(x, batch.attention_mask));
     return lm_head_(x, transformer_->wte->weight);
+  }
+
+  void set_attention_transfer(bool on) override {
+    for (size_t i = 0; i < transformer_->h->size(); ++i) {
+      transformer_->h[i]->as<Block>()->attn->probe.on = on;
+    }
+  }
+  std::vector<TransferError> attention_transfer_errors() override {
+    std::vector<TransferError> out;
+    for (size_t i = 0; i < transformer_->h->size(); ++i) {
+      const auto& attn = transformer_->h[i]->as<Block>()->attn;
+      if (attn->t2r && attn->probe.mse.defined()) {
+        out.push_back({msg("transformer.h.", i, ".attn"), attn->probe.mse, attn->probe.relative});
+      }
+    }
+    return out;
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {

@@ -6,6 +6,7 @@
 
 #include "recast/core/error.h"
 #include "recast/models/decoder.h"
+#include "recast/layers/linear_attention.h"
 #include "recast/ops/attention.h"
 
 #include <torch/torch.h>
@@ -19,6 +20,7 @@ struct LlamaConfig {
   int64_t vocab, width, inner, layers, heads, kv_heads, head_dim, positions;
   double eps, rope_theta;
   bool tied, attention_bias, mlp_bias;
+  std::optional<layers::T2RConfig> t2r;  // layers recast to linear attention (T2R)
 };
 
 // rope_theta sits at the top level (transformers 4.x) or in rope_parameters (5.x).
@@ -65,6 +67,10 @@ struct AttentionImpl : torch::nn::Module {
     k_proj = register_module("k_proj", lin(c.width, c.kv_heads * c.head_dim));
     v_proj = register_module("v_proj", lin(c.width, c.kv_heads * c.head_dim));
     o_proj = register_module("o_proj", lin(c.heads * c.head_dim, c.width));
+    if (c.t2r && c.t2r->linear(layer_index)) {
+      feature_map = register_module(
+          "feature_map", layers::FeatureMap(c.t2r->feature_map, c.heads, c.head_dim, c.t2r->features));
+    }
   }
   // cos, sin: [1, 1, T, head_dim]
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -75,13 +81,32 @@ struct AttentionImpl : torch::nn::Module {
     at::Tensor v = v_proj(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
-    if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
-    at::Tensor y = ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    at::Tensor y;
+    if (feature_map) {
+      // T2R on a rotary model: RoPE is applied to q and k before the feature
+      // map (as LoLCATs does), so phi sees the rotated vectors; grouped key /
+      // value heads are repeated to the query heads first.
+      const int64_t groups = c.heads / c.kv_heads;
+      at::Tensor padding;
+      if (mask.key_padding.defined()) padding = mask.key_padding.narrow(1, mask.query_offset, t);
+      y = layers::t2r_attention(feature_map, q, ops::repeat_kv(k, groups), ops::repeat_kv(v, groups),
+                                padding, *c.t2r,
+                                cache ? &cache->linear_state(static_cast<size_t>(layer)) : nullptr);
+      if (probe.on) {
+        RECAST_CHECK(cache == nullptr, "attention transfer runs without a KV cache");
+        y = probe.compare(y, ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim))));
+      }
+    } else {
+      if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
+      y = ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    }
     return o_proj(y.transpose(1, 2).reshape({b, t, c.heads * c.head_dim}));
   }
   LlamaConfig c;
   int64_t layer;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  layers::FeatureMap feature_map{nullptr};
+  layers::TransferProbe probe;
 };
 TORCH_MODULE(Attention);
 
@@ -154,6 +179,13 @@ class Llama : public Model {
       throw Error(msg("config key 'hidden_act': unsupported ", quote(act), " (supported: silu)"));
     RECAST_CHECK(c_.head_dim % 2 == 0, "config: head_dim ", c_.head_dim,
                  " must be even for rotary embeddings");
+    c_.t2r = layers::T2RConfig::from(config);
+    if (c_.t2r) {
+      for (int64_t l : c_.t2r->layers) {
+        RECAST_CHECK(l >= 0 && l < c_.layers, "config 'recast_t2r': layer ", l,
+                     " out of range for num_hidden_layers ", c_.layers);
+      }
+    }
     model_ = register_module("model", Body(c_));
     lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
   }
@@ -166,6 +198,7 @@ class Llama : public Model {
     torch::NoGradGuard no_grad;
     const double std = cfg_double(config(), "initializer_range", 0.02);
     for (auto& item : named_parameters(true)) {
+      if (item.key().find(".feature_map.") != std::string::npos) continue;  // below
       if (item.key().find("norm") != std::string::npos) {
         item.value().fill_(1.0);
       } else if (ends_with(item.key(), ".bias")) {
@@ -173,6 +206,10 @@ class Llama : public Model {
       } else {
         item.value().normal_(0.0, std);
       }
+    }
+    for (size_t i = 0; i < model_->layers->size(); ++i) {
+      auto& attn = model_->layers[i]->as<Layer>()->self_attn;
+      if (attn->feature_map) attn->feature_map->reset_parameters();
     }
   }
   std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
@@ -191,9 +228,26 @@ class Llama : public Model {
       x = model_->layers[i]->as<Layer>()->forward(x, cos, sin, mask, cache);
       if (rec) rec->record(msg("model.layers.", i), x);
     }
+    if (cache) cache->tokens += ids.size(1);
     x = model_->norm(x);
     if (rec) rec->record("model.norm", x);
     return lm_head_(x, model_->embed_tokens->weight);
+  }
+
+  void set_attention_transfer(bool on) override {
+    for (size_t i = 0; i < model_->layers->size(); ++i) {
+      model_->layers[i]->as<Layer>()->self_attn->probe.on = on;
+    }
+  }
+  std::vector<TransferError> attention_transfer_errors() override {
+    std::vector<TransferError> out;
+    for (size_t i = 0; i < model_->layers->size(); ++i) {
+      const auto& attn = model_->layers[i]->as<Layer>()->self_attn;
+      if (attn->feature_map && attn->probe.mse.defined()) {
+        out.push_back({msg("model.layers.", i, ".self_attn"), attn->probe.mse, attn->probe.relative});
+      }
+    }
+    return out;
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {

@@ -7,6 +7,7 @@
 
 #include "recast/core/registry.h"
 #include "recast/io/checkpoint.h"
+#include "recast/ops/linear_attention.h"
 
 #include <torch/nn/module.h>
 #include <nlohmann/json.hpp>
@@ -43,10 +44,18 @@ class Recorder {
   io::NamedTensors tensors_;
 };
 
-// Past keys and values of a decoder, one entry per layer: [B, Hkv, T, d].
+// What a decoder remembers between calls: past keys and values of its softmax
+// layers ([B, Hkv, T, d] per layer) and the constant-size state of its linear
+// (T2R) layers. The model advances `tokens` after each forward.
 struct KVCache {
   std::vector<at::Tensor> keys, values;
-  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+  std::vector<ops::LinearState> linear;
+  int64_t tokens = 0;
+  int64_t length() const { return tokens; }
+  ops::LinearState& linear_state(size_t layer) {
+    if (linear.size() <= layer) linear.resize(layer + 1);
+    return linear[layer];
+  }
 };
 
 class Model : public torch::nn::Module {
@@ -73,6 +82,21 @@ class Model : public torch::nn::Module {
   // ResNet: Kaiming fan-out; ViT: truncated N(0, 0.02)), drawn from LibTorch's
   // default generator (seed it first).
   virtual void init_weights() = 0;
+
+  // Attention transfer (T2R, LoLCATs): while on, every linear-attention layer
+  // also computes the softmax attention it replaces from the same q, k, v,
+  // records the mismatch, and passes the softmax output on, so each layer is
+  // measured (and trained) on the teacher's inputs. Models without linear
+  // layers ignore it.
+  virtual void set_attention_transfer(bool /*on*/) {}
+  // Per linear layer: (module name, mean squared error, relative error
+  // ||y_lin - y_soft|| / ||y_soft||) of the last forward in transfer mode.
+  struct TransferError {
+    std::string module;
+    at::Tensor mse;  // scalar, differentiable w.r.t. the feature maps
+    double relative = 0;
+  };
+  virtual std::vector<TransferError> attention_transfer_errors() { return {}; }
 
   // Checkpoint names that may be absent because they alias another tensor
   // (a tied lm_head); they are not saved either.

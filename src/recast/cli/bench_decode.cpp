@@ -1,0 +1,155 @@
+// recast bench decode --model DIR --context N --new-tokens M [--batch B] [--json]
+// The cost of generating after a prompt of N tokens: prefill once, then M
+// decode steps (argmax), timed after a warm-up step, synchronising the device
+// before each clock read. Works for softmax (KV cache) and T2R (recurrent
+// state) models alike; reports ms per token, the cache / state size, and on
+// CUDA the peak memory.
+
+#include "recast/cli/train_common.h"
+#include "recast/cli/verbs.h"
+#include "recast/core/device.h"
+#include "recast/core/error.h"
+#include "recast/core/log.h"
+
+#include <torch/torch.h>
+#if RECAST_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+namespace recast::cli {
+namespace {
+
+struct BenchDecodeCli {
+  std::string model, device = "cpu", dtype = "f32";
+  int64_t context = 1024, new_tokens = 32, batch = 1;
+  uint64_t seed = 0;
+  int threads = 0;
+  bool json = false;
+};
+
+void sync(c10::Device d) {
+#if RECAST_WITH_CUDA
+  if (d.is_cuda()) c10::cuda::device_synchronize();
+#else
+  (void)d;
+#endif
+}
+
+double cache_mb(const models::KVCache& c) {
+  double bytes = 0;
+  for (const auto* list : {&c.keys, &c.values}) {
+    for (const auto& t : *list) bytes += t.defined() ? static_cast<double>(t.nbytes()) : 0.0;
+  }
+  for (const auto& s : c.linear) {
+    if (s.defined()) bytes += static_cast<double>(s.s.nbytes() + s.z.nbytes());
+  }
+  return bytes / (1024.0 * 1024.0);
+}
+
+int run_bench_decode(const BenchDecodeCli& o) {
+  set_threads(o.threads);
+  const c10::Device device = select_device(o.device);
+  const c10::ScalarType dtype = parse_dtype(o.dtype);
+  RECAST_CHECK(o.context >= 1 && o.new_tokens >= 1 && o.batch >= 1,
+               "--context, --new-tokens and --batch must be >= 1");
+  models::ModelPtr model = models::load_model(o.model);
+  if (model->task() != models::Task::CausalLM) {
+    throw UsageError(msg("--model ", o.model, " is not a language model"));
+  }
+  const nlohmann::json& c = model->config();
+  const int64_t vocab = models::cfg_int(c, "vocab_size");
+  const int64_t positions = c.contains("n_positions") ? models::cfg_int(c, "n_positions")
+                                                      : models::cfg_int(c, "max_position_embeddings", 1 << 30);
+  if (o.context + o.new_tokens + 1 > positions) {
+    throw UsageError(msg("--context ", o.context, " + --new-tokens ", o.new_tokens,
+                         " exceeds the model's ", positions,
+                         " positions (pretrain with --set n_positions=... for long contexts)"));
+  }
+  model->to(device, dtype);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(o.seed);
+  models::Batch batch;
+  batch.input_ids = at::randint(vocab, {o.batch, o.context}, gen, at::kLong).to(device);
+#if RECAST_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  using Clock = std::chrono::steady_clock;
+  models::KVCache cache;
+  sync(device);
+  auto t0 = Clock::now();
+  at::Tensor logits = model->forward(batch, nullptr, &cache);
+  at::Tensor next = logits.select(1, -1).argmax(-1, true);
+  sync(device);
+  const double prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  // One untimed step (first-call allocations), then the timed ones.
+  batch.input_ids = next;
+  next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
+  sync(device);
+  t0 = Clock::now();
+  for (int64_t i = 0; i < o.new_tokens; ++i) {
+    batch.input_ids = next;
+    next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
+  }
+  sync(device);
+  const double decode_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  double peak_mb = 0;
+#if RECAST_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    peak_mb = static_cast<double>(
+                  stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+              (1024.0 * 1024.0);
+  }
+#endif
+  const bool t2r = c.contains("recast_t2r");
+  nlohmann::json j = {{"model", o.model},
+                      {"attention", t2r ? "t2r" : "softmax"},
+                      {"device", device.str()},
+                      {"dtype", dtype_flag_name(dtype)},
+                      {"batch", o.batch},
+                      {"context", o.context},
+                      {"new_tokens", o.new_tokens},
+                      {"prefill_ms", prefill_ms},
+                      {"ms_per_token", decode_ms / static_cast<double>(o.new_tokens)},
+                      {"tokens_per_s", static_cast<double>(o.new_tokens * o.batch) * 1000.0 / decode_ms},
+                      {"cache_mb", cache_mb(cache)}};
+  if (device.is_cuda()) j["peak_memory_mb"] = peak_mb;
+  if (o.json) {
+    std::cout << j.dump() << std::endl;
+  } else {
+    std::printf("%s, %s, batch %lld, context %lld: prefill %.1f ms, decode %.3f ms/token "
+                "(%.1f tokens/s), cache %.2f MB%s\n",
+                t2r ? "T2R" : "softmax", device.str().c_str(), static_cast<long long>(o.batch),
+                static_cast<long long>(o.context), prefill_ms, j["ms_per_token"].get<double>(),
+                j["tokens_per_s"].get<double>(), j["cache_mb"].get<double>(),
+                device.is_cuda() ? msg(", peak ", static_cast<int64_t>(peak_mb), " MB").c_str() : "");
+  }
+  return 0;
+}
+
+}  // namespace
+
+Runner add_bench(CLI::App& app) {
+  auto o = std::make_shared<BenchDecodeCli>();
+  auto* cmd = app.add_subcommand("bench", verb_info("bench").summary);
+  cmd->require_subcommand(1);
+  auto* decode = cmd->add_subcommand("decode", "Decode cost after a prefill of --context tokens");
+  decode->add_option("--model", o->model, "Language model checkpoint directory")->required();
+  decode->add_option("--context", o->context, "Prompt length before decoding (default 1024)");
+  decode->add_option("--new-tokens", o->new_tokens, "Timed decode steps (default 32)");
+  decode->add_option("--batch", o->batch, "Sequences decoded together (default 1)");
+  decode->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
+  decode->add_option("--dtype", o->dtype, "Weights: f32, bf16 or f16 (default f32; states stay fp32)");
+  decode->add_option("--seed", o->seed, "Seed of the random prompt (default 0)");
+  decode->add_option("--threads", o->threads, "CPU threads (default: every core)");
+  decode->add_flag("--json", o->json, "Print one JSON object");
+  return [o] { return run_bench_decode(*o); };
+}
+
+}  // namespace recast::cli

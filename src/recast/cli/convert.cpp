@@ -1,0 +1,210 @@
+// recast convert --recipe NAME --model DIR --out DIR [--layers REGEX] [recipe options]
+// Recasts a pretrained checkpoint; OUT is a checkpoint directory every verb
+// accepts (its config says how it was converted) plus recast_manifest.json
+// with the recipe, its options and the per-layer error report.
+// t2r: [--feature-map t2r|elu1|hedgehog] [--feature-dim 64] [--eps 0.01]
+//      [--data SPEC --transfer-steps N]: attention transfer (train only the
+//      feature maps to reproduce each layer's softmax attention, MSE).
+
+#include "recast/cli/train_common.h"
+#include "recast/cli/verbs.h"
+#include "recast/core/device.h"
+#include "recast/core/error.h"
+#include "recast/core/log.h"
+#include "recast/core/progress.h"
+#include "recast/core/version.h"
+#include "recast/io/file.h"
+#include "recast/recipes/recipe.h"
+#include "recast/train/optim.h"
+
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace fs = std::filesystem;
+
+namespace recast::cli {
+namespace {
+
+struct ConvertCli {
+  std::string recipe, model, out, layers, feature_map = "t2r", data, device = "cpu";
+  int64_t feature_dim = 64, transfer_steps = 0, batch_size = 8, seq_len = 128;
+  double eps = 1e-2, transfer_lr = 1e-2;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+void print_report(const std::vector<recipes::LayerReport>& report, const char* when) {
+  if (report.empty()) return;
+  std::printf("%-28s  %s\n", "layer", when);
+  for (const auto& r : report) std::printf("%-28s  %.4f\n", r.module.c_str(), r.relative_error);
+}
+
+nlohmann::json report_json(const std::vector<recipes::LayerReport>& report) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& r : report) {
+    j.push_back({{"module", r.module}, {"replaced", r.replaced}, {"relative_error", r.relative_error}});
+  }
+  return j;
+}
+
+models::Batch to_device(models::Batch b, c10::Device d) {
+  if (b.input_ids.defined()) b.input_ids = b.input_ids.to(d);
+  if (b.attention_mask.defined()) b.attention_mask = b.attention_mask.to(d);
+  return b;
+}
+
+// Trains only the feature maps so that each linear layer reproduces the softmax
+// attention it replaced (per-layer MSE, summed), on the source's own inputs.
+nlohmann::json attention_transfer(models::Model& model, const train::Dataset& data,
+                                  const ConvertCli& o, c10::Device device) {
+  std::vector<std::pair<std::string, at::Tensor>> maps;
+  for (auto& p : model.named_parameters(true)) {
+    const bool on = p.key().find(".feature_map.") != std::string::npos;
+    p.value().set_requires_grad(on);
+    if (on) maps.emplace_back(p.key(), p.value());
+  }
+  if (maps.empty()) throw UsageError("--transfer-steps: the feature maps have no parameters (elu1)");
+  train::AdamW opt({{"maps", 0.0, {}, {}}}, {0.9, 0.999, 1e-8});
+  {
+    std::vector<train::ParamGroup> groups(1);
+    groups[0].name = "feature_maps";
+    for (auto& [name, p] : maps) {
+      groups[0].names.push_back(name);
+      groups[0].params.push_back(p);
+    }
+    opt = train::AdamW(std::move(groups), {0.9, 0.999, 1e-8});
+  }
+  train::Loader loader(data.size(), o.batch_size, o.seed, true, true);
+  ProgressBar::Options bo;
+  bo.label = "transfer";
+  bo.unit = "step";
+  ProgressBar bar(o.transfer_steps, bo);
+  model.eval();  // no dropout; the maps still train
+  model.set_attention_transfer(true);
+  nlohmann::json curve = nlohmann::json::array();
+  for (int64_t step = 0; step < o.transfer_steps; ++step) {
+    const train::Example ex = data.batch(loader.next());
+    model.forward(to_device(ex.inputs, device));
+    at::Tensor loss = at::zeros({}, at::TensorOptions().device(device));
+    for (const auto& e : model.attention_transfer_errors()) loss = loss + e.mse;
+    loss.backward();
+    const double value = loss.item<double>();
+    RECAST_CHECK(std::isfinite(value), "attention transfer step ", step + 1, ": loss is ", value);
+    opt.step(train::cosine_lr(step, o.transfer_steps, o.transfer_steps / 10, o.transfer_lr, 0.1));
+    for (auto& [name, p] : maps) p.mutable_grad() = at::Tensor();
+    bar.update(1, {{"mse", value}});
+    if ((step + 1) % 10 == 0 || step + 1 == o.transfer_steps) {
+      curve.push_back({{"step", step + 1}, {"mse_sum", value}});
+    }
+  }
+  bar.finish();
+  model.set_attention_transfer(false);
+  for (auto& p : model.parameters(true)) p.set_requires_grad(true);
+  return curve;
+}
+
+int run_convert(const ConvertCli& o) {
+  set_threads(o.threads);
+  const c10::Device device = select_device(o.device);
+  const auto& recipe = recipes::recipe_registry().get(o.recipe).factory;
+  if (fs::exists(o.out) && !fs::is_empty(o.out)) {
+    throw UsageError(msg("--out ", quote(o.out), " exists and is not empty"));
+  }
+  if (o.transfer_steps > 0 && o.data.empty()) {
+    throw UsageError("--transfer-steps needs --data (the text to match the attention on)");
+  }
+  models::ModelPtr source = models::load_model(o.model);
+  source->to(device);
+  std::unique_ptr<io::Tokenizer> tok = tokenizer_of_checkpoint(o.model);
+  std::unique_ptr<train::Dataset> data;
+  recipes::RecipeOptions ro;
+  ro.layers = o.layers;
+  ro.seed = o.seed;
+  ro.values = {{"feature_map", o.feature_map}, {"feature_dim", o.feature_dim}, {"eps", o.eps}};
+  if (!o.data.empty()) {
+    if (!tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
+    const nlohmann::json manifest = manifest_of(o.model);
+    train::DataOptions d{o.data, "train", static_cast<uint64_t>(manifest_int(manifest, "seed", 0)),
+                         o.seq_len, "text"};
+    data = train::open_dataset(d, tok.get());
+    d.split = "val";
+    auto val = train::open_dataset(d, tok.get());
+    train::Loader probe_loader(val->size(), o.batch_size, 0, false, false);
+    ro.probe = to_device(val->batch(probe_loader.next()).inputs, device);
+  } else {
+    ro.probe = to_device(source->example_batch(4, o.seed), device);
+  }
+  recipes::Conversion c = recipe(*source, ro);
+  log::info("converted ", c.report.size(), " layers (", o.recipe, "); relative error of each "
+            "layer's output against the layer it replaced, on the same inputs:");
+  print_report(c.report, "at init");
+  nlohmann::json manifest = {{"made_by", "recast convert"},
+                             {"from", o.model},
+                             {"recast_version", RECAST_VERSION},
+                             {"conversion", c.manifest},
+                             {"error_at_init", report_json(c.report)}};
+  if (o.transfer_steps > 0) {
+    nlohmann::json curve = attention_transfer(*c.model, *data, o, device);
+    auto after = recipes::measure_t2r(*c.model, ro.probe);
+    print_report(after, msg("after ", o.transfer_steps, " transfer steps").c_str());
+    manifest["attention_transfer"] = {{"steps", o.transfer_steps}, {"lr", o.transfer_lr},
+                                      {"data", o.data}, {"curve", curve},
+                                      {"error_after", report_json(after)}};
+  }
+  // Carry the source's training facts (seed, seq_len) so eval picks the same split.
+  const nlohmann::json source_manifest = manifest_of(o.model);
+  for (const char* key : {"seed", "seq_len", "data", "tokenizer"}) {
+    if (source_manifest.contains(key)) manifest[key] = source_manifest[key];
+  }
+  // Everything goes into a temporary directory renamed into place at the end.
+  const fs::path out(o.out);
+  const fs::path tmp = out.parent_path() / msg(".", out.filename().string(), ".tmp-", ::getpid());
+  fs::remove_all(tmp);
+  try {
+    c.model->to(c10::kCPU);
+    models::save_model(*c.model, tmp.string());
+    if (tok) tok->save(tmp.string());
+    io::write_file_atomic((tmp / "recast_manifest.json").string(), manifest.dump(2) + "\n");
+    if (fs::exists(out)) fs::remove(out);  // empty (checked above)
+    fs::rename(tmp, out);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  log::info("wrote ", o.out);
+  return 0;
+}
+
+}  // namespace
+
+Runner add_convert(CLI::App& app) {
+  auto o = std::make_shared<ConvertCli>();
+  auto* cmd = app.add_subcommand("convert", verb_info("convert").summary);
+  cmd->add_option("--recipe", o->recipe, "Recipe (see 'recast list'): t2r")->required();
+  cmd->add_option("--model", o->model, "Checkpoint directory to convert")->required();
+  cmd->add_option("--out", o->out, "Directory for the converted checkpoint (new or empty)")
+      ->required();
+  cmd->add_option("--layers", o->layers,
+                  "Regex searched in each module's checkpoint name, e.g. 'h\\.[0-5]\\.' "
+                  "(default: every replaceable module)");
+  cmd->add_option("--feature-map", o->feature_map, "t2r: t2r, elu1 or hedgehog (default t2r)");
+  cmd->add_option("--feature-dim", o->feature_dim, "t2r: features per head (default 64)");
+  cmd->add_option("--eps", o->eps, "t2r: normaliser floor (default 0.01, T2R's)");
+  cmd->add_option("--data", o->data, "Text for the error report and attention transfer");
+  cmd->add_option("--transfer-steps", o->transfer_steps,
+                  "t2r: train the feature maps to match softmax attention first (default 0)");
+  cmd->add_option("--transfer-lr", o->transfer_lr, "Attention transfer learning rate (1e-2)");
+  cmd->add_option("--batch-size", o->batch_size, "Attention transfer batch size (default 8)");
+  cmd->add_option("--seq-len", o->seq_len, "Attention transfer window (default 128)");
+  cmd->add_option("--seed", o->seed, "Seed of the new parameters and the data order (0)");
+  cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
+  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)");
+  return [o] { return run_convert(*o); };
+}
+
+}  // namespace recast::cli

@@ -1,0 +1,65 @@
+#include "recast/recipes/recipe.h"
+
+#include "recast/core/error.h"
+
+#include <torch/torch.h>
+
+#include <map>
+
+namespace recast::recipes {
+
+Registry<Recipe>& recipe_registry() {
+  static Registry<Recipe> registry = [] {
+    Registry<Recipe> r("recipe");
+    register_t2r(r);
+    return r;
+  }();
+  return registry;
+}
+
+std::vector<std::string> select_modules(const std::vector<std::string>& candidates,
+                                        const std::string& pattern) {
+  if (pattern.empty()) return candidates;
+  std::regex re;
+  try {
+    re = std::regex(pattern);
+  } catch (const std::regex_error& e) {
+    throw UsageError(msg("--layers ", quote(pattern), ": not a valid regex (", e.what(), ")"));
+  }
+  std::vector<std::string> out;
+  for (const auto& c : candidates) {
+    if (std::regex_search(c, re)) out.push_back(c);
+  }
+  if (out.empty()) {
+    throw UsageError(msg("--layers ", quote(pattern), " matches none of the ", candidates.size(),
+                         " replaceable modules (",
+                         candidates.empty() ? std::string("none")
+                                            : msg(quote(candidates.front()), " ... ",
+                                                  quote(candidates.back())),
+                         ")"));
+  }
+  return out;
+}
+
+std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to) {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> target;
+  for (const auto& p : to.named_parameters(true)) target[p.key()] = p.value();
+  for (const auto& b : to.named_buffers(true)) target[b.key()] = b.value();
+  auto copy = [&](const std::string& name, const at::Tensor& value) {
+    auto it = target.find(name);
+    if (it == target.end()) throw Error(msg("recipe: the converted model has no tensor ", quote(name)));
+    RECAST_CHECK(it->second.sizes() == value.sizes(), "recipe: tensor ", quote(name), ": ",
+                 shape_string(value.sizes()), " in the source, ", shape_string(it->second.sizes()),
+                 " in the converted model");
+    it->second.copy_(value);
+    target.erase(it);
+  };
+  for (const auto& p : from.named_parameters(true)) copy(p.key(), p.value());
+  for (const auto& b : from.named_buffers(true)) copy(b.key(), b.value());
+  std::vector<std::string> fresh;
+  for (const auto& kv : target) fresh.push_back(kv.first);
+  return fresh;
+}
+
+}  // namespace recast::recipes

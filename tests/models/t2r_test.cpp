@@ -1,0 +1,161 @@
+// T2R models: a converted decoder (GPT-2, Llama with grouped-query heads, and
+// a hybrid) gives the same logits for a whole sequence as token by token
+// through the recurrence; greedy decoding reproduces the argmax of a parallel
+// forward; the recipe keeps every pretrained weight and reports its error.
+
+#include "recast/layers/linear_attention.h"
+#include "recast/models/model.h"
+#include "recast/recipes/recipe.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace recast::testing {
+namespace {
+
+models::ModelPtr tiny(const std::string& arch, const std::string& feature_map,
+                      std::vector<int64_t> layers) {
+  nlohmann::json c;
+  if (arch == "gpt2") {
+    c = {{"n_layer", 3}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 61}, {"n_positions", 64}};
+  } else {
+    c = {{"num_hidden_layers", 2}, {"hidden_size", 32}, {"num_attention_heads", 4},
+         {"num_key_value_heads", 2}, {"intermediate_size", 48}, {"vocab_size", 61}};
+  }
+  c["recast_t2r"] = {{"feature_map", feature_map}, {"feature_dim", 16}, {"eps", 1e-2},
+                     {"chunk", 5}, {"layers", layers}};
+  torch::manual_seed(7);
+  models::ModelPtr m = models::create_model(arch, c);
+  m->init_weights();
+  return m;
+}
+
+double max_rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a - b).abs().max() / b.abs().max()).item<double>();
+}
+
+void expect_recurrence_matches_full_sequence(models::Model& m) {
+  torch::NoGradGuard no_grad;
+  models::Batch batch;
+  batch.input_ids = torch::randint(61, {2, 23}, torch::kLong);
+  const at::Tensor full = m.forward(batch);
+  // Prefill 9 tokens (chunked form), then one at a time (recurrence).
+  models::KVCache cache;
+  models::Batch part;
+  part.input_ids = batch.input_ids.narrow(1, 0, 9);
+  std::vector<at::Tensor> logits{m.forward(part, nullptr, &cache)};
+  for (int64_t t = 9; t < 23; ++t) {
+    part.input_ids = batch.input_ids.narrow(1, t, 1);
+    logits.push_back(m.forward(part, nullptr, &cache));
+  }
+  EXPECT_EQ(cache.length(), 23);
+  EXPECT_LT(max_rel(at::cat(logits, 1), full), 1e-5);
+}
+
+TEST(T2R, Gpt2TokenByTokenEqualsFullSequence) {
+  for (const char* fm : {"t2r", "elu1", "hedgehog"}) {
+    SCOPED_TRACE(fm);
+    auto m = tiny("gpt2", fm, {0, 1, 2});
+    expect_recurrence_matches_full_sequence(*m);
+  }
+}
+
+TEST(T2R, HybridAndLlamaTokenByTokenEqualsFullSequence) {
+  auto hybrid = tiny("gpt2", "t2r", {1});
+  expect_recurrence_matches_full_sequence(*hybrid);
+  auto llama = tiny("llama", "t2r", {0, 1});
+  expect_recurrence_matches_full_sequence(*llama);
+}
+
+TEST(T2R, StateIsConstantSizeWhateverTheLength) {
+  auto m = tiny("gpt2", "t2r", {0, 1, 2});
+  torch::NoGradGuard no_grad;
+  models::KVCache cache;
+  models::Batch b;
+  b.input_ids = torch::randint(61, {1, 10}, torch::kLong);
+  m->forward(b, nullptr, &cache);
+  const auto size_after_10 = cache.linear[0].s.sizes().vec();
+  for (int i = 0; i < 30; ++i) {
+    b.input_ids = torch::randint(61, {1, 1}, torch::kLong);
+    m->forward(b, nullptr, &cache);
+  }
+  EXPECT_EQ(cache.linear[0].s.sizes().vec(), size_after_10);
+  EXPECT_TRUE(cache.keys.empty());  // no layer keeps keys
+}
+
+TEST(T2R, GreedyDecodingReproducesTheArgmaxOfAParallelForward) {
+  auto m = tiny("gpt2", "t2r", {0, 1, 2});
+  torch::NoGradGuard no_grad;
+  models::KVCache cache;
+  models::Batch b;
+  b.input_ids = torch::tensor({{3L, 14L, 15L}});
+  std::vector<int64_t> seq = {3, 14, 15};
+  at::Tensor logits = m->forward(b, nullptr, &cache);
+  for (int i = 0; i < 12; ++i) {
+    const int64_t next = logits[0][-1].argmax().item<int64_t>();
+    seq.push_back(next);
+    b.input_ids = torch::tensor({{next}});
+    logits = m->forward(b, nullptr, &cache);
+  }
+  models::Batch whole;
+  whole.input_ids = torch::tensor(seq).view({1, -1});
+  const at::Tensor full = m->forward(whole);
+  for (size_t t = 2; t + 1 < seq.size(); ++t) {
+    EXPECT_EQ(full[0][static_cast<int64_t>(t)].argmax().item<int64_t>(), seq[t + 1]) << "position " << t;
+  }
+}
+
+TEST(T2R, RecipeKeepsEveryPretrainedWeightAndReportsEachLayer) {
+  torch::manual_seed(3);
+  auto source = models::create_model(
+      "gpt2", {{"n_layer", 3}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 61}, {"n_positions", 64}});
+  source->init_weights();
+  recipes::RecipeOptions o;
+  o.layers = "h\\.[12]\\.";
+  o.values = {{"feature_map", "t2r"}, {"feature_dim", 8}};
+  o.probe.input_ids = torch::randint(61, {2, 16}, torch::kLong);
+  recipes::Conversion c = recipes::recipe_registry().get("t2r").factory(*source, o);
+  ASSERT_EQ(c.report.size(), 2u);
+  EXPECT_EQ(c.report[0].module, "transformer.h.1.attn");
+  EXPECT_EQ(c.report[1].module, "transformer.h.2.attn");
+  for (const auto& r : c.report) {
+    EXPECT_GT(r.relative_error, 0.0);
+    EXPECT_TRUE(std::isfinite(r.relative_error));
+  }
+  // Every source tensor is in the converted model, unchanged.
+  auto converted = c.model->named_parameters(true);
+  for (const auto& p : source->named_parameters(true)) {
+    ASSERT_TRUE(converted.contains(p.key())) << p.key();
+    EXPECT_TRUE(torch::equal(converted[p.key()], p.value())) << p.key();
+  }
+  EXPECT_TRUE(converted.contains("transformer.h.1.attn.feature_map.weight"));
+  EXPECT_FALSE(converted.contains("transformer.h.0.attn.feature_map.weight"));
+  // Layer 0 kept softmax: its output equals the source's before layer 1.
+  EXPECT_NE(error_of([&] { recipes::select_modules({"transformer.h.0.attn"}, "layer4"); })
+                .find("matches none"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { recipes::recipe_registry().get("t2r").factory(*c.model, o); })
+                .find("already converted"),
+            std::string::npos);
+}
+
+TEST(T2R, TransferModeMeasuresEachLayerAgainstSoftmax) {
+  auto m = tiny("gpt2", "hedgehog", {0, 2});
+  models::Batch b;
+  b.input_ids = torch::randint(61, {2, 12}, torch::kLong);
+  m->set_attention_transfer(true);
+  m->forward(b);
+  auto errors = m->attention_transfer_errors();
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0].module, "transformer.h.0.attn");
+  EXPECT_EQ(errors[1].module, "transformer.h.2.attn");
+  // The MSE is differentiable w.r.t. the feature maps.
+  (errors[0].mse + errors[1].mse).backward();
+  auto params = m->named_parameters(true);
+  EXPECT_TRUE(params["transformer.h.0.attn.feature_map.weight"].grad().defined());
+  m->set_attention_transfer(false);
+}
+
+}  // namespace
+}  // namespace recast::testing
