@@ -5,7 +5,10 @@
 #      different author), and sample from it;
 #   2. pretrain a small ResNet-18 on Fashion-MNIST and evaluate it on the test
 #      split (per-class accuracy, confusion matrix);
-#   3. plot the training curves, inspect the checkpoint, and show a pickle file
+#   3. recast the GPT to T2R (linear attention, an RNN at generation time):
+#      attention transfer, a short fine-tune, teacher vs T2R perplexity, and
+#      decode speed after a 4k-token prompt, T2R vs softmax + KV cache;
+#   4. plot the training curves, inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
@@ -14,6 +17,7 @@ build=${BUILD:-build}
 recast="$build/recast"
 out=out/demo
 GPT_STEPS=${GPT_STEPS:-300}
+T2R_STEPS=${T2R_STEPS:-100}
 RESNET_STEPS=${RESNET_STEPS:-300}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -23,7 +27,8 @@ rm -rf "$out"
 mkdir -p "$out"
 
 step "pretrain a GPT (4 x 128, byte level) on State of the Union: $GPT_STEPS steps"
-"$recast" pretrain --arch gpt2 --set n_layer=4 --set n_embd=128 --set n_head=4 \
+# (4096 positions so that decoding can be measured after a long prompt; training uses 128)
+"$recast" pretrain --arch gpt2 --set n_layer=4 --set n_embd=128 --set n_head=4 --set n_positions=4096 \
   --data sotu --seq-len 128 --batch-size 16 --steps "$GPT_STEPS" --lr 2e-3 \
   --eval-every 100 --eval-batches 10 --save-every 100 --out "$out/gpt-sotu"
 
@@ -34,6 +39,26 @@ step "evaluate: held-out State of the Union addresses (test split), then Moby Di
 step "generate (KV cache, top-k 40, temperature 0.8)"
 "$recast" generate --model "$out/gpt-sotu" --prompt "The state of the Union is" \
   --max-tokens 240 --temperature 0.8 --top-k 40 --seed 1
+
+step "T2R: convert the GPT's attention to linear attention (+ 40 steps of attention transfer)"
+"$recast" convert --recipe t2r --model "$out/gpt-sotu" --out "$out/gpt-sotu-t2r" \
+  --data sotu --transfer-steps 40 --batch-size 8
+
+step "T2R: fine-tune the converted model for $T2R_STEPS steps"
+"$recast" finetune --model "$out/gpt-sotu-t2r" --data sotu --seq-len 128 --batch-size 16 \
+  --steps "$T2R_STEPS" --lr 1e-3 --eval-batches 10 --out "$out/gpt-sotu-t2r-ft"
+
+step "teacher (softmax) vs T2R on held-out State of the Union (test split)"
+for m in gpt-sotu gpt-sotu-t2r gpt-sotu-t2r-ft; do
+  printf '%-18s ' "$m"
+  "$recast" eval --model "$out/$m" --data sotu --split test --max-batches 50 -q
+done
+
+step "T2R generates as an RNN: decode after a 4000-token prompt, softmax + KV cache vs T2R state"
+"$recast" bench decode --model "$out/gpt-sotu" --context 4000 --new-tokens 64
+"$recast" bench decode --model "$out/gpt-sotu-t2r-ft" --context 4000 --new-tokens 64
+"$recast" generate --model "$out/gpt-sotu-t2r-ft" --prompt "The state of the Union is" \
+  --max-tokens 160 --temperature 0.8 --top-k 40 --seed 1
 
 step "pretrain a ResNet-18 (channels 32-256) on Fashion-MNIST: $RESNET_STEPS steps"
 "$recast" pretrain --arch resnet18 --set 'channels=[32,64,128,256]' --data fashion-mnist \
@@ -60,4 +85,4 @@ echo "exit code: $?"
 set -e
 rm -f "$out/model.safetensors"
 echo
-echo "models kept in $out/gpt-sotu and $out/resnet-fmnist"
+echo "models kept in $out/gpt-sotu, $out/gpt-sotu-t2r-ft and $out/resnet-fmnist"

@@ -130,6 +130,14 @@ class TrainCli : public ::testing::Test {
     ASSERT_FALSE(got.empty()) << out;
     EXPECT_TRUE(got == *reference_) << out << ": final weights differ from the uninterrupted run";
   }
+  // Runs the same command with --resume to the end; the weights must be the reference's.
+  static void resume_and_expect_reference(const std::string& out) {
+    auto args = pretrain_args(corpus(), out);
+    args.push_back("--resume");
+    Result r = run(args);
+    ASSERT_EQ(r.code, 0) << r.err;
+    expect_reference(out);
+  }
   static TempDir* dir_;
   static std::string* reference_;
 };
@@ -179,11 +187,7 @@ TEST_F(TrainCli, SigtermCheckpointsAndExitsZeroThenResumes) {
   EXPECT_TRUE(fs::exists(out + "/checkpoints/step-" + std::string(8 - std::to_string(stopped).size(), '0') +
                          std::to_string(stopped)))
       << "the step the signal interrupted is checkpointed";
-  auto args = pretrain_args(corpus(), out);
-  args.push_back("--resume");
-  Result r = run(args);
-  ASSERT_EQ(r.code, 0) << r.err;
-  expect_reference(out);
+  resume_and_expect_reference(out);
 }
 
 TEST_F(TrainCli, SecondSignalExitsAtOnceLeavingTheLastCheckpointIntact) {
@@ -203,11 +207,7 @@ TEST_F(TrainCli, SecondSignalExitsAtOnceLeavingTheLastCheckpointIntact) {
     EXPECT_NO_THROW(io::TensorStore::open(e.path().string())) << name;
     EXPECT_NO_THROW(io::TensorStore::open((e.path() / "optimizer.safetensors").string())) << name;
   }
-  auto args = pretrain_args(corpus(), out);
-  args.push_back("--resume");
-  Result r = run(args);
-  ASSERT_EQ(r.code, 0) << r.err;
-  expect_reference(out);
+  resume_and_expect_reference(out);
 }
 
 TEST_F(TrainCli, DivergenceStopsBeforeTheUpdateAndKeepsTheLastGoodCheckpoint) {

@@ -51,12 +51,6 @@ nlohmann::json report_json(const std::vector<recipes::LayerReport>& report) {
   return j;
 }
 
-models::Batch to_device(models::Batch b, c10::Device d) {
-  if (b.input_ids.defined()) b.input_ids = b.input_ids.to(d);
-  if (b.attention_mask.defined()) b.attention_mask = b.attention_mask.to(d);
-  return b;
-}
-
 // Trains only the feature maps so that each linear layer reproduces the softmax
 // attention it replaced (per-layer MSE, summed), on the source's own inputs.
 nlohmann::json attention_transfer(models::Model& model, const train::Dataset& data,
@@ -88,7 +82,7 @@ nlohmann::json attention_transfer(models::Model& model, const train::Dataset& da
   nlohmann::json curve = nlohmann::json::array();
   for (int64_t step = 0; step < o.transfer_steps; ++step) {
     const train::Example ex = data.batch(loader.next());
-    model.forward(to_device(ex.inputs, device));
+    model.forward(train::to_device(ex.inputs, device));
     at::Tensor loss = at::zeros({}, at::TensorOptions().device(device));
     for (const auto& e : model.attention_transfer_errors()) loss = loss + e.mse;
     loss.backward();
@@ -134,9 +128,9 @@ int run_convert(const ConvertCli& o) {
     d.split = "val";
     auto val = train::open_dataset(d, tok.get());
     train::Loader probe_loader(val->size(), o.batch_size, 0, false, false);
-    ro.probe = to_device(val->batch(probe_loader.next()).inputs, device);
+    ro.probe = train::to_device(val->batch(probe_loader.next()).inputs, device);
   } else {
-    ro.probe = to_device(source->example_batch(4, o.seed), device);
+    ro.probe = train::to_device(source->example_batch(4, o.seed), device);
   }
   recipes::Conversion c = recipe(*source, ro);
   log::info("converted ", c.report.size(), " layers (", o.recipe, "); relative error of each "

@@ -326,6 +326,14 @@ const io::Tokenizer& need_tokenizer(const io::Tokenizer* tok, const std::string&
 
 }  // namespace
 
+models::Batch to_device(const models::Batch& batch, c10::Device device, bool non_blocking) {
+  models::Batch out = batch;
+  for (at::Tensor* t : {&out.input_ids, &out.attention_mask, &out.pixel_values}) {
+    if (t->defined()) *t = t->to(device, non_blocking);
+  }
+  return out;
+}
+
 const char* data_kind_name(DataKind kind) {
   switch (kind) {
     case DataKind::Text: return "text";

@@ -38,6 +38,9 @@ struct Example {
   int64_t bytes = 0;   // bytes of text the LM targets stand for (bits per byte)
 };
 
+// The batch's tensors on `device` (pixel values in `dtype` when given).
+models::Batch to_device(const models::Batch& batch, c10::Device device, bool non_blocking = false);
+
 class Dataset {
  public:
   virtual ~Dataset() = default;

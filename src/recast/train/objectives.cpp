@@ -87,10 +87,7 @@ EvalResult evaluate(models::Model& model, const Dataset& data, const EvalOptions
   at::Tensor confusion = at::zeros({std::max<int64_t>(k, 1) * std::max<int64_t>(k, 1)}, at::kLong);
   for (int64_t b = 0; b < batches; ++b) {
     Example ex = data.batch(loader.next());
-    models::Batch in = ex.inputs;
-    if (in.input_ids.defined()) in.input_ids = in.input_ids.to(o.device);
-    if (in.attention_mask.defined()) in.attention_mask = in.attention_mask.to(o.device);
-    if (in.pixel_values.defined()) in.pixel_values = in.pixel_values.to(o.device);
+    const models::Batch in = to_device(ex.inputs, o.device);
     const at::Tensor labels = ex.labels.to(o.device);
     at::Tensor logits;
     {

@@ -223,14 +223,6 @@ std::string format_number(double v) {
   return os.str();
 }
 
-models::Batch to_device(const models::Batch& b, c10::Device device) {
-  models::Batch out = b;
-  if (out.input_ids.defined()) out.input_ids = out.input_ids.to(device, /*non_blocking=*/true);
-  if (out.attention_mask.defined()) out.attention_mask = out.attention_mask.to(device, true);
-  if (out.pixel_values.defined()) out.pixel_values = out.pixel_values.to(device, true);
-  return out;
-}
-
 }  // namespace
 
 DistEnv dist_env() {
@@ -403,7 +395,7 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       const Example ex = train_data.batch(loader.next());
       Example dev = ex;
-      dev.inputs = to_device(ex.inputs, o.device);
+      dev.inputs = to_device(ex.inputs, o.device, /*non_blocking=*/true);
       dev.labels = ex.labels.to(o.device, /*non_blocking=*/true);
       at::Tensor loss;
       {
