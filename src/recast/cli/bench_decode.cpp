@@ -1,7 +1,8 @@
 // recast bench decode --model DIR --context N --new-tokens M [--batch B] [--json]
 // The cost of generating after a prompt of N tokens: prefill once, then M
 // decode steps (argmax), timed after a warm-up step, synchronising the device
-// before each clock read. Works for softmax (KV cache) and T2R (recurrent
+// before each clock read. On CUDA the peak memory of decoding and of the
+// prefill are reported separately. Works for softmax (KV cache) and T2R (recurrent
 // state) models alike; reports ms per token, the cache / state size, and on
 // CUDA the peak memory.
 
@@ -87,6 +88,18 @@ int run_bench_decode(const BenchDecodeCli& o) {
   at::Tensor next = logits.select(1, -1).argmax(-1, true);
   sync(device);
   const double prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  double prefill_peak_mb = 0;
+#if RECAST_WITH_CUDA
+  // Peak memory of the prefill and, separately, of decoding (weights + cache
+  // + one step's activations), which is what stays resident per sequence.
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    prefill_peak_mb = static_cast<double>(
+                          stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+                      (1024.0 * 1024.0);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  }
+#endif
   // One untimed step (first-call allocations), then the timed ones.
   batch.input_ids = next;
   next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
@@ -119,7 +132,10 @@ int run_bench_decode(const BenchDecodeCli& o) {
                       {"ms_per_token", decode_ms / static_cast<double>(o.new_tokens)},
                       {"tokens_per_s", static_cast<double>(o.new_tokens * o.batch) * 1000.0 / decode_ms},
                       {"cache_mb", cache_mb(cache)}};
-  if (device.is_cuda()) j["peak_memory_mb"] = peak_mb;
+  if (device.is_cuda()) {
+    j["peak_memory_mb"] = peak_mb;  // while decoding
+    j["prefill_peak_memory_mb"] = prefill_peak_mb;
+  }
   if (o.json) {
     std::cout << j.dump() << std::endl;
   } else {

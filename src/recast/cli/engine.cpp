@@ -3,8 +3,15 @@
 
 #include "recast/cli/verbs.h"
 
+#include <cstdlib>
+
 int main(int argc, char** argv) {
   using namespace recast::cli;
+  // Exact resume on the CPU needs every run to split its BLAS work the same
+  // way. MKL (in PyTorch's own LibTorch) may lower its thread count under load
+  // unless told not to, which changes reduction order and hence the bits.
+  // (Must be set before MKL initialises; a user's own setting wins.)
+  ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
   return run_cli(argc, argv,
                  {{"forward", add_forward},
                   {"inspect", add_inspect},
