@@ -78,6 +78,11 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const AttentionMask& mask, std::optional<double> scale) {
 #if RECAST_HAS_SDPA
   check_shapes(q, k, v);
+  // Decoding (one query per sequence): two small products. The key length
+  // changes every step, and a fused kernel that plans per shape pays for that
+  // each time (the suspected cause of a ~65 ms per token constant in decode
+  // on the H100; see docs/results.md).
+  if (q.size(2) == 1) return attention_reference(q, k, v, mask, scale);
   const int64_t groups = q.size(1) / k.size(1);
   at::Tensor kk = repeat_kv(k, groups);
   at::Tensor vv = repeat_kv(v, groups);
