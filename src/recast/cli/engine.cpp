@@ -2,6 +2,7 @@
 // this binary for the verbs that need LibTorch.
 
 #include "recast/cli/verbs.h"
+#include "recast/core/signals.h"
 
 #include <cstdlib>
 
@@ -12,6 +13,9 @@ int main(int argc, char** argv) {
   // unless told not to, which changes reduction order and hence the bits.
   // (Must be set before MKL initialises; a user's own setting wins.)
   ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
+  // Before any thread exists: SIGINT / SIGTERM go to one watcher thread, never
+  // to a compute thread in the middle of a kernel (core/signals.h).
+  recast::signals::install();
   return run_cli(argc, argv,
                  {{"forward", add_forward},
                   {"inspect", add_inspect},
