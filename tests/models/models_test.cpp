@@ -210,7 +210,7 @@ TEST(Models, BadConfigsAndInputsAreNamed) {
         << e.what();
   }
   models::ModelPtr vit = models::load_model(kFixtures + "/vit_tiny_timm");
-  EXPECT_THROW(vit->forward({{}, {}, at::zeros({1, 3, 48, 48})}), Error);
+  EXPECT_THROW(vit->forward({{}, {}, at::zeros({1, 3, 48, 48}), {}}), Error);
 }
 
 }  // namespace

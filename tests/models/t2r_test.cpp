@@ -1,9 +1,12 @@
 // T2R models: a converted decoder (GPT-2, Llama with grouped-query heads, and
 // a hybrid) gives the same logits for a whole sequence as token by token
 // through the recurrence; greedy decoding reproduces the argmax of a parallel
-// forward; the recipe keeps every pretrained weight and reports its error.
+// forward; a left-padded batch generates what each prompt generates alone
+// (softmax and T2R); the recipe keeps every pretrained weight and reports its
+// error.
 
 #include "recast/layers/linear_attention.h"
+#include "recast/models/generate.h"
 #include "recast/models/model.h"
 #include "recast/recipes/recipe.h"
 #include "test_util.h"
@@ -103,6 +106,62 @@ TEST(T2R, GreedyDecodingReproducesTheArgmaxOfAParallelForward) {
   const at::Tensor full = m->forward(whole);
   for (size_t t = 2; t + 1 < seq.size(); ++t) {
     EXPECT_EQ(full[0][static_cast<int64_t>(t)].argmax().item<int64_t>(), seq[t + 1]) << "position " << t;
+  }
+}
+
+// Batch generation: prompts of different lengths, left-padded in one batch,
+// give each the tokens it gives alone (greedy), on softmax, T2R and hybrid
+// GPT-2 and Llama (positions restart on each row's first real token).
+TEST(Generate, ALeftPaddedBatchContinuesEachPromptAsAlone) {
+  struct Case {
+    const char* arch;
+    std::vector<int64_t> linear;
+  };
+  for (const Case& c : {Case{"gpt2", {}}, Case{"gpt2", {0, 1, 2}}, Case{"gpt2", {1}},
+                        Case{"llama", {}}, Case{"llama", {0, 1}}}) {
+    auto m = tiny(c.arch, "t2r", c.linear);
+    const std::vector<std::vector<int64_t>> prompts = {{3, 14, 15}, {9, 2, 6, 5, 35, 8, 9}, {7, 9, 3, 2, 3}};
+    models::GenerateOptions o;
+    o.sampling.temperature = 0;
+    o.max_tokens = 10;
+    at::Generator gen = at::detail::createCPUGenerator(1);
+    const auto together = models::generate(*m, prompts, o, gen);
+    ASSERT_EQ(together.size(), prompts.size());
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      const auto alone = models::generate(*m, {prompts[r]}, o, gen);
+      EXPECT_EQ(together[r], alone[0]) << c.arch << " with " << c.linear.size() << " linear layers, row " << r;
+      EXPECT_EQ(together[r].size(), 10u);
+    }
+  }
+}
+
+TEST(Generate, StopsARowAtEosAndSlidesPastTheContext) {
+  auto m = tiny("gpt2", "t2r", {});
+  models::GenerateOptions o;
+  o.sampling.temperature = 0;
+  o.max_tokens = 80;  // past n_positions = 64: the window slides
+  o.context = 64;
+  at::Generator gen = at::detail::createCPUGenerator(1);
+  const auto long_run = models::generate(*m, {{1, 2, 3}}, o, gen);
+  EXPECT_EQ(long_run[0].size(), 80u);
+  // With the 5th generated token as eos, that row stops before it.
+  o.eos = long_run[0][4];
+  const auto stopped = models::generate(*m, {{1, 2, 3}, {4, 5}}, o, gen);
+  const auto first_eos = std::find(long_run[0].begin(), long_run[0].end(), o.eos) - long_run[0].begin();
+  EXPECT_EQ(stopped[0], std::vector<int64_t>(long_run[0].begin(), long_run[0].begin() + first_eos));
+  EXPECT_EQ(std::count(stopped[1].begin(), stopped[1].end(), o.eos), 0);
+}
+
+TEST(Generate, SamplingHonoursTopKAndTopP) {
+  at::Generator gen = at::detail::createCPUGenerator(5);
+  const at::Tensor logits = torch::tensor({0.1f, 2.0f, 1.9f, -1.0f, 0.5f});
+  models::SamplingOptions greedy{0.0, 0, 1.0}, top1{1.0, 1, 1.0}, top2{1.0, 2, 1.0}, nucleus{1.0, 0, 0.3};
+  EXPECT_EQ(models::sample_token(logits, greedy, gen), 1);
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(models::sample_token(logits, top1, gen), 1);
+    EXPECT_EQ(models::sample_token(logits, nucleus, gen), 1);  // token 1 alone holds > 0.3
+    const int64_t two = models::sample_token(logits, top2, gen);
+    EXPECT_TRUE(two == 1 || two == 2) << two;
   }
 }
 

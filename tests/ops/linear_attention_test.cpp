@@ -3,6 +3,7 @@
 // multiple of the chunk, key padding, batch > 1, a state carried across calls,
 // and inside a bf16 autocast region (the state stays fp32).
 
+#include "recast/core/version.h"
 #include "recast/ops/linear_attention.h"
 
 #include <gtest/gtest.h>
@@ -131,6 +132,48 @@ TEST(LinearAttention, BadShapesAreNamed) {
     FAIL() << "no error";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("linear attention: expected"), std::string::npos) << e.what();
+  }
+}
+
+// The fused CUDA decoding step against the LibTorch recurrent form (and both
+// against the fp64 parallel form): fp32, bf16 and fp16 inputs, odd feature and
+// value sizes (not multiples of the kernel's 64 threads), a padded row, many
+// steps so the in-place state accumulates.
+TEST(LinearAttention, FusedCudaStepMatchesTheLibTorchForm) {
+  if (!RECAST_BUILT_WITH_CUDA_KERNELS || !torch::cuda::is_available()) {
+    GTEST_SKIP() << "recast built without CUDA kernels, or no GPU";
+  }
+  torch::NoGradGuard no_grad;
+  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (auto [f, dv] : {std::pair<int64_t, int64_t>{64, 64}, {37, 130}, {128, 48}}) {
+      const int64_t b = 3, h = 5, t = 40;
+      Inputs in = make(b, h, t, f, dv, 11);
+      at::Tensor fq = in.fq.to(torch::kCUDA, dtype), fk = in.fk.to(torch::kCUDA, dtype),
+                 v = in.v.to(torch::kCUDA, dtype);
+      at::Tensor pad = torch::ones({b, t}, torch::kBool).to(torch::kCUDA);
+      pad[1].narrow(0, 10, 4).fill_(false);  // a gap in row 1
+      ops::LinearAttentionOptions fused, reference;
+      reference.reference = true;
+      ops::LinearState sf, sr;
+      std::vector<at::Tensor> yf, yr;
+      for (int64_t i = 0; i < t; ++i) {
+        auto step = [&](ops::LinearState& st, const ops::LinearAttentionOptions& o) {
+          return ops::linear_attention_recurrent(fq.narrow(2, i, 1), fk.narrow(2, i, 1),
+                                                 v.narrow(2, i, 1), st, pad.narrow(1, i, 1), o);
+        };
+        yf.push_back(step(sf, fused));
+        yr.push_back(step(sr, reference));
+      }
+      const at::Tensor a = at::cat(yf, 2), r = at::cat(yr, 2);
+      EXPECT_EQ(a.scalar_type(), dtype);
+      const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;  // 16-bit outputs round
+      EXPECT_LT(max_rel(a, r), tol) << dtype << " f=" << f << " dv=" << dv;
+      EXPECT_LT(max_rel(sf.s, sr.s), 1e-5) << dtype << " f=" << f << " dv=" << dv;
+      EXPECT_LT(max_rel(sf.z, sr.z), 1e-5) << dtype << " f=" << f << " dv=" << dv;
+      const at::Tensor exact = ops::linear_attention_parallel(
+          fq.to(at::kDouble), fk.to(at::kDouble), v.to(at::kDouble), pad);
+      EXPECT_LT(max_rel(a, exact), tol) << dtype << " f=" << f << " dv=" << dv;
+    }
   }
 }
 

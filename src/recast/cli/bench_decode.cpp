@@ -41,6 +41,22 @@ void sync(c10::Device d) {
 #endif
 }
 
+// Peak bytes allocated on a CUDA device since the last call (the peak is reset
+// after reading), in MB; 0 elsewhere.
+double peak_allocated_mb(c10::Device d) {
+#if RECAST_WITH_CUDA
+  if (d.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
+    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1024.0 * 1024.0);
+  }
+#else
+  (void)d;
+#endif
+  return 0.0;
+}
+
 double cache_mb(const models::KVCache& c) {
   double bytes = 0;
   for (const auto* list : {&c.keys, &c.values}) {
@@ -84,22 +100,13 @@ int run_bench_decode(const BenchDecodeCli& o) {
   models::KVCache cache;
   sync(device);
   auto t0 = Clock::now();
-  at::Tensor logits = model->forward(batch, nullptr, &cache);
-  at::Tensor next = logits.select(1, -1).argmax(-1, true);
+  // The prefill's logits [B, context, V] are dropped at once: only the last
+  // position's argmax stays, so the decode peak below holds weights + cache +
+  // one step's activations, what stays resident per sequence.
+  at::Tensor next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
   sync(device);
   const double prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  double prefill_peak_mb = 0;
-#if RECAST_WITH_CUDA
-  // Peak memory of the prefill and, separately, of decoding (weights + cache
-  // + one step's activations), which is what stays resident per sequence.
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    prefill_peak_mb = static_cast<double>(
-                          stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
-                      (1024.0 * 1024.0);
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-  }
-#endif
+  const double prefill_peak_mb = peak_allocated_mb(device);
   // One untimed step (first-call allocations), then the timed ones.
   batch.input_ids = next;
   next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
@@ -111,15 +118,7 @@ int run_bench_decode(const BenchDecodeCli& o) {
   }
   sync(device);
   const double decode_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  double peak_mb = 0;
-#if RECAST_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    peak_mb = static_cast<double>(
-                  stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
-              (1024.0 * 1024.0);
-  }
-#endif
+  const double peak_mb = peak_allocated_mb(device);
   const bool t2r = c.contains("recast_t2r");
   nlohmann::json j = {{"model", o.model},
                       {"attention", t2r ? "t2r" : "softmax"},

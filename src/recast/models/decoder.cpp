@@ -41,6 +41,24 @@ ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64
   return mask;
 }
 
+at::Tensor decoder_positions(const Batch& batch, const at::Tensor& ids, int64_t offset,
+                             int64_t max_positions) {
+  const int64_t t = ids.size(1);
+  if (!batch.position_ids.defined()) {
+    return at::arange(offset, offset + t, ids.options().dtype(at::kLong)).view({1, t});
+  }
+  const at::Tensor& p = batch.position_ids;
+  RECAST_CHECK(p.dim() == 2 && p.size(0) == ids.size(0) && p.size(1) == t,
+               "position_ids: expected [", ids.size(0), ", ", t, "], found ", p.sizes());
+  RECAST_CHECK(!p.is_floating_point() && p.scalar_type() != at::kBool,
+               "position_ids: expected integers, found ", p.scalar_type());
+  const at::Tensor host = p.to(at::kCPU, at::kLong);
+  const int64_t lo = host.min().item<int64_t>(), hi = host.max().item<int64_t>();
+  RECAST_CHECK(lo >= 0 && hi < max_positions, "position_ids: values in [", lo, ", ", hi,
+               "], expected within [0, ", max_positions, ")");
+  return p.to(ids.device(), at::kLong);
+}
+
 std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
                                             const at::Tensor& v) {
   if (static_cast<int64_t>(cache.keys.size()) <= layer) {

@@ -19,6 +19,11 @@ at::Tensor check_input_ids(const Batch& batch, int64_t vocab, int64_t max_positi
 // Causal mask + key padding from batch.attention_mask ([B, offset + T]).
 ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64_t offset);
 
+// int64 [B or 1, T] on ids' device: batch.position_ids when given (checked:
+// shape, 0 <= p < max_positions), else offset, offset + 1, ...
+at::Tensor decoder_positions(const Batch& batch, const at::Tensor& ids, int64_t offset,
+                             int64_t max_positions);
+
 // Appends this step's keys and values to layer `layer` of the cache and
 // returns the whole history.
 std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,

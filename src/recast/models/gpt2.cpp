@@ -212,7 +212,7 @@ class Gpt2 : public Model {
     const int64_t offset = cache ? cache->length() : 0;
     const at::Tensor ids = check_input_ids(batch, c_.vocab, c_.positions, offset);
     ops::AttentionMask mask = decoder_mask(batch, ids, offset);
-    auto pos = at::arange(offset, offset + ids.size(1), ids.options());
+    const at::Tensor pos = decoder_positions(batch, ids, offset, c_.positions);
     at::Tensor x = transformer_->wte(ids) + transformer_->wpe(pos);
     for (size_t i = 0; i < transformer_->h->size(); ++i) {
       x = transformer_->h[i]->as<Block>()->forward(x, mask, cache);
@@ -245,6 +245,7 @@ class Gpt2 : public Model {
     auto gen = at::detail::createCPUGenerator(seed);
     return {
         at::randint(c_.vocab, {batch_size, std::min<int64_t>(16, c_.positions)}, gen, at::kLong),
+        {},
         {},
         {}};
   }

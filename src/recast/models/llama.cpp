@@ -72,7 +72,7 @@ struct AttentionImpl : torch::nn::Module {
           "feature_map", layers::FeatureMap(c.t2r->feature_map, c.heads, c.head_dim, c.t2r->features));
     }
   }
-  // cos, sin: [1, 1, T, head_dim]
+  // cos, sin: [B or 1, 1, T, head_dim]
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const ops::AttentionMask& mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1);
@@ -223,7 +223,8 @@ class Llama : public Model {
         check_input_ids(batch, c_.vocab, std::numeric_limits<int64_t>::max(), offset);
     ops::AttentionMask mask = decoder_mask(batch, ids, offset);
     at::Tensor x = model_->embed_tokens(ids);
-    auto [cos, sin] = rotary(offset, ids.size(1), x);
+    auto [cos, sin] =
+        rotary(decoder_positions(batch, ids, offset, std::numeric_limits<int64_t>::max()), x);
     for (size_t i = 0; i < model_->layers->size(); ++i) {
       x = model_->layers[i]->as<Layer>()->forward(x, cos, sin, mask, cache);
       if (rec) rec->record(msg("model.layers.", i), x);
@@ -252,23 +253,21 @@ class Llama : public Model {
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
     auto gen = at::detail::createCPUGenerator(seed);
-    return {at::randint(c_.vocab, {batch_size, 16}, gen, at::kLong), {}, {}};
+    return {at::randint(c_.vocab, {batch_size, 16}, gen, at::kLong), {}, {}, {}};
   }
 
  private:
-  // cos, sin [1, 1, T, head_dim] for positions [offset, offset + T), in fp32 as
+  // cos, sin [B or 1, 1, T, head_dim] for positions [B or 1, T], in fp32 as
   // transformers computes them, then cast to the activations' dtype.
-  std::pair<at::Tensor, at::Tensor> rotary(int64_t offset, int64_t t,
+  std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& positions,
                                            const at::Tensor& like) const {
     auto f32 = at::TensorOptions().dtype(at::kFloat).device(like.device());
     at::Tensor exponents = at::arange(0, c_.head_dim, 2, f32.dtype(at::kLong)).to(at::kFloat) /
                            static_cast<double>(c_.head_dim);
     at::Tensor inv_freq = 1.0 / at::pow(c_.rope_theta, exponents);
-    at::Tensor pos = at::arange(offset, offset + t, f32.dtype(at::kLong)).to(at::kFloat);
-    at::Tensor freqs = at::outer(pos, inv_freq);
-    at::Tensor emb = at::cat({freqs, freqs}, -1);
-    return {emb.cos().to(like.scalar_type()).view({1, 1, t, c_.head_dim}),
-            emb.sin().to(like.scalar_type()).view({1, 1, t, c_.head_dim})};
+    at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, head_dim / 2]
+    at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);              // [B, 1, T, head_dim]
+    return {emb.cos().to(like.scalar_type()), emb.sin().to(like.scalar_type())};
   }
 
   LlamaConfig c_;

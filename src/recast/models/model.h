@@ -27,6 +27,10 @@ struct Batch {
   at::Tensor input_ids;       // int64 [B, T]
   at::Tensor attention_mask;  // [B, T], nonzero = real token (optional)
   at::Tensor pixel_values;    // float [B, C, H, W]
+  // int64 [B, T], each token's position (optional; default: offset + 0..T-1).
+  // As transformers' generate does for left-padded batches: the first real
+  // token of every row is position 0.
+  at::Tensor position_ids;
 };
 
 // Records intermediates whose stable names match a regex (`--dump`). Names are

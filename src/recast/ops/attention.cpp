@@ -53,7 +53,8 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
   RECAST_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
                "attention: expected 4-d q, k, v, found ", q.sizes(), ", ", k.sizes(), ", ",
                v.sizes());
-  RECAST_CHECK(k.sizes() == v.sizes(), "attention: k ", k.sizes(), " and v ", v.sizes(), " differ");
+  RECAST_CHECK(k.sizes().slice(0, 3) == v.sizes().slice(0, 3), "attention: k ", k.sizes(),
+               " and v ", v.sizes(), " differ in batch, heads or length");
   RECAST_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0,
                "attention: q ", q.sizes(), " does not fit k ", k.sizes());
 }

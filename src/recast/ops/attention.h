@@ -19,9 +19,10 @@ struct AttentionMask {
   int64_t query_offset = 0;
 };
 
-// q: [B, H, Tq, d]; k, v: [B, Hkv, Tk, d] with H a multiple of Hkv (grouped-
+// q: [B, H, Tq, d]; k: [B, Hkv, Tk, d], v: [B, Hkv, Tk, dv] (dv may differ from
+// d, as T-CNN's value maps need) with H a multiple of Hkv (grouped-
 // query attention: each key/value head serves H / Hkv query heads).
-// Returns [B, H, Tq, d]. `scale` defaults to d^-0.5. Masked scores are set to
+// Returns [B, H, Tq, dv]. `scale` defaults to d^-0.5. Masked scores are set to
 // the dtype's lowest value, as transformers does, so a row with every key
 // masked yields a uniform average instead of NaN.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

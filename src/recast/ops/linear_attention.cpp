@@ -1,6 +1,9 @@
 #include "recast/ops/linear_attention.h"
 
 #include "recast/core/error.h"
+#if RECAST_WITH_CUDA
+#include "recast/ops/cuda/linear_attention_step.h"
+#endif
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -112,6 +115,23 @@ at::Tensor linear_attention_recurrent(const at::Tensor& fq, const at::Tensor& fk
                                       const LinearAttentionOptions& o) {
   NoAutocast no_autocast;
   check(fq, fk, v, key_padding);
+#if RECAST_WITH_CUDA
+  // Decoding on the GPU without autograd: one fused kernel, state in place.
+  if (fq.is_cuda() && fq.size(2) == 1 && !o.reference &&
+      !(at::GradMode::is_enabled() && (fq.requires_grad() || fk.requires_grad() ||
+                                       v.requires_grad()))) {
+    if (!state.defined()) {
+      state.s = at::zeros({fq.size(0), fq.size(1), fq.size(3), v.size(3)},
+                          fq.options().dtype(at::kFloat));
+      state.z = at::zeros({fq.size(0), fq.size(1), fq.size(3)}, fq.options().dtype(at::kFloat));
+    }
+    if (!state.s.requires_grad() && !state.z.requires_grad() &&
+        state.s.sizes() == at::IntArrayRef({fq.size(0), fq.size(1), fq.size(3), v.size(3)}) &&
+        cuda::linear_attention_step_supported(fq, fk, v, state.s, state.z)) {
+      return cuda::linear_attention_step(fq, fk, v, key_padding, state.s, state.z, o.eps);
+    }
+  }
+#endif
   auto [q, k, vv] = prepare(fq, fk, v, key_padding);
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), f = q.size(3), dv = vv.size(3);
   if (!state.defined()) {

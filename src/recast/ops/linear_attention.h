@@ -24,6 +24,9 @@ struct LinearState {
 struct LinearAttentionOptions {
   double eps = 1e-2;     // the normaliser's floor (T2R's official value)
   int64_t chunk = 64;    // chunked form: tokens per block
+  // Recurrent form: take the LibTorch path even where the fused CUDA kernel
+  // applies (one token on the GPU, no autograd). For tests and benchmarks.
+  bool reference = false;
 };
 
 // key_padding: bool [B, T], true = real token; padded keys contribute nothing.
@@ -40,7 +43,9 @@ at::Tensor linear_attention_chunked(const at::Tensor& fq, const at::Tensor& fk,
                                     LinearState* final_state = nullptr);
 
 // Token by token over T (T = 1 when decoding), updating `state` in place
-// (created when undefined).
+// (created when undefined). One token on the GPU without autograd runs the
+// fused kernel of ops/cuda/linear_attention_step.h when recast has it; the
+// state's tensors are then updated in place rather than replaced.
 at::Tensor linear_attention_recurrent(const at::Tensor& fq, const at::Tensor& fk,
                                       const at::Tensor& v, LinearState& state,
                                       const at::Tensor& key_padding = {},

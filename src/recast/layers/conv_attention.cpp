@@ -1,0 +1,181 @@
+#include "recast/layers/conv_attention.h"
+
+#include "recast/core/error.h"
+#include "recast/ops/attention.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+namespace recast::layers {
+namespace {
+
+int64_t default_qk_dim(int64_t in, int64_t heads) {
+  const int64_t d = std::max<int64_t>(16, (in + heads - 1) / heads);
+  return (d + 7) / 8 * 8;
+}
+
+// Tap offsets (dy, dx) of the K^2 heads, head i*K + j -> (i - c, j - c).
+at::Tensor tap_offsets(int64_t k) {
+  at::Tensor r = at::arange(k, at::kFloat) - static_cast<double>(k / 2);
+  auto grid = at::meshgrid({r, r}, "ij");
+  return at::stack({grid[0].reshape(-1), grid[1].reshape(-1)}, 1);  // [K^2, 2]
+}
+
+// Input-pixel coordinates [N, 2] of a grid of h x w points at (y * step + shift).
+at::Tensor grid_coords(int64_t h, int64_t w, int64_t step, int64_t shift,
+                       const at::TensorOptions& opts) {
+  at::Tensor ys = at::arange(h, opts) * static_cast<double>(step) + static_cast<double>(shift);
+  at::Tensor xs = at::arange(w, opts) * static_cast<double>(step) + static_cast<double>(shift);
+  auto g = at::meshgrid({ys, xs}, "ij");
+  return at::stack({g[0].reshape(-1), g[1].reshape(-1)}, 1);
+}
+
+}  // namespace
+
+ConvAttentionImpl::ConvAttentionImpl(const ConvAttentionOptions& o) : o_(o) {
+  RECAST_CHECK(o.in >= 1 && o.out >= 1, "ConvAttention: channels must be >= 1, found ", o.in,
+               " -> ", o.out);
+  RECAST_CHECK(o.kernel >= 1 && o.kernel % 2 == 1, "ConvAttention: kernel size must be odd, found ",
+               o.kernel);
+  RECAST_CHECK(o.stride == 1 || o.stride == 2, "ConvAttention: stride must be 1 or 2, found ",
+               o.stride);
+  RECAST_CHECK(!o.alpha || *o.alpha > 0, "ConvAttention: alpha must be > 0, found ", o.alpha.value_or(0));
+  const int64_t heads = o.kernel * o.kernel;
+  qk_dim_ = o.qk_dim > 0 ? o.qk_dim : default_qk_dim(o.in, heads);
+  weight = register_parameter("weight", at::empty({o.out, o.in, o.kernel, o.kernel}));
+  if (o.bias) bias = register_parameter("bias", at::zeros({o.out}));
+  gate = register_parameter("gate", at::zeros({heads}));
+  qk = register_module("qk", torch::nn::Linear(torch::nn::LinearOptions(o.in, 2 * heads * qk_dim_).bias(false)));
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));  // as torch.nn.Conv2d
+  qk->weight.normal_(0.0, 0.02);                               // as ConViT's linear layers
+  if (o.alpha) {
+    centers = register_parameter("centers", tap_offsets(o.kernel));
+    alpha = register_parameter("alpha", at::full({heads}, *o.alpha));
+  } else {
+    centers = tap_offsets(o.kernel);  // fixed: not a parameter, not saved
+  }
+}
+
+at::Tensor ConvAttentionImpl::positional(int64_t h, int64_t w, const at::Tensor& like) {
+  const int64_t k = o_.kernel, c = k / 2, s = o_.stride;
+  const int64_t oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
+  const auto opts = like.options().dtype(at::kFloat);
+  const at::Tensor q = grid_coords(oh, ow, s, 0, opts);            // [Lq, 2]
+  const at::Tensor key = grid_coords(h + 2 * c, w + 2 * c, 1, -c, opts);  // [Lk, 2]
+  const at::Tensor rel = key.unsqueeze(0) - q.unsqueeze(1);        // [Lq, Lk, 2]
+  const at::Tensor ctr = centers.to(opts).view({heads(), 1, 1, 2});
+  const at::Tensor d2 = (rel.unsqueeze(0) - ctr).pow(2).sum(-1);   // [heads, Lq, Lk]
+  if (hard()) return d2.eq(0).to(at::kFloat);                      // one-hot: the tap
+  return (-alpha.to(at::kFloat).view({heads(), 1, 1}) * d2).softmax(-1);
+}
+
+at::Tensor ConvAttentionImpl::queries_of(const at::Tensor& x) const {
+  if (o_.stride == 1) return x;
+  return x.slice(2, 0, x.size(2), o_.stride).slice(3, 0, x.size(3), o_.stride);
+}
+
+at::Tensor ConvAttentionImpl::content_scores(const at::Tensor& x) {
+  const int64_t b = x.size(0), n = x.size(2) * x.size(3), heads_ = heads(), d = qk_dim_;
+  const at::Tensor xq = queries_of(x);
+  const int64_t lq = xq.size(2) * xq.size(3);
+  const at::Tensor qw = qk->weight.narrow(0, 0, heads_ * d), kw = qk->weight.narrow(0, heads_ * d, heads_ * d);
+  const at::Tensor q = at::linear(xq.flatten(2).transpose(1, 2), qw).view({b, lq, heads_, d}).transpose(1, 2);
+  const at::Tensor k = at::linear(x.flatten(2).transpose(1, 2), kw).view({b, n, heads_, d}).transpose(1, 2);
+  return (at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-1, -2)) / std::sqrt(static_cast<double>(d)))
+      .softmax(-1);  // [B, heads, Lq, HW]
+}
+
+at::Tensor ConvAttentionImpl::forward_reference(const at::Tensor& x) {
+  RECAST_CHECK(x.dim() == 4 && x.size(1) == o_.in, "ConvAttention: expected input [B, ", o_.in,
+               ", H, W], found ", x.sizes());
+  const int64_t b = x.size(0), h = x.size(2), w = x.size(3), c = o_.kernel / 2;
+  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1;
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor p = positional(h, w, x);                   // [heads, Lq, Lk]
+  // Content scores placed on the padded key grid (the zero ring gets none).
+  at::Tensor s = content_scores(xf).view({b, heads(), oh * ow, h, w});
+  s = at::constant_pad_nd(s, {c, c, c, c}).flatten(3);       // [B, heads, Lq, Lk]
+  const at::Tensor g = gate.to(at::kFloat).view({1, heads(), 1, 1});
+  const at::Tensor a = p.unsqueeze(0) + g * (s - p.unsqueeze(0));
+  const at::Tensor keys = at::constant_pad_nd(xf, {c, c, c, c}).flatten(2).transpose(1, 2);  // [B, Lk, in]
+  const at::Tensor z = at::matmul(a, keys.unsqueeze(1));      // [B, heads, Lq, in]
+  const at::Tensor wm = weight.to(at::kFloat).flatten(2);     // [out, in, heads]
+  at::Tensor y = at::einsum("bhqc,och->boq", {z, wm});
+  if (bias.defined()) y = y + bias.to(at::kFloat).view({1, -1, 1});
+  return y.view({b, o_.out, oh, ow}).to(x.scalar_type());
+}
+
+at::Tensor ConvAttentionImpl::forward(const at::Tensor& x) {
+  RECAST_CHECK(x.dim() == 4 && x.size(1) == o_.in, "ConvAttention: expected input [B, ", o_.in,
+               ", H, W], found ", x.sizes());
+  const int64_t b = x.size(0), h = x.size(2), w = x.size(3), c = o_.kernel / 2;
+  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1, heads_ = heads();
+  const at::Tensor one_minus_g = (1 - gate).to(x.scalar_type());
+  at::Tensor y;
+  if (hard()) {
+    // One-hot positional attention on the zero-padded grid is a gather of the
+    // tap, so sum_h W_h (1 - g_h) P_h x is conv2d with the taps scaled.
+    const at::Tensor wt = weight.to(x.scalar_type()) * one_minus_g.view({1, 1, o_.kernel, o_.kernel});
+    y = at::conv2d(x, wt, bias.defined() ? bias.to(x.scalar_type()) : at::Tensor(), o_.stride, c);
+  } else {
+    const at::Tensor p = positional(h, w, x).to(x.scalar_type());                  // [heads, Lq, Lk]
+    const at::Tensor keys = at::constant_pad_nd(x, {c, c, c, c}).flatten(2).transpose(1, 2);  // [B, Lk, in]
+    const at::Tensor z = at::matmul(p.unsqueeze(0), keys.unsqueeze(1));            // [B, heads, Lq, in]
+    const at::Tensor wm = weight.to(x.scalar_type()).flatten(2) * one_minus_g;     // [out, in, heads]
+    y = at::einsum("bhqc,och->boq", {z, wm}).view({b, o_.out, oh, ow});
+    if (bias.defined()) y = y + bias.to(x.scalar_type()).view({1, -1, 1, 1});
+  }
+  const bool need_grad = at::GradMode::is_enabled() &&
+                         (gate.requires_grad() || qk->weight.requires_grad() || x.requires_grad());
+  if (!need_grad && !gate.ne(0).any().item<bool>()) return y;  // content branch closed
+  // Content branch: sum_h g_h W_h softmax(Q_h K_h^T / sqrt(d)) x, with the value
+  // maps applied first (V_h = x W_h^T) so one fused attention call does it.
+  const int64_t n = h * w, d = qk_dim_;
+  const at::Tensor tokens = x.flatten(2).transpose(1, 2);                              // [B, HW, in]
+  const at::Tensor xq = queries_of(x).flatten(2).transpose(1, 2);                     // [B, Lq, in]
+  const at::Tensor qw = qk->weight.narrow(0, 0, heads_ * d).to(x.scalar_type());
+  const at::Tensor kw = qk->weight.narrow(0, heads_ * d, heads_ * d).to(x.scalar_type());
+  const at::Tensor q = at::linear(xq, qw).view({b, oh * ow, heads_, d}).transpose(1, 2);
+  const at::Tensor k = at::linear(tokens, kw).view({b, n, heads_, d}).transpose(1, 2);
+  // W_h scaled by g_h, all heads in one product: [B, HW, heads * out].
+  const at::Tensor wv = (weight.to(x.scalar_type()).flatten(2) * gate.to(x.scalar_type()))
+                            .permute({2, 0, 1})
+                            .reshape({heads_ * o_.out, o_.in});
+  const at::Tensor v = at::linear(tokens, wv).view({b, n, heads_, o_.out}).transpose(1, 2);
+  const at::Tensor o = ops::attention(q, k, v, {});                                  // [B, heads, Lq, out]
+  return y + o.sum(1).transpose(1, 2).reshape({b, o_.out, oh, ow});
+}
+
+ConvAttentionImpl::Maps ConvAttentionImpl::attention_maps(const at::Tensor& x_one) {
+  RECAST_CHECK(x_one.dim() == 4 && x_one.size(0) == 1, "attention maps: expected one input [1, ",
+               o_.in, ", H, W], found ", x_one.sizes());
+  torch::NoGradGuard no_grad;
+  const int64_t h = x_one.size(2), w = x_one.size(3), c = o_.kernel / 2;
+  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1;
+  const at::Tensor p = positional(h, w, x_one);
+  at::Tensor s = content_scores(x_one.to(at::kFloat)).view({1, heads(), oh * ow, h, w});
+  s = at::constant_pad_nd(s, {c, c, c, c}).flatten(3)[0];
+  const at::Tensor g = gate.to(at::kFloat).view({heads(), 1, 1});
+  return {p + g * (s - p), oh, ow, h + 2 * c, w + 2 * c};
+}
+
+at::Tensor ConvAttentionImpl::mean_attention_distance(const at::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  const int64_t h = x.size(2), w = x.size(3), c = o_.kernel / 2;
+  const auto opts = x.options().dtype(at::kFloat);
+  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1;
+  const at::Tensor q = grid_coords(oh, ow, o_.stride, 0, opts);
+  const at::Tensor key = grid_coords(h + 2 * c, w + 2 * c, 1, -c, opts);
+  const at::Tensor dist = (key.unsqueeze(0) - q.unsqueeze(1)).pow(2).sum(-1).sqrt();  // [Lq, Lk]
+  at::Tensor total = at::zeros({heads()}, opts);
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const Maps m = attention_maps(x.narrow(0, i, 1));
+    total += (m.attention * dist).sum(-1).mean(-1);
+  }
+  return total / static_cast<double>(x.size(0));
+}
+
+}  // namespace recast::layers
