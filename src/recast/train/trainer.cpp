@@ -12,6 +12,7 @@
 #include "recast/train/optim.h"
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 
 #include <cstdlib>
