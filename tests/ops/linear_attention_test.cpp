@@ -98,6 +98,9 @@ TEST(LinearAttention, StateCarriesAcrossCalls) {
   ops::LinearState state;
   at::Tensor first = ops::linear_attention_chunked(in.fq.narrow(2, 0, 17), in.fk.narrow(2, 0, 17),
                                                    in.v.narrow(2, 0, 17), {}, o, nullptr, &state);
+  // The state owns its memory (no view into the prefill's per-chunk sums).
+  EXPECT_EQ(state.s.storage().nbytes(), state.s.nbytes());
+  EXPECT_EQ(state.z.storage().nbytes(), state.z.nbytes());
   std::vector<at::Tensor> parts{first};
   for (int64_t t = 17; t < 30; ++t) {
     parts.push_back(ops::linear_attention_recurrent(in.fq.narrow(2, t, 1), in.fk.narrow(2, t, 1),
