@@ -32,21 +32,37 @@ namespace {
 struct ConvertCli {
   std::string recipe, model, out, layers, feature_map = "t2r", data, device = "cpu";
   int64_t feature_dim = 64, transfer_steps = 0, batch_size = 8, seq_len = 128;
-  double eps = 1e-2, transfer_lr = 1e-2;
+  double eps = 1e-2, transfer_lr = 1e-2, alpha = 0;
+  int64_t qk_dim = 0;
   uint64_t seed = 0;
   int threads = 0;
 };
 
 void print_report(const std::vector<recipes::LayerReport>& report, const char* when) {
   if (report.empty()) return;
-  std::printf("%-28s  %s\n", "layer", when);
-  for (const auto& r : report) std::printf("%-28s  %.4f\n", r.module.c_str(), r.relative_error);
+  const bool abs = report.front().max_abs_error >= 0;
+  if (abs) {
+    std::printf("%-28s  %-12s  %-12s  %s\n", "layer", "max abs err", "relative", when);
+  } else {
+    std::printf("%-28s  %s\n", "layer", when);
+  }
+  for (const auto& r : report) {
+    if (abs) {
+      std::printf("%-28s  %-12.3e  %-12.3e  %s\n", r.module.c_str(), r.max_abs_error,
+                  r.relative_error, r.detail.c_str());
+    } else {
+      std::printf("%-28s  %.4f\n", r.module.c_str(), r.relative_error);
+    }
+  }
 }
 
 nlohmann::json report_json(const std::vector<recipes::LayerReport>& report) {
   nlohmann::json j = nlohmann::json::array();
   for (const auto& r : report) {
-    j.push_back({{"module", r.module}, {"replaced", r.replaced}, {"relative_error", r.relative_error}});
+    nlohmann::json e = {{"module", r.module}, {"replaced", r.replaced}, {"relative_error", r.relative_error}};
+    if (r.max_abs_error >= 0) e["max_abs_error"] = r.max_abs_error;
+    if (!r.detail.empty()) e["measured_with"] = r.detail;
+    j.push_back(e);
   }
   return j;
 }
@@ -118,8 +134,23 @@ int run_convert(const ConvertCli& o) {
   recipes::RecipeOptions ro;
   ro.layers = o.layers;
   ro.seed = o.seed;
-  ro.values = {{"feature_map", o.feature_map}, {"feature_dim", o.feature_dim}, {"eps", o.eps}};
-  if (!o.data.empty()) {
+  ro.values = {{"feature_map", o.feature_map}, {"feature_dim", o.feature_dim}, {"eps", o.eps},
+               {"alpha", o.alpha > 0 ? nlohmann::json(o.alpha) : nlohmann::json(nullptr)},
+               {"qk_dim", o.qk_dim}};
+  const bool images = source->task() == models::Task::ImageClassification;
+  if (images && o.transfer_steps > 0) {
+    throw UsageError("--transfer-steps: attention transfer is for language models (t2r)");
+  }
+  if (!o.data.empty() && images) {
+    // Test images for the equivalence report, normalised as the model was trained.
+    const nlohmann::json manifest = manifest_of(o.model);
+    train::Normalization norm = normalization_of(source->config());
+    train::DataOptions d{o.data, "test", static_cast<uint64_t>(manifest_int(manifest, "seed", 0)),
+                         o.seq_len, "text"};
+    auto test = train::open_dataset(d, nullptr, &norm);
+    train::Loader probe_loader(test->size(), o.batch_size, 0, false, false);
+    ro.probe = train::to_device(test->batch(probe_loader.next()).inputs, device);
+  } else if (!o.data.empty()) {
     if (!tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
     const nlohmann::json manifest = manifest_of(o.model);
     train::DataOptions d{o.data, "train", static_cast<uint64_t>(manifest_int(manifest, "seed", 0)),
@@ -133,9 +164,15 @@ int run_convert(const ConvertCli& o) {
     ro.probe = train::to_device(source->example_batch(4, o.seed), device);
   }
   recipes::Conversion c = recipe(*source, ro);
-  log::info("converted ", c.report.size(), " layers (", o.recipe, "); relative error of each "
+  log::info("converted ", c.report.size(), " layers (", o.recipe, "); error of each "
             "layer's output against the layer it replaced, on the same inputs:");
   print_report(c.report, "at init");
+  if (c.manifest.contains("logits_change") && !c.manifest["logits_change"].is_null()) {
+    const auto& lc = c.manifest["logits_change"];
+    log::info("whole network on ", o.data.empty() ? "random inputs" : o.data, ": logits max abs change ",
+              lc["max_abs"].get<double>(), " (relative ", lc["relative"].get<double>(), "), ",
+              lc["same_argmax"].get<bool>() ? "same" : "DIFFERENT", " predictions");
+  }
   nlohmann::json manifest = {{"made_by", "recast convert"},
                              {"from", o.model},
                              {"recast_version", RECAST_VERSION},
@@ -179,7 +216,7 @@ int run_convert(const ConvertCli& o) {
 Runner add_convert(CLI::App& app) {
   auto o = std::make_shared<ConvertCli>();
   auto* cmd = app.add_subcommand("convert", verb_info("convert").summary);
-  cmd->add_option("--recipe", o->recipe, "Recipe (see 'recast list'): t2r")->required();
+  cmd->add_option("--recipe", o->recipe, "Recipe (see 'recast list'): t2r, tcnn")->required();
   cmd->add_option("--model", o->model, "Checkpoint directory to convert")->required();
   cmd->add_option("--out", o->out, "Directory for the converted checkpoint (new or empty)")
       ->required();
@@ -189,7 +226,14 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--feature-map", o->feature_map, "t2r: t2r, elu1 or hedgehog (default t2r)");
   cmd->add_option("--feature-dim", o->feature_dim, "t2r: features per head (default 64)");
   cmd->add_option("--eps", o->eps, "t2r: normaliser floor (default 0.01, T2R's)");
-  cmd->add_option("--data", o->data, "Text for the error report and attention transfer");
+  cmd->add_option("--data", o->data,
+                  "Data for the error report (text; images for tcnn) and attention transfer");
+  auto* alpha = cmd->add_option("--alpha", o->alpha,
+                                "tcnn: soft positional attention with this locality strength");
+  cmd->add_flag_function("--hard", [o](int64_t) { o->alpha = 0; },
+                         "tcnn: hard (one-hot) positional attention, exact (the default)")
+      ->excludes(alpha);
+  cmd->add_option("--qk-dim", o->qk_dim, "tcnn: query/key width per head (default max(16, C/K^2))");
   cmd->add_option("--transfer-steps", o->transfer_steps,
                   "t2r: train the feature maps to match softmax attention first (default 0)");
   cmd->add_option("--transfer-lr", o->transfer_lr, "Attention transfer learning rate (1e-2)");

@@ -111,6 +111,7 @@ at::Tensor ConvAttentionImpl::forward_reference(const at::Tensor& x) {
 at::Tensor ConvAttentionImpl::forward(const at::Tensor& x) {
   RECAST_CHECK(x.dim() == 4 && x.size(1) == o_.in, "ConvAttention: expected input [B, ", o_.in,
                ", H, W], found ", x.sizes());
+  if (capture_input) captured_input = x.detach();
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3), c = o_.kernel / 2;
   const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1, heads_ = heads();
   const at::Tensor one_minus_g = (1 - gate).to(x.scalar_type());
@@ -176,6 +177,28 @@ at::Tensor ConvAttentionImpl::mean_attention_distance(const at::Tensor& x) {
     total += (m.attention * dist).sum(-1).mean(-1);
   }
   return total / static_cast<double>(x.size(0));
+}
+
+std::optional<TcnnConfig> TcnnConfig::from(const nlohmann::json& config) {
+  auto it = config.find("recast_tcnn");
+  if (it == config.end()) return std::nullopt;
+  TcnnConfig c;
+  try {
+    for (const auto& l : it->at("layers")) c.layers.insert(l.get<std::string>());
+    if (it->contains("alpha") && !it->at("alpha").is_null()) c.alpha = it->at("alpha").get<double>();
+    c.qk_dim = it->value("qk_dim", int64_t{0});
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(msg("config 'recast_tcnn': ", e.what()));
+  }
+  RECAST_CHECK(!c.alpha || *c.alpha > 0, "config 'recast_tcnn': alpha must be > 0, found ", *c.alpha);
+  RECAST_CHECK(c.qk_dim >= 0, "config 'recast_tcnn': qk_dim must be >= 0, found ", c.qk_dim);
+  return c;
+}
+
+nlohmann::json TcnnConfig::to_json() const {
+  return {{"layers", std::vector<std::string>(layers.begin(), layers.end())},
+          {"alpha", alpha ? nlohmann::json(*alpha) : nlohmann::json(nullptr)},
+          {"qk_dim", qk_dim}};
 }
 
 }  // namespace recast::layers

@@ -27,11 +27,14 @@
 //   forward_reference  every head's attention matrix materialised, then the
 //                      formula above term by term (obviously right; slow).
 
+#include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include <optional>
+#include <set>
+#include <string>
 
 namespace recast::layers {
 
@@ -71,6 +74,10 @@ class ConvAttentionImpl : public torch::nn::Module {
   at::Tensor alpha;    // [heads] (soft mode)
   torch::nn::Linear qk{nullptr};  // in -> 2 * heads * qk_dim, no bias
 
+  // Conversion reports: when set, forward keeps its input (detached).
+  bool capture_input = false;
+  at::Tensor captured_input;
+
  private:
   at::Tensor positional(int64_t h, int64_t w, const at::Tensor& like);  // P [heads, Lq, Lk]
   at::Tensor content_scores(const at::Tensor& x);  // softmax(QK^T) [B, heads, Lq, HW]
@@ -79,5 +86,16 @@ class ConvAttentionImpl : public torch::nn::Module {
   int64_t qk_dim_;
 };
 TORCH_MODULE(ConvAttention);
+
+// What config.json's "recast_tcnn" block says about a converted model: which
+// convolutions (by checkpoint name) are ConvAttention, and how.
+struct TcnnConfig {
+  std::set<std::string> layers;  // "layer4.0.conv1", ...
+  std::optional<double> alpha;   // none: hard positional attention
+  int64_t qk_dim = 0;            // 0: the default per layer
+  static std::optional<TcnnConfig> from(const nlohmann::json& config);
+  nlohmann::json to_json() const;
+  bool converted(const std::string& name) const { return layers.count(name) != 0; }
+};
 
 }  // namespace recast::layers

@@ -91,7 +91,7 @@ at::Tensor t2r_attention(FeatureMap& phi, const at::Tensor& q, const at::Tensor&
   // T2R scales the queries before the feature map (the softmax scale's place).
   const double scale = phi->kind() == "t2r" ? 1.0 / std::sqrt(static_cast<double>(q.size(3))) : 1.0;
   at::Tensor fq = phi->forward(q * scale), fk = phi->forward(k);
-  ops::LinearAttentionOptions o{config.eps, config.chunk};
+  ops::LinearAttentionOptions o{config.eps, config.chunk, /*reference=*/false};
   if (state == nullptr) return ops::linear_attention_chunked(fq, fk, v, key_padding, o);
   if (q.size(2) == 1) return ops::linear_attention_recurrent(fq, fk, v, *state, key_padding, o);
   ops::LinearState next;

@@ -3,8 +3,11 @@
 // statistics; any input channels and image size. timm's architecture names carry
 // their defaults (resnet18/34: BasicBlock; resnet50/101/152: Bottleneck), which
 // model_args override (num_classes, in_chans, channels, layers).
+// A T-CNN conversion (config "recast_tcnn") puts a ConvAttention in the place
+// of the named block convolutions, under the same name and weight layout.
 
 #include "recast/core/error.h"
+#include "recast/layers/conv_attention.h"
 #include "recast/models/model.h"
 
 #include <torch/torch.h>
@@ -23,25 +26,44 @@ struct ResNetConfig {
 nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false));
 }
+
+// A block convolution: nn::Conv2d, or ConvAttention where the T-CNN config
+// names it.
+nn::AnyModule block_conv(const std::optional<layers::TcnnConfig>& tcnn, const std::string& name,
+                         int64_t in, int64_t out, int64_t k, int64_t stride) {
+  if (tcnn && tcnn->converted(name)) {
+    layers::ConvAttentionOptions o;
+    o.in = in, o.out = out, o.kernel = k, o.stride = stride, o.alpha = tcnn->alpha,
+    o.qk_dim = tcnn->qk_dim;
+    return nn::AnyModule(layers::ConvAttention(o));
+  }
+  return nn::AnyModule(conv(in, out, k, stride));
+}
 nn::BatchNorm2d bn(int64_t c) {
   return nn::BatchNorm2d(nn::BatchNorm2dOptions(c).eps(1e-5));
 }
 
 struct BlockImpl : nn::Module {
-  BlockImpl(bool is_bottleneck, int64_t in, int64_t planes, int64_t stride)
+  BlockImpl(bool is_bottleneck, int64_t in, int64_t planes, int64_t stride, const std::string& name,
+            const std::optional<layers::TcnnConfig>& tcnn)
       : bottleneck(is_bottleneck) {
     const int64_t out = bottleneck ? planes * 4 : planes;
+    auto slot = [&](const char* conv_name, nn::AnyModule& into, int64_t i, int64_t o, int64_t k,
+                    int64_t s) {
+      into = block_conv(tcnn, name + "." + conv_name, i, o, k, s);
+      register_module(conv_name, into.ptr());
+    };
     if (bottleneck) {
-      conv1 = register_module("conv1", conv(in, planes, 1, 1));
+      slot("conv1", conv1, in, planes, 1, 1);
       bn1 = register_module("bn1", bn(planes));
-      conv2 = register_module("conv2", conv(planes, planes, 3, stride));
+      slot("conv2", conv2, planes, planes, 3, stride);
       bn2 = register_module("bn2", bn(planes));
-      conv3 = register_module("conv3", conv(planes, out, 1, 1));
+      slot("conv3", conv3, planes, out, 1, 1);
       bn3 = register_module("bn3", bn(out));
     } else {
-      conv1 = register_module("conv1", conv(in, planes, 3, stride));
+      slot("conv1", conv1, in, planes, 3, stride);
       bn1 = register_module("bn1", bn(planes));
-      conv2 = register_module("conv2", conv(planes, planes, 3, 1));
+      slot("conv2", conv2, planes, planes, 3, 1);
       bn2 = register_module("bn2", bn(planes));
     }
     if (stride != 1 || in != out) {
@@ -49,13 +71,13 @@ struct BlockImpl : nn::Module {
     }
   }
   at::Tensor forward(const at::Tensor& x) {
-    at::Tensor y = at::relu(bn1(conv1(x)));
-    y = bn2(conv2(y));
-    if (bottleneck) y = bn3(conv3(at::relu(y)));
+    at::Tensor y = at::relu(bn1(conv1.forward(x)));
+    y = bn2(conv2.forward(y));
+    if (bottleneck) y = bn3(conv3.forward(at::relu(y)));
     return at::relu(y + (downsample ? downsample->forward(x) : x));
   }
   bool bottleneck;
-  nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  nn::AnyModule conv1, conv2, conv3;  // nn::Conv2d or layers::ConvAttention
   nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   nn::Sequential downsample{nullptr};
 };
@@ -103,6 +125,7 @@ class ResNet : public Model {
         throw Error(
             msg("config key '", key, "': only timm's default is supported, found ", it->dump()));
     }
+    const std::optional<layers::TcnnConfig> tcnn = layers::TcnnConfig::from(config);
     conv1 = register_module(
         "conv1",
         nn::Conv2d(nn::Conv2dOptions(c_.in_chans, 64, 7).stride(2).padding(3).bias(false)));
@@ -112,7 +135,8 @@ class ResNet : public Model {
       auto stage = nn::Sequential();
       for (int64_t b = 0; b < c_.layers[s]; ++b) {
         const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
-        stage->push_back(Block(c_.bottleneck, in, c_.channels[s], stride));
+        stage->push_back(
+            Block(c_.bottleneck, in, c_.channels[s], stride, msg("layer", s + 1, ".", b), tcnn));
         in = c_.bottleneck ? c_.channels[s] * 4 : c_.channels[s];
       }
       stages_.push_back(register_module(msg("layer", s + 1), stage));
@@ -130,6 +154,11 @@ class ResNet : public Model {
     for (auto& item : named_modules("", false)) {
       if (auto* conv = item.value()->as<nn::Conv2d>()) {
         nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
+      } else if (auto* ca = item.value()->as<layers::ConvAttention>()) {
+        // As the convolution it stands for; the content branch closed.
+        nn::init::kaiming_normal_(ca->weight, 0.0, torch::kFanOut, torch::kReLU);
+        ca->gate.zero_();
+        ca->qk->weight.normal_(0.0, 0.02);
       } else if (auto* norm = item.value()->as<nn::BatchNorm2d>()) {
         const bool last = ends_with(item.key(), c_.bottleneck ? ".bn3" : ".bn2");
         norm->weight.fill_(last ? 0.0 : 1.0);

@@ -12,6 +12,7 @@ Registry<Recipe>& recipe_registry() {
   static Registry<Recipe> registry = [] {
     Registry<Recipe> r("recipe");
     register_t2r(r);
+    register_tcnn(r);
     return r;
   }();
   return registry;

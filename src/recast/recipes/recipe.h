@@ -28,6 +28,9 @@ struct LayerReport {
   std::string module;     // "transformer.h.3.attn"
   std::string replaced;   // "softmax attention -> t2r linear attention (64 features)"
   double relative_error;  // ||y_new - y_old|| / ||y_old|| on the probe, layer inputs from the source
+                          // (tcnn: max |y_new - y_old| / max |y_old|)
+  double max_abs_error = -1;  // max |y_new - y_old| where the recipe reports it (tcnn), else -1
+  std::string detail;         // how it was measured, where that varies
 };
 
 struct Conversion {
@@ -51,9 +54,20 @@ std::vector<std::string> select_modules(const std::vector<std::string>& candidat
 std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to);
 
 void register_t2r(Registry<Recipe>& r);
+void register_tcnn(Registry<Recipe>& r);
 
 // T2R: the relative error of each linear-attention layer against the softmax
 // attention it replaced, each layer fed the softmax model's inputs.
 std::vector<LayerReport> measure_t2r(models::Model& model, const models::Batch& probe);
+
+}  // namespace recast::recipes
+
+namespace recast::recipes {
+
+// T-CNN: for each ConvAttention of `converted`, its output against the source's
+// convolution of the same name on the same input (the converted network's
+// input to that layer on `probe`).
+std::vector<LayerReport> measure_tcnn(models::Model& source, models::Model& converted,
+                                      const models::Batch& probe);
 
 }  // namespace recast::recipes

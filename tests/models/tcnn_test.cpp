@@ -1,0 +1,194 @@
+// T-CNN: ConvAttention equals the convolution it was built from (fp32,
+// relative <= 1e-5, borders included) for K = 1, 3, 5, stride 1 and 2,
+// C_in != C_out, odd and even, non-square inputs, with and without bias, in
+// both the fast and the explicit-attention forms; with the gates open the two
+// forms agree forward and backward; the gate is exactly 0 at init yet gets a
+// gradient; a converted ResNet reproduces the original logits.
+
+#include "recast/layers/conv_attention.h"
+#include "recast/models/model.h"
+#include "recast/recipes/recipe.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace recast::testing {
+namespace {
+
+double max_rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a.to(at::kDouble) - b.to(at::kDouble)).abs().max() /
+          b.to(at::kDouble).abs().max().clamp_min(1e-30))
+      .item<double>();
+}
+
+layers::ConvAttention from_conv(const torch::nn::Conv2d& conv, std::optional<double> alpha) {
+  layers::ConvAttentionOptions o;
+  o.in = conv->options.in_channels();
+  o.out = conv->options.out_channels();
+  o.kernel = (*conv->options.kernel_size())[0];
+  o.stride = (*conv->options.stride())[0];
+  o.bias = conv->options.bias();
+  o.alpha = alpha;
+  layers::ConvAttention ca(o);
+  torch::NoGradGuard no_grad;
+  ca->weight.copy_(conv->weight);
+  if (o.bias) ca->bias.copy_(conv->bias);
+  return ca;
+}
+
+TEST(ConvAttention, EqualsTheConvolutionItWasBuiltFrom) {
+  torch::manual_seed(0);
+  torch::NoGradGuard no_grad;
+  for (int64_t k : {1, 3, 5}) {
+    for (int64_t stride : {1, 2}) {
+      for (bool bias : {false, true}) {
+        for (auto [h, w] : {std::pair<int64_t, int64_t>{7, 10}, {8, 5}}) {
+          auto conv = torch::nn::Conv2d(
+              torch::nn::Conv2dOptions(6, 11, k).stride(stride).padding(k / 2).bias(bias));
+          const at::Tensor x = torch::randn({2, 6, h, w});
+          const at::Tensor ref = conv(x);
+          auto hard = from_conv(conv, std::nullopt);
+          auto soft = from_conv(conv, 40.0);  // nearest wrong tap: exp(-40)
+          const std::string where = msg("K=", k, " stride=", stride, " bias=", bias, " ", h, "x", w);
+          EXPECT_EQ(hard(x).sizes(), ref.sizes()) << where;
+          EXPECT_LT(max_rel(hard(x), ref), 1e-5) << where;
+          EXPECT_LT(max_rel(hard->forward_reference(x), ref), 1e-5) << where;
+          EXPECT_LT(max_rel(soft(x), ref), 1e-5) << where;
+          EXPECT_LT(max_rel(soft->forward_reference(x), ref), 1e-5) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(ConvAttention, BordersNeedTheZeroRing) {
+  // A soft layer with a small alpha spreads attention; at the border the
+  // zero-valued ring keeps it equal to the reference form, which builds the
+  // same attention explicitly. And a border pixel of the hard layer equals
+  // zero padding exactly (checked above); here, the first row's error.
+  torch::manual_seed(1);
+  torch::NoGradGuard no_grad;
+  auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false));
+  const at::Tensor x = torch::randn({1, 3, 6, 6});
+  auto hard = from_conv(conv, std::nullopt);
+  EXPECT_LT(max_rel(hard(x).select(2, 0), conv(x).select(2, 0)), 1e-6);
+  auto soft = from_conv(conv, 2.0);
+  EXPECT_LT(max_rel(soft(x), soft->forward_reference(x)), 1e-5);
+  EXPECT_GT(max_rel(soft(x), conv(x)), 1e-3);  // finite alpha: not the conv any more
+}
+
+TEST(ConvAttention, FastAndReferenceFormsAgreeWithOpenGatesForwardAndBackward) {
+  torch::manual_seed(2);
+  for (std::optional<double> alpha : {std::optional<double>{}, std::optional<double>{3.0}}) {
+    for (int64_t stride : {1, 2}) {
+      auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(5, 7, 3).stride(stride).padding(1).bias(true));
+      auto a = from_conv(conv, alpha);
+      auto b = from_conv(conv, alpha);
+      {
+        torch::NoGradGuard no_grad;
+        a->gate.uniform_(0.1, 0.9);
+        b->gate.copy_(a->gate);
+        b->qk->weight.copy_(a->qk->weight.normal_(0, 0.3));
+      }
+      const at::Tensor x0 = torch::randn({2, 5, 6, 9});
+      at::Tensor xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
+      const at::Tensor ya = a(xa), yb = b->forward_reference(xb);
+      const std::string where = msg(alpha ? "soft" : "hard", " stride ", stride);
+      EXPECT_LT(max_rel(ya, yb), 1e-5) << where;
+      const at::Tensor g = torch::randn(ya.sizes());
+      (ya * g).sum().backward();
+      (yb * g).sum().backward();
+      EXPECT_LT(max_rel(xa.grad(), xb.grad()), 1e-5) << where;
+      auto pa = a->named_parameters(true), pb = b->named_parameters(true);
+      for (const auto& p : pa) {
+        ASSERT_TRUE(p.value().grad().defined()) << where << " " << p.key();
+        EXPECT_LT(max_rel(p.value().grad(), pb[p.key()].grad()), 1e-4) << where << " " << p.key();
+      }
+    }
+  }
+}
+
+TEST(ConvAttention, GateIsZeroAtInitAndLearns) {
+  torch::manual_seed(3);
+  auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1).bias(false));
+  auto ca = from_conv(conv, std::nullopt);
+  EXPECT_TRUE(torch::equal(ca->gate, torch::zeros({9})));
+  const at::Tensor x = torch::randn({2, 4, 5, 5});
+  const at::Tensor y = ca(x);  // with autograd on: the content branch is computed
+  EXPECT_LT(max_rel(y, conv(x)), 1e-6);
+  (y - torch::randn(y.sizes())).pow(2).mean().backward();
+  ASSERT_TRUE(ca->gate.grad().defined());
+  EXPECT_GT(ca->gate.grad().abs().max().item<double>(), 1e-6);  // healthy, not ~1e-9
+  ASSERT_TRUE(ca->qk->weight.grad().defined());
+}
+
+TEST(ConvAttention, MeanAttentionDistanceOfTheHardLayerIsTheTapDistance) {
+  torch::NoGradGuard no_grad;
+  auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 2, 3).padding(1).bias(false));
+  auto ca = from_conv(conv, std::nullopt);
+  const at::Tensor d = ca->mean_attention_distance(torch::randn({2, 2, 5, 5}));
+  // Head (i, j) looks at offset (i - 1, j - 1) from every query.
+  const at::Tensor expected = torch::tensor({1.41421356f, 1.f, 1.41421356f, 1.f, 0.f, 1.f,
+                                             1.41421356f, 1.f, 1.41421356f});
+  EXPECT_TRUE(torch::allclose(d, expected, 1e-5, 1e-6)) << d;
+}
+
+models::ModelPtr tiny_resnet(const std::string& arch) {
+  torch::manual_seed(4);
+  auto m = models::create_model(
+      arch, {{"model_args", {{"num_classes", 10}, {"in_chans", 1}, {"channels", {8, 8, 16, 16}}}}});
+  m->init_weights();
+  // Non-trivial BatchNorm statistics, as a trained network has.
+  torch::NoGradGuard no_grad;
+  for (auto& b : m->named_buffers(true)) {
+    if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 2.0);
+    if (b.key().find("running_mean") != std::string::npos) b.value().normal_(0, 0.1);
+  }
+  for (auto& p : m->named_parameters(true)) {
+    if (p.key().find("bn") != std::string::npos && p.key().find(".weight") != std::string::npos) {
+      p.value().uniform_(0.5, 1.5);
+    }
+  }
+  return m;
+}
+
+TEST(Tcnn, ConvertedResNetReproducesTheLogitsAndReportsEachLayer) {
+  for (const char* arch : {"resnet18", "resnet50"}) {
+    auto source = tiny_resnet(arch);
+    recipes::RecipeOptions o;
+    o.probe.pixel_values = torch::randn({4, 1, 28, 28});
+    for (const std::string& layers : {std::string(), std::string("layer[34]\\.")}) {
+      o.layers = layers;
+      recipes::Conversion c = recipes::recipe_registry().get("tcnn").factory(*source, o);
+      ASSERT_FALSE(c.report.empty());
+      for (const auto& r : c.report) {
+        EXPECT_LT(r.relative_error, 1e-5) << arch << " " << r.module;
+        EXPECT_GE(r.max_abs_error, 0.0);
+      }
+      if (layers.empty()) {  // default: the 3x3 convolutions of the last stage
+        EXPECT_EQ(c.report.front().module, std::string(arch) == "resnet18" ? "layer4.0.conv1" : "layer4.0.conv2");
+        for (const auto& r : c.report) EXPECT_EQ(r.module.rfind("layer4.", 0), 0u) << r.module;
+      }
+      torch::NoGradGuard no_grad;
+      source->eval();
+      c.model->eval();
+      const at::Tensor x = torch::randn({3, 1, 28, 28});
+      models::Batch b{{}, {}, x, {}};
+      EXPECT_LT(max_rel(c.model->forward(b), source->forward(b)), 1e-4) << arch << " " << layers;
+      EXPECT_LT(c.manifest["logits_change"]["relative"].get<double>(), 1e-4);
+    }
+  }
+}
+
+TEST(Tcnn, RefusesWhatItCannotConvert) {
+  auto gpt = models::create_model("gpt2", {{"n_layer", 1}, {"n_embd", 8}, {"n_head", 2}, {"vocab_size", 11}});
+  recipes::RecipeOptions o;
+  EXPECT_THROW(recipes::recipe_registry().get("tcnn").factory(*gpt, o), UsageError);
+  auto r = tiny_resnet("resnet18");
+  o.layers = "fc";
+  EXPECT_THROW(recipes::recipe_registry().get("tcnn").factory(*r, o), UsageError);
+}
+
+}  // namespace
+}  // namespace recast::testing
