@@ -91,7 +91,7 @@ std::vector<LayerReport> measure_t2r(models::Model& model, const models::Batch& 
   model.eval();
   model.set_attention_transfer(true);
   model.forward(probe);
-  for (const auto& e : model.attention_transfer_errors()) out.push_back({e.module, "", e.relative});
+  for (const auto& e : model.attention_transfer_errors()) out.push_back({e.module, "", e.relative, -1, ""});
   model.set_attention_transfer(false);
   if (training) model.train();
   return out;
