@@ -8,7 +8,9 @@
 #   3. recast the GPT to T2R (linear attention, an RNN at generation time):
 #      attention transfer, a short fine-tune, teacher vs T2R perplexity, and
 #      decode speed after a 4k-token prompt, T2R vs softmax + KV cache;
-#   4. plot the training curves, inspect the checkpoint, and show a pickle file
+#   4. recast the ResNet's last stage to T-CNN (exact at init: the report says
+#      so per layer), fine-tune briefly, accuracy before / after;
+#   5. plot the training curves, inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
@@ -19,6 +21,7 @@ out=out/demo
 GPT_STEPS=${GPT_STEPS:-300}
 T2R_STEPS=${T2R_STEPS:-100}
 RESNET_STEPS=${RESNET_STEPS:-300}
+TCNN_STEPS=${TCNN_STEPS:-60}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "data: State of the Union, Moby Dick (npm, pinned + sha512), Fashion-MNIST (Debian)"
@@ -67,6 +70,20 @@ step "pretrain a ResNet-18 (channels 32-256) on Fashion-MNIST: $RESNET_STEPS ste
 
 step "evaluate on the Fashion-MNIST test split"
 "$recast" eval --model "$out/resnet-fmnist" --data fashion-mnist --split test --batch-size 250
+
+step "T-CNN: the ResNet's last-stage 3x3 convolutions -> gated positional self-attention"
+# Exactly the same network at init: the report gives each layer's error against
+# the convolution it replaced, and the whole network's logits change, on test images.
+"$recast" convert --recipe tcnn --model "$out/resnet-fmnist" --out "$out/resnet-fmnist-tcnn" \
+  --data fashion-mnist --batch-size 64
+
+step "T-CNN: fine-tune the converted ResNet for $TCNN_STEPS steps (the attention gates open)"
+"$recast" finetune --model "$out/resnet-fmnist-tcnn" --data fashion-mnist --batch-size 64 \
+  --steps "$TCNN_STEPS" --lr 5e-4 --eval-batches 10 --out "$out/resnet-fmnist-tcnn-ft"
+for m in resnet-fmnist resnet-fmnist-tcnn resnet-fmnist-tcnn-ft; do
+  printf '%-24s ' "$m"
+  "$recast" eval --model "$out/$m" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q
+done
 
 step "training curves -> SVG"
 "$recast" plot "$out/gpt-sotu/metrics.jsonl" -o "$out/gpt-sotu/curves.svg"

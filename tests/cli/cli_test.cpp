@@ -215,5 +215,43 @@ TEST(Cli, ForwardRejectsBadInputsWithOneLine) {
   }
 }
 
+// T-CNN through the CLI: a timm ResNet converted, its report, and the
+// converted checkpoint's logits through `forward` still timm's.
+TEST(Cli, ConvertTcnnReportsEachLayerAndKeepsTheLogits) {
+  TempDir dir;
+  const std::string src = kFixtures + "/resnet18_timm", out = dir.file("tcnn");
+  Result r = run({"convert", "--recipe", "tcnn", "--model", src, "--out", out, "--layers", "layer[34]\\."});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("layer3.0.conv1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("max abs err"), std::string::npos) << r.out;
+  auto manifest = nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"));
+  EXPECT_EQ(manifest["conversion"]["recipe"], "tcnn");
+  EXPECT_EQ(manifest["error_at_init"].size(), 8u);  // 2 blocks x 2 convs x 2 stages
+  for (const auto& e : manifest["error_at_init"]) {
+    EXPECT_LT(e["relative_error"].get<double>(), 1e-5) << e.dump();
+    EXPECT_GE(e["max_abs_error"].get<double>(), 0.0) << e.dump();
+  }
+  EXPECT_LT(manifest["conversion"]["logits_change"]["relative"].get<double>(), 1e-4);
+  auto config = nlohmann::json::parse(read_bytes(out + "/config.json"));
+  EXPECT_EQ(config["recast_tcnn"]["layers"].size(), 8u);
+  Result f = run({"forward", "--model", out, "--input", src + "/inputs.safetensors", "--output",
+                  dir.file("logits.safetensors")});
+  ASSERT_EQ(f.code, 0) << f.err;
+  const at::Tensor got = io::TensorStore::open(dir.file("logits.safetensors")).tensor("logits");
+  const at::Tensor want = io::TensorStore::open(src + "/outputs.safetensors").tensor("logits");
+  EXPECT_LT(((got - want).abs().max() / want.abs().max()).item<double>(), 1e-4);
+  // Bad options: one line, exit 2, nothing written.
+  expect_one_line_error(run({"convert", "--recipe", "tcnn", "--model", src, "--out", dir.file("x"),
+                             "--layers", "fc"}),
+                        2, "matches none");
+  expect_one_line_error(run({"convert", "--recipe", "tcnn", "--model", src, "--out", dir.file("x"),
+                             "--hard", "--alpha", "3"}),
+                        2, "--hard");
+  expect_one_line_error(run({"convert", "--recipe", "tcnn", "--model", kFixtures + "/gpt2", "--out",
+                             dir.file("x")}),
+                        2, "not a ResNet");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x")));
+}
+
 }  // namespace
 }  // namespace recast::testing

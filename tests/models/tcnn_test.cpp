@@ -5,6 +5,7 @@
 // forms agree forward and backward; the gate is exactly 0 at init yet gets a
 // gradient; a converted ResNet reproduces the original logits.
 
+#include "recast/io/checkpoint.h"
 #include "recast/layers/conv_attention.h"
 #include "recast/models/model.h"
 #include "recast/recipes/recipe.h"
@@ -177,6 +178,31 @@ TEST(Tcnn, ConvertedResNetReproducesTheLogitsAndReportsEachLayer) {
       models::Batch b{{}, {}, x, {}};
       EXPECT_LT(max_rel(c.model->forward(b), source->forward(b)), 1e-4) << arch << " " << layers;
       EXPECT_LT(c.manifest["logits_change"]["relative"].get<double>(), 1e-4);
+    }
+  }
+}
+
+// ResNets saved by timm (the loader fixtures, made by tools/ on the GPU
+// machine): converted, they still give timm's logits.
+TEST(Tcnn, TimmResNetsStillGiveTimmsLogits) {
+  const std::string fixtures = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures";
+  for (const char* name : {"resnet18_timm", "resnet50_timm"}) {
+    const std::string dir = fixtures + "/" + name;
+    models::ModelPtr source = models::load_model(dir);
+    const io::TensorStore inputs = io::TensorStore::open(dir + "/inputs.safetensors");
+    const io::TensorStore outputs = io::TensorStore::open(dir + "/outputs.safetensors");
+    models::Batch batch;
+    batch.pixel_values = inputs.tensor("pixel_values", true);
+    for (const std::string& layers : {std::string(), std::string(".")}) {  // last stage; all 3x3
+      recipes::RecipeOptions o;
+      o.layers = layers;
+      o.probe = batch;
+      recipes::Conversion c = recipes::recipe_registry().get("tcnn").factory(*source, o);
+      torch::NoGradGuard no_grad;
+      c.model->eval();
+      EXPECT_LT(max_rel(c.model->forward(batch), outputs.tensor("logits")), 1e-4)
+          << name << " layers '" << layers << "', " << c.report.size() << " converted";
+      for (const auto& r : c.report) EXPECT_LT(r.relative_error, 1e-5) << name << " " << r.module;
     }
   }
 }
