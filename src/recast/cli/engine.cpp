@@ -2,7 +2,6 @@
 // this binary for the verbs that need LibTorch.
 
 #include "recast/cli/verbs.h"
-#include "recast/core/signals.h"
 
 #include <cstdlib>
 #include <string>
@@ -36,9 +35,6 @@ int main(int argc, char** argv) {
   // setting wins (MKL_CBWR=AUTO: faster, resume no longer bit-exact).
   ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
   if (cpu_training(argc, argv)) ::setenv("MKL_CBWR", "COMPATIBLE", /*overwrite=*/0);
-  // Before any thread exists: SIGINT / SIGTERM go to one watcher thread, never
-  // to a compute thread in the middle of a kernel (core/signals.h).
-  recast::signals::install();
   return run_cli(argc, argv,
                  {{"forward", add_forward},
                   {"inspect", add_inspect},

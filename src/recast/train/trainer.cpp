@@ -3,7 +3,6 @@
 #include "recast/core/error.h"
 #include "recast/core/log.h"
 #include "recast/core/progress.h"
-#include "recast/core/signals.h"
 #include "recast/core/version.h"
 #include "recast/io/checkpoint.h"
 #include "recast/io/file.h"
@@ -12,12 +11,14 @@
 #include "recast/train/optim.h"
 
 #include <torch/torch.h>
+
 #include <unistd.h>
 
-
+#include <atomic>
 #include <cstdlib>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -29,6 +30,43 @@ namespace fs = std::filesystem;
 
 namespace recast::train {
 namespace {
+
+// ---------------------------------------------------------------- signals
+
+std::atomic<int> g_signals{0};
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_signals.fetch_add(1) >= 1) {
+    // Second signal: leave now. Checkpoints are renamed into place whole, so
+    // the last one stays intact; a half-built temporary one is removed on the
+    // next start.
+    static const char text[] = "\nrecast: second signal, exiting without a checkpoint\n";
+    ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
+    (void)ignored;
+    ::_exit(128 + sig);
+  }
+}
+
+class SignalScope {
+ public:
+  SignalScope() {
+    g_signals = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~SignalScope() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  bool stop_requested() const { return g_signals.load() > 0; }
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
 
 // ---------------------------------------------------------------- RNG state
 
@@ -306,7 +344,7 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
 
   Objective objective{model.task(), o.teacher.get(), o.distill_alpha, o.temperature};
   if (o.teacher) o.teacher->eval();
-  signals::StopScope signals;
+  SignalScope signals;
   ProgressBar::Options bar_options;
   bar_options.label = "train";
   bar_options.unit = "step";
