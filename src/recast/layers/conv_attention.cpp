@@ -59,13 +59,16 @@ ConvAttentionImpl::ConvAttentionImpl(const ConvAttentionOptions& o) : o_(o) {
   }
 }
 
+at::Tensor ConvAttentionImpl::offsets(int64_t h, int64_t w, const at::TensorOptions& opts) const {
+  const int64_t c = o_.kernel / 2;
+  const at::Tensor q = grid_coords(out_size(h), out_size(w), o_.stride, 0, opts);  // [Lq, 2]
+  const at::Tensor key = grid_coords(h + 2 * c, w + 2 * c, 1, -c, opts);           // [Lk, 2]
+  return key.unsqueeze(0) - q.unsqueeze(1);
+}
+
 at::Tensor ConvAttentionImpl::positional(int64_t h, int64_t w, const at::Tensor& like) {
-  const int64_t k = o_.kernel, c = k / 2, s = o_.stride;
-  const int64_t oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
   const auto opts = like.options().dtype(at::kFloat);
-  const at::Tensor q = grid_coords(oh, ow, s, 0, opts);            // [Lq, 2]
-  const at::Tensor key = grid_coords(h + 2 * c, w + 2 * c, 1, -c, opts);  // [Lk, 2]
-  const at::Tensor rel = key.unsqueeze(0) - q.unsqueeze(1);        // [Lq, Lk, 2]
+  const at::Tensor rel = offsets(h, w, opts);                      // [Lq, Lk, 2]
   const at::Tensor ctr = centers.to(opts).view({heads(), 1, 1, 2});
   const at::Tensor d2 = (rel.unsqueeze(0) - ctr).pow(2).sum(-1);   // [heads, Lq, Lk]
   if (hard()) return d2.eq(0).to(at::kFloat);                      // one-hot: the tap
@@ -77,14 +80,19 @@ at::Tensor ConvAttentionImpl::queries_of(const at::Tensor& x) const {
   return x.slice(2, 0, x.size(2), o_.stride).slice(3, 0, x.size(3), o_.stride);
 }
 
-at::Tensor ConvAttentionImpl::content_scores(const at::Tensor& x) {
+std::pair<at::Tensor, at::Tensor> ConvAttentionImpl::queries_keys(const at::Tensor& x) const {
   const int64_t b = x.size(0), n = x.size(2) * x.size(3), heads_ = heads(), d = qk_dim_;
   const at::Tensor xq = queries_of(x);
   const int64_t lq = xq.size(2) * xq.size(3);
-  const at::Tensor qw = qk->weight.narrow(0, 0, heads_ * d), kw = qk->weight.narrow(0, heads_ * d, heads_ * d);
-  const at::Tensor q = at::linear(xq.flatten(2).transpose(1, 2), qw).view({b, lq, heads_, d}).transpose(1, 2);
-  const at::Tensor k = at::linear(x.flatten(2).transpose(1, 2), kw).view({b, n, heads_, d}).transpose(1, 2);
-  return (at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-1, -2)) / std::sqrt(static_cast<double>(d)))
+  const at::Tensor wq = qk->weight.narrow(0, 0, heads_ * d).to(x.scalar_type());
+  const at::Tensor wk = qk->weight.narrow(0, heads_ * d, heads_ * d).to(x.scalar_type());
+  return {at::linear(xq.flatten(2).transpose(1, 2), wq).view({b, lq, heads_, d}).transpose(1, 2),
+          at::linear(x.flatten(2).transpose(1, 2), wk).view({b, n, heads_, d}).transpose(1, 2)};
+}
+
+at::Tensor ConvAttentionImpl::content_scores(const at::Tensor& x) {
+  const auto [q, k] = queries_keys(x.to(at::kFloat));
+  return (at::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(qk_dim_)))
       .softmax(-1);  // [B, heads, Lq, HW]
 }
 
@@ -92,7 +100,7 @@ at::Tensor ConvAttentionImpl::forward_reference(const at::Tensor& x) {
   RECAST_CHECK(x.dim() == 4 && x.size(1) == o_.in, "ConvAttention: expected input [B, ", o_.in,
                ", H, W], found ", x.sizes());
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3), c = o_.kernel / 2;
-  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1;
+  const int64_t oh = out_size(h), ow = out_size(w);
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor p = positional(h, w, x);                   // [heads, Lq, Lk]
   // Content scores placed on the padded key grid (the zero ring gets none).
@@ -113,7 +121,7 @@ at::Tensor ConvAttentionImpl::forward(const at::Tensor& x) {
                ", H, W], found ", x.sizes());
   if (capture_input) captured_input = x.detach();
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3), c = o_.kernel / 2;
-  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1, heads_ = heads();
+  const int64_t oh = out_size(h), ow = out_size(w), heads_ = heads();
   const at::Tensor one_minus_g = (1 - gate).to(x.scalar_type());
   at::Tensor y;
   if (hard()) {
@@ -134,13 +142,9 @@ at::Tensor ConvAttentionImpl::forward(const at::Tensor& x) {
   if (!need_grad && !gate.ne(0).any().item<bool>()) return y;  // content branch closed
   // Content branch: sum_h g_h W_h softmax(Q_h K_h^T / sqrt(d)) x, with the value
   // maps applied first (V_h = x W_h^T) so one fused attention call does it.
-  const int64_t n = h * w, d = qk_dim_;
+  const int64_t n = h * w;
   const at::Tensor tokens = x.flatten(2).transpose(1, 2);                              // [B, HW, in]
-  const at::Tensor xq = queries_of(x).flatten(2).transpose(1, 2);                     // [B, Lq, in]
-  const at::Tensor qw = qk->weight.narrow(0, 0, heads_ * d).to(x.scalar_type());
-  const at::Tensor kw = qk->weight.narrow(0, heads_ * d, heads_ * d).to(x.scalar_type());
-  const at::Tensor q = at::linear(xq, qw).view({b, oh * ow, heads_, d}).transpose(1, 2);
-  const at::Tensor k = at::linear(tokens, kw).view({b, n, heads_, d}).transpose(1, 2);
+  const auto [q, k] = queries_keys(x);
   // W_h scaled by g_h, all heads in one product: [B, HW, heads * out].
   const at::Tensor wv = (weight.to(x.scalar_type()).flatten(2) * gate.to(x.scalar_type()))
                             .permute({2, 0, 1})
@@ -155,7 +159,7 @@ ConvAttentionImpl::Maps ConvAttentionImpl::attention_maps(const at::Tensor& x_on
                o_.in, ", H, W], found ", x_one.sizes());
   torch::NoGradGuard no_grad;
   const int64_t h = x_one.size(2), w = x_one.size(3), c = o_.kernel / 2;
-  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1;
+  const int64_t oh = out_size(h), ow = out_size(w);
   const at::Tensor p = positional(h, w, x_one);
   at::Tensor s = content_scores(x_one.to(at::kFloat)).view({1, heads(), oh * ow, h, w});
   s = at::constant_pad_nd(s, {c, c, c, c}).flatten(3)[0];
@@ -165,12 +169,8 @@ ConvAttentionImpl::Maps ConvAttentionImpl::attention_maps(const at::Tensor& x_on
 
 at::Tensor ConvAttentionImpl::mean_attention_distance(const at::Tensor& x) {
   torch::NoGradGuard no_grad;
-  const int64_t h = x.size(2), w = x.size(3), c = o_.kernel / 2;
   const auto opts = x.options().dtype(at::kFloat);
-  const int64_t oh = (h - 1) / o_.stride + 1, ow = (w - 1) / o_.stride + 1;
-  const at::Tensor q = grid_coords(oh, ow, o_.stride, 0, opts);
-  const at::Tensor key = grid_coords(h + 2 * c, w + 2 * c, 1, -c, opts);
-  const at::Tensor dist = (key.unsqueeze(0) - q.unsqueeze(1)).pow(2).sum(-1).sqrt();  // [Lq, Lk]
+  const at::Tensor dist = offsets(x.size(2), x.size(3), opts).pow(2).sum(-1).sqrt();  // [Lq, Lk]
   at::Tensor total = at::zeros({heads()}, opts);
   for (int64_t i = 0; i < x.size(0); ++i) {
     const Maps m = attention_maps(x.narrow(0, i, 1));

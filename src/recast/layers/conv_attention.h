@@ -35,6 +35,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 
 namespace recast::layers {
 
@@ -65,6 +66,8 @@ class ConvAttentionImpl : public torch::nn::Module {
 
   const ConvAttentionOptions& options() const { return o_; }
   int64_t heads() const { return o_.kernel * o_.kernel; }
+  // Output rows (or columns) for n input rows: zero padding K // 2, the stride.
+  int64_t out_size(int64_t n) const { return (n - 1) / o_.stride + 1; }
   bool hard() const { return !o_.alpha.has_value(); }
 
   at::Tensor weight;   // [out, in, K, K] (the conv's)
@@ -79,7 +82,12 @@ class ConvAttentionImpl : public torch::nn::Module {
   at::Tensor captured_input;
 
  private:
+  // Key position minus query position [Lq, Lk, 2] in input pixels (keys on
+  // the padded grid, queries on the strided output grid).
+  at::Tensor offsets(int64_t h, int64_t w, const at::TensorOptions& opts) const;
   at::Tensor positional(int64_t h, int64_t w, const at::Tensor& like);  // P [heads, Lq, Lk]
+  // The content branch's Q [B, heads, Lq, d] and K [B, heads, HW, d] in x's dtype.
+  std::pair<at::Tensor, at::Tensor> queries_keys(const at::Tensor& x) const;
   at::Tensor content_scores(const at::Tensor& x);  // softmax(QK^T) [B, heads, Lq, HW]
   at::Tensor queries_of(const at::Tensor& x) const;  // x at the strided query positions
   ConvAttentionOptions o_;

@@ -29,16 +29,6 @@ int64_t sample_token(const at::Tensor& raw, const SamplingOptions& o, at::Genera
   return at::multinomial(logits.softmax(0), 1, false, gen).item<int64_t>();
 }
 
-namespace {
-
-// The model's device: where its first parameter lives.
-c10::Device device_of(Model& model) {
-  for (const auto& p : model.parameters()) return p.device();
-  return c10::Device(c10::kCPU);
-}
-
-}  // namespace
-
 std::vector<std::vector<int64_t>> generate(Model& model,
                                            const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& o, at::Generator& gen,
@@ -49,7 +39,7 @@ std::vector<std::vector<int64_t>> generate(Model& model,
   }
   RECAST_CHECK(o.context == 0 || o.context >= 2, "generate: context ", o.context, " is too short");
   const auto rows = static_cast<int64_t>(prompts.size());
-  const c10::Device device = device_of(model);
+  const c10::Device device = model.device();
   const auto ids_options = at::TensorOptions().dtype(at::kLong);
   torch::NoGradGuard no_grad;
 

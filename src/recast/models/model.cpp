@@ -277,4 +277,9 @@ std::string cfg_string(const nlohmann::json& c, const char* key,
   return cfg_value(c, key, fallback, &nlohmann::json::is_string, "a string");
 }
 
+c10::Device Model::device() const {
+  const auto params = parameters();
+  return params.empty() ? c10::Device(c10::kCPU) : params.front().device();
+}
+
 }  // namespace recast::models

@@ -71,6 +71,8 @@ class Model : public torch::nn::Module {
 
   const std::string& arch() const { return arch_; }
   const nlohmann::json& config() const { return config_; }
+  // Where the weights live: the first parameter's device (CPU when none).
+  c10::Device device() const;
   virtual Task task() const = 0;
 
   // Logits: [B, T, V] for language models, [B, classes] for classifiers.

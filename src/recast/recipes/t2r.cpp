@@ -63,7 +63,7 @@ Conversion convert(models::Model& source, const RecipeOptions& o) {
                  "recipe t2r: unexpected new tensor ", quote(name));
   }
   model->set_metadata(source.metadata());
-  model->to(source.parameters().empty() ? c10::Device(c10::kCPU) : source.parameters()[0].device());
+  model->to(source.device());
 
   Conversion c;
   c.model = model;

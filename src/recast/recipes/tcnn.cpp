@@ -73,16 +73,12 @@ Conversion convert(models::Model& source, const RecipeOptions& o) {
   models::ModelPtr model = models::create_model(source.arch(), config);
   const std::vector<std::string> fresh = copy_matching_weights(source, *model);
   for (const auto& name : fresh) {
-    const bool expected = name.size() > 5 && (name.find(".qk.") != std::string::npos ||
-                                              name.rfind(".gate") == name.size() - 5 ||
-                                              name.rfind(".centers") == name.size() - 8 ||
-                                              name.rfind(".alpha") == name.size() - 6);
+    const bool expected = name.find(".qk.") != std::string::npos || ends_with(name, ".gate") ||
+                          ends_with(name, ".centers") || ends_with(name, ".alpha");
     RECAST_CHECK(expected, "recipe tcnn: unexpected new tensor ", quote(name));
   }
   model->set_metadata(source.metadata());
-  const c10::Device device =
-      source.parameters().empty() ? c10::Device(c10::kCPU) : source.parameters()[0].device();
-  model->to(device);
+  model->to(source.device());
 
   Conversion c;
   c.model = model;
@@ -143,7 +139,7 @@ std::vector<LayerReport> measure_tcnn(models::Model& source, models::Model& conv
     // The explicit attention form where its [B, heads, Lq, Lk] maps fit in
     // about 1 GiB of fp32; the fast form otherwise.
     const int64_t h = x.size(2), w = x.size(3), pad = ca->options().kernel / 2;
-    const int64_t lq = ((h - 1) / ca->options().stride + 1) * ((w - 1) / ca->options().stride + 1);
+    const int64_t lq = ca->out_size(h) * ca->out_size(w);
     const double maps = static_cast<double>(x.size(0) * ca->heads() * lq * (h + 2 * pad) * (w + 2 * pad));
     const bool explicit_form = maps < 2.6e8;
     const at::Tensor y = (explicit_form ? ca->forward_reference(x) : ca->forward(x)).to(at::kDouble);
