@@ -313,22 +313,24 @@ TEST_F(TrainCli, BadDataGivesOneLineErrorsAndNoOutput) {
                         2, "--bogus");
 }
 
+// An image folder of `classes` classes, `per_class` 16x16 grey PNGs each.
+void image_folder(const std::string& dir, int classes, int per_class = 8) {
+  for (int c = 0; c < classes; ++c) {
+    const std::string cls = dir + "/class" + std::to_string(c);
+    fs::create_directories(cls);
+    for (int i = 0; i < per_class; ++i) {
+      std::vector<uint8_t> px(16 * 16);
+      for (size_t k = 0; k < px.size(); ++k) px[k] = static_cast<uint8_t>((k * (c + 1) * 13 + i) & 255);
+      ASSERT_TRUE(stbi_write_png((cls + "/" + std::to_string(i) + ".png").c_str(), 16, 16, 1,
+                                 px.data(), 16));
+    }
+  }
+}
+
 TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
   TempDir t;
-  auto folder = [&](const std::string& dir, int classes) {
-    for (int c = 0; c < classes; ++c) {
-      const std::string cls = dir + "/class" + std::to_string(c);
-      fs::create_directories(cls);
-      for (int i = 0; i < 8; ++i) {
-        std::vector<uint8_t> px(16 * 16);
-        for (size_t k = 0; k < px.size(); ++k) px[k] = static_cast<uint8_t>((k * (c + 1) * 13 + i) & 255);
-        ASSERT_TRUE(stbi_write_png((cls + "/" + std::to_string(i) + ".png").c_str(), 16, 16, 1,
-                                   px.data(), 16));
-      }
-    }
-  };
-  folder(t.file("two"), 2);
-  folder(t.file("three"), 3);
+  image_folder(t.file("two"), 2);
+  image_folder(t.file("three"), 3);
   Result pre = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
                     t.file("two"), "--steps", "3", "--batch-size", "4", "--out", t.file("m2"),
                     "--no-progress", "--threads", "2"});
@@ -351,6 +353,54 @@ TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
   // Evaluating a classifier on text is a usage error.
   expect_one_line_error(run({"eval", "--model", t.file("m3"), "--data", corpus()}), 2,
                         "is a classifier");
+}
+
+// T-CNN end to end on images: convert with a report on the data, fine-tune
+// (gates and attention distances logged), evaluate under corruptions against
+// the CNN as baseline (CE per corruption, mCE).
+TEST_F(TrainCli, TcnnConvertFinetuneAndCorruptionEval) {
+  TempDir t;
+  image_folder(t.file("imgs"), 3, 20);
+  Result pre = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
+                    t.file("imgs"), "--steps", "4", "--batch-size", "8", "--out", t.file("cnn"),
+                    "--no-progress", "--threads", "2"});
+  ASSERT_EQ(pre.code, 0) << pre.err;
+  Result conv = run({"convert", "--recipe", "tcnn", "--model", t.file("cnn"), "--out", t.file("tcnn"),
+                     "--layers", "layer[34]\\.", "--data", t.file("imgs"), "--threads", "2"});
+  ASSERT_EQ(conv.code, 0) << conv.err;
+  EXPECT_NE(conv.err.find("same predictions"), std::string::npos) << conv.err;
+  Result ft = run({"finetune", "--model", t.file("tcnn"), "--data", t.file("imgs"), "--steps", "4",
+                   "--batch-size", "8", "--eval-every", "2", "--out", t.file("ft"), "--no-progress",
+                   "--threads", "2"});
+  ASSERT_EQ(ft.code, 0) << ft.err;
+  std::ifstream in(t.file("ft/metrics.jsonl"));
+  std::string line;
+  int tcnn_lines = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j["split"] != "tcnn") continue;
+    ++tcnn_lines;
+    ASSERT_TRUE(j["layers"].contains("layer4.1.conv2")) << line;
+    EXPECT_EQ(j["layers"]["layer4.1.conv2"]["gate"].size(), 9u) << line;
+    EXPECT_EQ(j["layers"]["layer4.1.conv2"]["distance"].size(), 9u) << line;
+  }
+  EXPECT_GE(tcnn_lines, 2) << "at each evaluation and at the end";
+  Result ev = run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--split", "all",
+                   "--corrupt", "gaussian_noise:5,contrast", "--baseline", t.file("cnn"), "--json",
+                   "--threads", "2"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  auto j = nlohmann::json::parse(ev.out);
+  EXPECT_EQ(j["accuracy"]["gaussian_noise"].size(), 1u);
+  EXPECT_EQ(j["accuracy"]["contrast"].size(), 5u);
+  EXPECT_TRUE(j["ce"].contains("contrast"));
+  EXPECT_TRUE(j.contains("mce"));
+  EXPECT_GE(j["clean"].get<double>(), 0.0);
+  expect_one_line_error(run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--corrupt",
+                             "fog"}),
+                        2, "unknown corruption 'fog'");
+  expect_one_line_error(run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--baseline",
+                             t.file("cnn")}),
+                        2, "--baseline needs --corrupt");
 }
 
 TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {

@@ -1,12 +1,19 @@
 // recast eval --model DIR --data SPEC [--split test] [--json]
+//             [--corrupt NAME[:SEVERITY]|all [--baseline DIR]]
 // Language models: loss, perplexity and bits per byte. Classifiers: accuracy,
-// per-class accuracy and the confusion matrix.
+// per-class accuracy and the confusion matrix. With --corrupt (images): the
+// accuracy under each corruption and severity (eval/corruptions.h), and with
+// --baseline the corruption error of each corruption relative to the baseline
+// model's, CE_c = sum_s err(model) / sum_s err(baseline), and their mean (mCE),
+// as Hendrycks & Dietterich define it.
 
 #include "recast/cli/train_common.h"
 #include "recast/cli/verbs.h"
 #include "recast/core/device.h"
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/core/progress.h"
+#include "recast/eval/corruptions.h"
 #include "recast/train/objectives.h"
 
 #include <torch/torch.h>
@@ -18,7 +25,7 @@ namespace recast::cli {
 namespace {
 
 struct EvalCli {
-  std::string model, data, split = "test", device = "cpu", text_field = "text";
+  std::string model, data, split = "test", device = "cpu", text_field = "text", corrupt, baseline;
   int64_t batch_size = 16, seq_len = 0, max_batches = 0;
   int64_t seed = -1;
   int threads = 0;
@@ -41,6 +48,99 @@ void print_classifier(const train::EvalResult& r) {
     for (auto n : r.confusion[t]) std::printf(" %6lld", static_cast<long long>(n));
     std::printf("\n");
   }
+}
+
+// Accuracy under every requested corruption (and clean), for the model and
+// the baseline, with each corruption's CE and the mCE when a baseline is given.
+int run_corruptions(const EvalCli& o, models::Model& model, const train::Dataset& data,
+                    const train::Normalization& norm, train::EvalOptions eo, c10::Device device) {
+  if (model.task() != models::Task::ImageClassification) {
+    throw UsageError("--corrupt is for image classifiers");
+  }
+  const std::vector<eval::Corruption> list = eval::parse_corruptions(o.corrupt);
+  models::ModelPtr baseline;
+  if (!o.baseline.empty()) {
+    baseline = models::load_model(o.baseline);
+    if (baseline->task() != models::Task::ImageClassification) {
+      throw UsageError(msg("--baseline ", o.baseline, " is not an image classifier"));
+    }
+    baseline->to(device);
+  }
+  const int64_t c = static_cast<int64_t>(norm.mean.size());
+  const auto stats = at::TensorOptions().dtype(at::kFloat).device(device);
+  const at::Tensor mean = at::tensor(std::vector<float>(norm.mean.begin(), norm.mean.end())).to(stats).view({1, c, 1, 1});
+  const at::Tensor sd = at::tensor(std::vector<float>(norm.std.begin(), norm.std.end())).to(stats).view({1, c, 1, 1});
+  auto accuracy = [&](models::Model& m, const eval::Corruption* k) {
+    eo.transform = nullptr;
+    if (k) {
+      const uint64_t base = std::hash<std::string>{}(k->name) * 31 + static_cast<uint64_t>(k->severity);
+      eo.transform = [&, k, base](models::Batch& b, int64_t index) {
+        const at::Tensor x01 = b.pixel_values.to(at::kFloat) * sd + mean;
+        const at::Tensor y01 = eval::corrupt(x01, *k, base * 1000003ULL + static_cast<uint64_t>(index));
+        b.pixel_values = ((y01 - mean) / sd).to(b.pixel_values.scalar_type());
+      };
+    }
+    return train::evaluate(m, data, eo).accuracy;
+  };
+  nlohmann::json j = {{"model", o.model}, {"data", o.data}, {"split", o.split}};
+  j["clean"] = accuracy(model, nullptr);
+  if (baseline) j["baseline_clean"] = accuracy(*baseline, nullptr);
+  nlohmann::json acc = nlohmann::json::object(), base_acc = nlohmann::json::object();
+  ProgressBar::Options bo;
+  bo.label = "corrupt";
+  bo.unit = "eval";
+  ProgressBar bar(static_cast<int64_t>(list.size()) * (baseline ? 2 : 1), bo);
+  for (const auto& k : list) {
+    acc[k.name][std::to_string(k.severity)] = accuracy(model, &k);
+    bar.update(1, {});
+    if (baseline) {
+      base_acc[k.name][std::to_string(k.severity)] = accuracy(*baseline, &k);
+      bar.update(1, {});
+    }
+  }
+  bar.finish();
+  j["accuracy"] = acc;
+  if (baseline) {
+    j["baseline"] = o.baseline;
+    j["baseline_accuracy"] = base_acc;
+    nlohmann::json ce = nlohmann::json::object();
+    double sum = 0;
+    for (auto it = acc.begin(); it != acc.end(); ++it) {
+      double err = 0, base_err = 0;
+      for (auto s = it.value().begin(); s != it.value().end(); ++s) {
+        err += 1 - s.value().get<double>();
+        base_err += 1 - base_acc[it.key()][s.key()].get<double>();
+      }
+      ce[it.key()] = base_err > 0 ? err / base_err : 0.0;
+      sum += ce[it.key()].get<double>();
+    }
+    j["ce"] = ce;
+    j["mce"] = ce.empty() ? 0.0 : sum / static_cast<double>(ce.size());
+  }
+  if (o.json) {
+    std::cout << j.dump(2) << std::endl;
+    return 0;
+  }
+  std::printf("clean accuracy %.4f", j["clean"].get<double>());
+  if (baseline) std::printf(" (baseline %.4f)", j["baseline_clean"].get<double>());
+  std::printf("\n");
+  std::printf("\n%-16s %8s %8s %8s %8s %8s%s\n", "corruption", "s1", "s2", "s3", "s4", "s5",
+              baseline ? "      CE" : "");
+  for (auto it = acc.begin(); it != acc.end(); ++it) {
+    std::printf("%-16s", it.key().c_str());
+    for (int s = 1; s <= 5; ++s) {
+      const std::string key = std::to_string(s);
+      if (it.value().contains(key)) {
+        std::printf(" %8.4f", it.value()[key].get<double>());
+      } else {
+        std::printf(" %8s", "-");
+      }
+    }
+    if (baseline) std::printf(" %7.1f%%", 100 * j["ce"][it.key()].get<double>());
+    std::printf("\n");
+  }
+  if (baseline) std::printf("\nmCE %.1f%% relative to %s\n", 100 * j["mce"].get<double>(), o.baseline.c_str());
+  return 0;
 }
 
 int run_eval(const EvalCli& o) {
@@ -75,6 +175,8 @@ int run_eval(const EvalCli& o) {
   eo.device = device;
   eo.bf16 = o.bf16;
   if (!o.json) log::info("evaluating on ", data->describe());
+  if (!o.corrupt.empty()) return run_corruptions(o, *model, *data, norm, eo, device);
+  if (!o.baseline.empty()) throw UsageError("--baseline needs --corrupt");
   const train::EvalResult r = train::evaluate(*model, *data, eo);
   if (o.json) {
     nlohmann::json j = r.to_json();
@@ -98,6 +200,12 @@ Runner add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", verb_info("eval").summary);
   cmd->add_option("--model", o->model, "Checkpoint directory")->required();
   cmd->add_option("--data", o->data, "Named data set or path (as for pretrain)")->required();
+  cmd->add_option("--corrupt", o->corrupt,
+                  "Images: accuracy under corruptions, NAME[:SEVERITY] or all (comma-separated; "
+                  "gaussian_noise, shot_noise, impulse_noise, defocus_blur, motion_blur, contrast, "
+                  "brightness, pixelate, jpeg)");
+  cmd->add_option("--baseline", o->baseline,
+                  "With --corrupt: a baseline model for each corruption's CE and the mCE");
   cmd->add_option("--split", o->split, "train, val, test or all (default test)");
   cmd->add_option("--batch-size", o->batch_size, "Examples per batch (default 16)");
   cmd->add_option("--seq-len", o->seq_len, "Window length (default: the model's training one)");

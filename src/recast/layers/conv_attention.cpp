@@ -179,6 +179,33 @@ at::Tensor ConvAttentionImpl::mean_attention_distance(const at::Tensor& x) {
   return total / static_cast<double>(x.size(0));
 }
 
+nlohmann::json conv_attention_stats(torch::nn::Module& model,
+                                    const std::function<void()>& run_forward) {
+  std::vector<std::pair<std::string, ConvAttentionImpl*>> layers;
+  for (const auto& item : model.named_modules("", false)) {
+    if (auto* ca = item.value()->as<ConvAttention>()) layers.emplace_back(item.key(), ca);
+  }
+  if (layers.empty()) return nullptr;
+  torch::NoGradGuard no_grad;
+  for (auto& l : layers) l.second->capture_input = true;
+  run_forward();
+  nlohmann::json out = nlohmann::json::object();
+  auto to_vector = [](const at::Tensor& t) {
+    const at::Tensor c = t.detach().to(at::kCPU, at::kDouble).contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  for (auto& [name, ca] : layers) {
+    ca->capture_input = false;
+    nlohmann::json j = {{"gate", to_vector(ca->gate)}};
+    if (ca->captured_input.defined()) {
+      j["distance"] = to_vector(ca->mean_attention_distance(ca->captured_input));
+    }
+    ca->captured_input = at::Tensor();
+    out[name] = j;
+  }
+  return out;
+}
+
 std::optional<TcnnConfig> TcnnConfig::from(const nlohmann::json& config) {
   auto it = config.find("recast_tcnn");
   if (it == config.end()) return std::nullopt;

@@ -32,6 +32,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -94,6 +95,12 @@ class ConvAttentionImpl : public torch::nn::Module {
   int64_t qk_dim_;
 };
 TORCH_MODULE(ConvAttention);
+
+// Per ConvAttention in `model` (by its name): the gate values and the mean
+// attention distance of each head on `pixels` (the model's input [B, C, H, W];
+// each layer sees its own input in that forward). Null when there is none.
+nlohmann::json conv_attention_stats(torch::nn::Module& model,
+                                    const std::function<void()>& run_forward);
 
 // What config.json's "recast_tcnn" block says about a converted model: which
 // convolutions (by checkpoint name) are ConvAttention, and how.

@@ -87,7 +87,8 @@ EvalResult evaluate(models::Model& model, const Dataset& data, const EvalOptions
   at::Tensor confusion = at::zeros({std::max<int64_t>(k, 1) * std::max<int64_t>(k, 1)}, at::kLong);
   for (int64_t b = 0; b < batches; ++b) {
     Example ex = data.batch(loader.next());
-    const models::Batch in = to_device(ex.inputs, o.device);
+    models::Batch in = to_device(ex.inputs, o.device);
+    if (o.transform) o.transform(in, b);
     const at::Tensor labels = ex.labels.to(o.device);
     at::Tensor logits;
     {

@@ -10,6 +10,7 @@
 #include <c10/core/Device.h>
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ struct EvalOptions {
   int64_t max_batches = 0;  // 0: the whole split
   c10::Device device = c10::kCPU;
   bool bf16 = false;  // CUDA autocast
+  // Applied to each batch's inputs on the device before the forward (for
+  // example an image corruption); its second argument is the batch's index.
+  std::function<void(models::Batch&, int64_t)> transform;
 };
 
 struct EvalResult {

@@ -7,6 +7,7 @@
 #include "recast/io/checkpoint.h"
 #include "recast/io/file.h"
 #include "recast/io/json_strict.h"
+#include "recast/layers/conv_attention.h"
 #include "recast/train/autocast.h"
 #include "recast/train/optim.h"
 
@@ -23,6 +24,7 @@
 #include <fstream>
 #include <iomanip>
 #include <mutex>
+#include <numeric>
 #include <regex>
 #include <sstream>
 
@@ -382,6 +384,26 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
     result.eval = r;
   };
 
+  // T-CNN layers: gate values and mean attention distance per head, on the
+  // first 8 validation (else training) examples, at every evaluation and at
+  // every epoch's end ({"split": "tcnn"} lines; nothing for other models).
+  int64_t tcnn_logged_at = -1;
+  auto log_tcnn = [&] {
+    if (model.task() != models::Task::ImageClassification || tcnn_logged_at == step) return;
+    tcnn_logged_at = step;
+    const Dataset& d = val_data ? *val_data : train_data;
+    std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(8, d.size())));
+    std::iota(idx.begin(), idx.end(), 0);
+    const models::Batch in = to_device(d.batch(idx).inputs, o.device);
+    const bool was_training = model.is_training();
+    model.eval();  // BatchNorm statistics stay as they are
+    const nlohmann::json stats = layers::conv_attention_stats(model, [&] { model.forward(in); });
+    if (was_training) model.train();
+    if (!stats.is_null()) {
+      log_metrics({{"step", step}, {"split", "tcnn"}, {"epoch", loader.epoch()}, {"layers", stats}});
+    }
+  };
+
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   auto window_start = started;
@@ -446,7 +468,11 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
       window_loss = 0, window_steps = 0, window_tokens = 0, window_start = Clock::now();
     }
     const bool stopping = signals.stop_requested();
-    if (o.eval_every > 0 && step % o.eval_every == 0 && step < o.steps) run_eval();
+    if (o.eval_every > 0 && step % o.eval_every == 0 && step < o.steps) {
+      run_eval();
+      log_tcnn();
+    }
+    if (loader.at_epoch_end()) log_tcnn();
     if ((o.save_every > 0 && step % o.save_every == 0) || step == o.steps || stopping) save();
     if (stopping && step < o.steps) {
       bar.finish();
@@ -458,6 +484,7 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
   }
   bar.finish();
   run_eval();
+  log_tcnn();
 
   // The final model: what every other verb reads.
   models::save_model(model, o.out);
