@@ -4,9 +4,11 @@
 // 7x7, 14x14, 28x28, 56x56 and C = 256, 512 (3x3, stride 1), bf16 weights
 // and inputs on CUDA. ConvAttention runs with its gates open (0.5), so the content
 // attention is computed as in fine-tuning; the hard positional branch is a
-// convolution with the taps scaled (layers/conv_attention.h). Median of
-// --iters runs after 3 warm-up runs; both sides in one process; one JSON line
-// per size (an out-of-memory size says so and the run goes on).
+// convolution with the taps scaled (layers/conv_attention.h). Each content
+// path (ContentPath) is timed, with its output's relative difference from
+// values_first's. Median of --iters runs after 3 warm-up runs; every side in
+// one process; one JSON line per size (an out-of-memory path or size says so
+// and the run goes on).
 
 #include "recast/core/device.h"
 #include "recast/layers/conv_attention.h"
@@ -40,6 +42,19 @@ double median_ms(const c10::Device& d, int64_t iters, const std::function<void()
   return ms[ms.size() / 2];
 }
 
+// An exception's first line, made safe inside a JSON string.
+std::string first_line(const char* what) {
+  std::string s = what;
+  s = s.substr(0, s.find('\n'));
+  std::replace(s.begin(), s.end(), '"', '\'');
+  return s;
+}
+
+const std::pair<recast::layers::ContentPath, const char*> kPaths[] = {
+    {recast::layers::ContentPath::ValuesFirst, "values_first"},
+    {recast::layers::ContentPath::ValuesAfter, "values_after"},
+    {recast::layers::ContentPath::ValuesAfterChunked, "values_after_chunked"}};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -64,26 +79,39 @@ int main(int argc, char** argv) {
                     static_cast<long long>(size), static_cast<long long>(batch));
         try {
           auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(c, c, 3).padding(1).bias(false));
-          recast::layers::ConvAttentionOptions o;
-          o.in = c, o.out = c, o.kernel = 3;
-          recast::layers::ConvAttention ca(o);
-          {
-            torch::NoGradGuard no_grad;
-            ca->gate.fill_(0.5);
-          }
           conv->to(dev, dtype);
-          ca->to(dev, dtype);
           const at::Tensor x = torch::randn({batch, c, size, size}, torch::TensorOptions().device(dev).dtype(dtype))
                                    .requires_grad_(true);
           const double conv_ms = median_ms(dev, iters, [&] { conv(x).sum().backward(); });
-          const double attn_ms = median_ms(dev, iters, [&] { ca(x).sum().backward(); });
-          std::printf(", \"conv2d_ms\": %.3f, \"conv_attention_ms\": %.3f, \"ratio\": %.2f}\n", conv_ms,
-                      attn_ms, attn_ms / conv_ms);
+          std::printf(", \"conv2d_ms\": %.3f", conv_ms);
+          std::fflush(stdout);
+          at::Tensor first;  // values_first's output: the others must agree with it
+          for (const auto& [path, name] : kPaths) {
+            recast::layers::ConvAttentionOptions o;
+            o.in = c, o.out = c, o.kernel = 3, o.content = path;
+            torch::manual_seed(0);  // the same weights for every path
+            recast::layers::ConvAttention ca(o);
+            {
+              torch::NoGradGuard no_grad;
+              ca->gate.fill_(0.5);
+            }
+            ca->to(dev, dtype);
+            try {
+              const double ms = median_ms(dev, iters, [&] { ca(x).sum().backward(); });
+              torch::NoGradGuard no_grad;
+              const at::Tensor y = ca(x.detach()).to(torch::kFloat);
+              if (!first.defined()) first = y;
+              const double diff = ((y - first).abs().max() / first.abs().max()).item<double>();
+              std::printf(", \"%s_ms\": %.3f, \"%s_ratio\": %.2f, \"%s_rel_diff\": %.2e", name, ms, name,
+                          ms / conv_ms, name, diff);
+            } catch (const std::exception& e) {
+              std::printf(", \"%s_error\": \"%s\"", name, first_line(e.what()).c_str());
+            }
+            std::fflush(stdout);
+          }
+          std::printf("}\n");
         } catch (const std::exception& e) {
-          std::string what = e.what();
-          what = what.substr(0, what.find('\n'));
-          std::replace(what.begin(), what.end(), '"', '\'');
-          std::printf(", \"error\": \"%s\"}\n", what.c_str());
+          std::printf(", \"error\": \"%s\"}\n", first_line(e.what()).c_str());
         }
         std::fflush(stdout);
       }

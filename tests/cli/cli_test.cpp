@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <stb/stb_image.h>
+#include <stb/stb_image_write.h>
 
 #include <sys/wait.h>
 
@@ -251,6 +253,49 @@ TEST(Cli, ConvertTcnnReportsEachLayerAndKeepsTheLogits) {
                              dir.file("x")}),
                         2, "not a ResNet");
   EXPECT_FALSE(std::filesystem::exists(dir.file("x")));
+}
+
+// recast analyze on a T-CNN made from a timm ResNet: at init each head's peak
+// is its tap; the picture is written; bad requests fail on one line, write nothing.
+TEST(Cli, AnalyzeShowsEachHeadsAttentionAndDrawsIt) {
+  TempDir dir;
+  const std::string src = kFixtures + "/resnet18_timm", model = dir.file("tcnn");
+  ASSERT_EQ(run({"convert", "--recipe", "tcnn", "--model", src, "--out", model, "--layers", "layer[34]\\."}).code, 0);
+  std::vector<uint8_t> grey(28 * 28);
+  for (size_t i = 0; i < grey.size(); ++i) grey[i] = static_cast<uint8_t>((i * 37) % 251);
+  const std::string image = dir.file("digit.png");
+  ASSERT_TRUE(stbi_write_png(image.c_str(), 28, 28, 1, grey.data(), 28));
+  Result r = run({"analyze", "--model", model, "--image", image, "--query", "20,9", "--layers",
+                  "layer3", "--out", dir.file("maps.png"), "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["layers"].size(), 4u);
+  for (const auto& l : j["layers"]) {
+    ASSERT_EQ(l["heads"].size(), 9u) << l.dump();
+    for (int h = 0; h < 9; ++h) {
+      const auto& head = l["heads"][h];
+      EXPECT_EQ(head["peak"], nlohmann::json::array({h / 3 - 1, h % 3 - 1})) << head.dump();
+      EXPECT_EQ(head["peak_weight"].get<double>(), 1.0);
+      EXPECT_EQ(head["gate"].get<double>(), 0.0);
+    }
+  }
+  int w = 0, h = 0, c = 0;
+  EXPECT_TRUE(stbi_info(dir.file("maps.png").c_str(), &w, &h, &c));
+  Result svg = run({"analyze", "--model", model, "--image", image, "--out", dir.file("maps.svg")});
+  ASSERT_EQ(svg.code, 0) << svg.err;
+  EXPECT_NE(svg.out.find("layer4.1.conv2"), std::string::npos) << svg.out;
+  EXPECT_EQ(read_bytes(dir.file("maps.svg")).rfind("<svg", 0), 0u);
+  expect_one_line_error(run({"analyze", "--model", model}), 2, "--image");
+  expect_one_line_error(run({"analyze", "--model", model, "--index", "3"}), 2, "--data");
+  expect_one_line_error(run({"analyze", "--model", model, "--image", image, "--out", dir.file("x.jpg")}), 2, ".png");
+  expect_one_line_error(run({"analyze", "--model", model, "--image", image, "--query", "28,0",
+                             "--out", dir.file("x.png")}), 2, "outside");
+  expect_one_line_error(run({"analyze", "--model", model, "--image", dir.file("none.png"), "--out",
+                             dir.file("x.png")}), 1, "none.png");
+  expect_one_line_error(run({"analyze", "--model", src, "--image", image, "--out", dir.file("x.png")}),
+                        1, "no ConvAttention");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.png")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.jpg")));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // forms agree forward and backward; the gate is exactly 0 at init yet gets a
 // gradient; a converted ResNet reproduces the original logits.
 
+#include "recast/eval/attention_view.h"
 #include "recast/io/checkpoint.h"
 #include "recast/layers/conv_attention.h"
 #include "recast/models/model.h"
@@ -12,7 +13,11 @@
 #include "test_util.h"
 
 #include <gtest/gtest.h>
+#include <stb/stb_image.h>
 #include <torch/torch.h>
+
+#include <cmath>
+#include <regex>
 
 namespace recast::testing {
 namespace {
@@ -23,8 +28,12 @@ double max_rel(const at::Tensor& a, const at::Tensor& b) {
       .item<double>();
 }
 
-layers::ConvAttention from_conv(const torch::nn::Conv2d& conv, std::optional<double> alpha) {
+layers::ConvAttention from_conv(const torch::nn::Conv2d& conv, std::optional<double> alpha,
+                                layers::ContentPath path = layers::ContentPath::ValuesFirst,
+                                int64_t qk_dim = 0) {
   layers::ConvAttentionOptions o;
+  o.content = path;
+  o.qk_dim = qk_dim;
   o.in = conv->options.in_channels();
   o.out = conv->options.out_channels();
   o.kernel = (*conv->options.kernel_size())[0];
@@ -81,30 +90,38 @@ TEST(ConvAttention, BordersNeedTheZeroRing) {
 
 TEST(ConvAttention, FastAndReferenceFormsAgreeWithOpenGatesForwardAndBackward) {
   torch::manual_seed(2);
-  for (std::optional<double> alpha : {std::optional<double>{}, std::optional<double>{3.0}}) {
-    for (int64_t stride : {1, 2}) {
-      auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(5, 7, 3).stride(stride).padding(1).bias(true));
-      auto a = from_conv(conv, alpha);
-      auto b = from_conv(conv, alpha);
-      {
-        torch::NoGradGuard no_grad;
-        a->gate.uniform_(0.1, 0.9);
-        b->gate.copy_(a->gate);
-        b->qk->weight.copy_(a->qk->weight.normal_(0, 0.3));
-      }
-      const at::Tensor x0 = torch::randn({2, 5, 6, 9});
-      at::Tensor xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
-      const at::Tensor ya = a(xa), yb = b->forward_reference(xb);
-      const std::string where = msg(alpha ? "soft" : "hard", " stride ", stride);
-      EXPECT_LT(max_rel(ya, yb), 1e-5) << where;
-      const at::Tensor g = torch::randn(ya.sizes());
-      (ya * g).sum().backward();
-      (yb * g).sum().backward();
-      EXPECT_LT(max_rel(xa.grad(), xb.grad()), 1e-5) << where;
-      auto pa = a->named_parameters(true), pb = b->named_parameters(true);
-      for (const auto& p : pa) {
-        ASSERT_TRUE(p.value().grad().defined()) << where << " " << p.key();
-        EXPECT_LT(max_rel(p.value().grad(), pb[p.key()].grad()), 1e-4) << where << " " << p.key();
+  using layers::ContentPath;
+  // Every content path; chunked needs in % qk_dim == 0 (8 channels, width 4: two chunks).
+  const std::tuple<ContentPath, int64_t, int64_t, const char*> paths[] = {
+      {ContentPath::ValuesFirst, 5, 0, "values_first"},
+      {ContentPath::ValuesAfter, 5, 0, "values_after"},
+      {ContentPath::ValuesAfterChunked, 8, 4, "values_after_chunked"}};
+  for (const auto& [path, in, qk_dim, path_name] : paths) {
+    for (std::optional<double> alpha : {std::optional<double>{}, std::optional<double>{3.0}}) {
+      for (int64_t stride : {1, 2}) {
+        auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(in, 7, 3).stride(stride).padding(1).bias(true));
+        auto a = from_conv(conv, alpha, path, qk_dim);
+        auto b = from_conv(conv, alpha, path, qk_dim);
+        {
+          torch::NoGradGuard no_grad;
+          a->gate.uniform_(0.1, 0.9);
+          b->gate.copy_(a->gate);
+          b->qk->weight.copy_(a->qk->weight.normal_(0, 0.3));
+        }
+        const at::Tensor x0 = torch::randn({2, in, 6, 9});
+        at::Tensor xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
+        const at::Tensor ya = a(xa), yb = b->forward_reference(xb);
+        const std::string where = msg(path_name, alpha ? " soft" : " hard", " stride ", stride);
+        EXPECT_LT(max_rel(ya, yb), 1e-5) << where;
+        const at::Tensor g = torch::randn(ya.sizes());
+        (ya * g).sum().backward();
+        (yb * g).sum().backward();
+        EXPECT_LT(max_rel(xa.grad(), xb.grad()), 1e-5) << where;
+        auto pa = a->named_parameters(true), pb = b->named_parameters(true);
+        for (const auto& p : pa) {
+          ASSERT_TRUE(p.value().grad().defined()) << where << " " << p.key();
+          EXPECT_LT(max_rel(p.value().grad(), pb[p.key()].grad()), 1e-4) << where << " " << p.key();
+        }
       }
     }
   }
@@ -205,6 +222,56 @@ TEST(Tcnn, TimmResNetsStillGiveTimmsLogits) {
       for (const auto& r : c.report) EXPECT_LT(r.relative_error, 1e-5) << name << " " << r.module;
     }
   }
+}
+
+// recast analyze's numbers and pictures: at init every head of a hard T-CNN
+// puts all its weight on its tap (the gates are 0), so the peak is the tap offset (i - c, j - c)
+// with weight 1 and the distance is the tap's length; soft heads peak there too.
+TEST(Tcnn, AttentionAtTheQueryPeaksOnEachHeadsTap) {
+  auto source = tiny_resnet("resnet18");
+  for (std::optional<double> alpha : {std::optional<double>(), std::optional<double>(2.0)}) {
+    recipes::RecipeOptions o;
+    o.layers = "layer[34]\\.";
+    if (alpha) o.values["alpha"] = *alpha;
+    o.probe.pixel_values = torch::randn({2, 1, 28, 28});
+    recipes::Conversion c = recipes::recipe_registry().get("tcnn").factory(*source, o);
+    const at::Tensor image01 = torch::rand({1, 28, 28});
+    const auto found = eval::attention_at(*c.model, image01.unsqueeze(0), 20, 9, std::regex("layer3"));
+    ASSERT_EQ(found.size(), 4u);  // layer3.{0,1}.conv{1,2}
+    for (const auto& l : found) {
+      EXPECT_EQ(l.name.rfind("layer3.", 0), 0u) << l.name;
+      ASSERT_EQ(l.gate.size(), 9u);
+      // Every layer3 conv has a 2x2 output grid (28 -> 14 -> 7 -> 4 -> 2);
+      // the query (20, 9) of 28x28 falls in its row 1, column 0.
+      EXPECT_EQ(l.query_row, 1) << l.name;
+      EXPECT_EQ(l.query_col, 0) << l.name;
+      for (int64_t h = 0; h < 9; ++h) {
+        EXPECT_EQ(l.gate[h], 0.0);
+        EXPECT_EQ(l.peak[h], std::make_pair(h / 3 - 1, h % 3 - 1)) << l.name << " head " << h;
+        if (!alpha) {
+          EXPECT_EQ(l.peak_weight[h], 1.0) << l.name << " head " << h;
+          EXPECT_NEAR(l.distance[h], std::hypot(h / 3 - 1, h % 3 - 1), 1e-6) << l.name;
+        }
+        EXPECT_NEAR(l.maps[h].sum().item<double>(), 1.0, 1e-5);
+      }
+    }
+    // The pictures: a PNG that decodes to the layout's size, an SVG with one
+    // title per layer and one label per head.
+    const std::string png = eval::render_png(found, image01, 20, 9);
+    int w = 0, h = 0, ch = 0;
+    ASSERT_TRUE(stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(png.data()),
+                                      static_cast<int>(png.size()), &w, &h, &ch));
+    EXPECT_GT(w, 3 * 120);
+    EXPECT_GT(h, 4 * 120);
+    const std::string svg = eval::render_svg(found, image01, 20, 9);
+    size_t texts = 0;
+    for (size_t at = svg.find("<text"); at != std::string::npos; at = svg.find("<text", at + 1)) ++texts;
+    EXPECT_EQ(texts, 4u * (1 + 9));
+    EXPECT_NE(svg.find("layer3.0.conv1"), std::string::npos);
+    EXPECT_THROW(eval::attention_at(*c.model, image01.unsqueeze(0), 13, 9, std::regex("layer9")), Error);
+    EXPECT_THROW(eval::attention_at(*c.model, image01.unsqueeze(0), 28, 9, std::regex(".")), Error);
+  }
+  EXPECT_THROW(eval::attention_at(*source, torch::rand({1, 1, 28, 28}), 1, 1, std::regex(".")), Error);
 }
 
 TEST(Tcnn, RefusesWhatItCannotConvert) {

@@ -46,5 +46,6 @@ int main(int argc, char** argv) {
                   {"generate", add_generate},
                   {"convert", add_convert},
                   {"bench", add_bench},
+                  {"analyze", add_analyze},
                   {"plot", add_plot}});
 }

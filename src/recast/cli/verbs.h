@@ -44,6 +44,9 @@ inline constexpr VerbInfo kVerbs[] = {
     {"eval", "Evaluate a checkpoint: perplexity and bits per byte, or accuracy and confusion", true},
     {"generate", "Generate text from a language model with the KV cache", true},
     {"convert", "Recast a checkpoint with a recipe (t2r: softmax -> linear attention)", true},
+    {"analyze",
+     "Show a T-CNN's attention for one image: gates, peaks, distances; draw the maps (PNG/SVG)",
+     true},
     {"bench", "Measure: 'bench decode' = ms per token and memory after a long prompt", true},
     {"plot", "Draw training curves from a metrics.jsonl file as SVG", false},
 };
@@ -71,6 +74,7 @@ Runner add_eval(CLI::App& app);
 Runner add_generate(CLI::App& app);
 Runner add_convert(CLI::App& app);
 Runner add_bench(CLI::App& app);
+Runner add_analyze(CLI::App& app);
 
 // Human-readable sizes for tables: 1.5 GB, 12.0 MB, 512 B.
 std::string human_bytes(uint64_t bytes);

@@ -116,12 +116,44 @@ at::Tensor ConvAttentionImpl::forward_reference(const at::Tensor& x) {
   return y.view({b, o_.out, oh, ow}).to(x.scalar_type());
 }
 
+at::Tensor ConvAttentionImpl::content(const at::Tensor& x) {
+  const int64_t b = x.size(0), n = x.size(2) * x.size(3), heads_ = heads(), d = qk_dim_;
+  const at::Tensor tokens = x.flatten(2).transpose(1, 2);  // [B, HW, in]
+  const auto [q, k] = queries_keys(x);                     // [B, heads, Lq | HW, d]
+  const int64_t lq = q.size(2);
+  // g_h W_h as [out, in, heads].
+  const at::Tensor wg = weight.to(x.scalar_type()).flatten(2) * gate.to(x.scalar_type());
+  if (o_.content == ContentPath::ValuesFirst) {
+    const at::Tensor wv = wg.permute({2, 0, 1}).reshape({heads_ * o_.out, o_.in});
+    const at::Tensor v = at::linear(tokens, wv).view({b, n, heads_, o_.out}).transpose(1, 2);
+    return ops::attention(q, k, v, {}).sum(1);  // [B, Lq, out]
+  }
+  at::Tensor z;  // [B, Lq, heads * in], head-major
+  const int64_t chunks = o_.in / d;
+  if (o_.content == ContentPath::ValuesAfterChunked && o_.in % d == 0 && chunks > 1) {
+    // Head h, chunk j attends with (q_h, k_h) over x[:, :, j*d : (j+1)*d].
+    auto fold = [&](const at::Tensor& t) {  // [B, heads, L, d] -> [B, heads * chunks, L, d]
+      return t.unsqueeze(2).expand({b, heads_, chunks, t.size(2), d}).reshape({b, heads_ * chunks, t.size(2), d});
+    };
+    const at::Tensor v = tokens.view({b, n, chunks, d}).permute({0, 2, 1, 3}).unsqueeze(1)
+                             .expand({b, heads_, chunks, n, d})
+                             .reshape({b, heads_ * chunks, n, d});
+    z = ops::attention(fold(q), fold(k), v, {}, 1.0 / std::sqrt(static_cast<double>(d)))
+            .view({b, heads_, chunks, lq, d})
+            .permute({0, 3, 1, 2, 4})
+            .reshape({b, lq, heads_ * o_.in});
+  } else {
+    z = ops::attention(q, k, tokens.unsqueeze(1), {}).transpose(1, 2).reshape({b, lq, heads_ * o_.in});
+  }
+  return at::linear(z, wg.permute({0, 2, 1}).reshape({o_.out, heads_ * o_.in}));
+}
+
 at::Tensor ConvAttentionImpl::forward(const at::Tensor& x) {
   RECAST_CHECK(x.dim() == 4 && x.size(1) == o_.in, "ConvAttention: expected input [B, ", o_.in,
                ", H, W], found ", x.sizes());
   if (capture_input) captured_input = x.detach();
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3), c = o_.kernel / 2;
-  const int64_t oh = out_size(h), ow = out_size(w), heads_ = heads();
+  const int64_t oh = out_size(h), ow = out_size(w);
   const at::Tensor one_minus_g = (1 - gate).to(x.scalar_type());
   at::Tensor y;
   if (hard()) {
@@ -140,18 +172,8 @@ at::Tensor ConvAttentionImpl::forward(const at::Tensor& x) {
   const bool need_grad = at::GradMode::is_enabled() &&
                          (gate.requires_grad() || qk->weight.requires_grad() || x.requires_grad());
   if (!need_grad && !gate.ne(0).any().item<bool>()) return y;  // content branch closed
-  // Content branch: sum_h g_h W_h softmax(Q_h K_h^T / sqrt(d)) x, with the value
-  // maps applied first (V_h = x W_h^T) so one fused attention call does it.
-  const int64_t n = h * w;
-  const at::Tensor tokens = x.flatten(2).transpose(1, 2);                              // [B, HW, in]
-  const auto [q, k] = queries_keys(x);
-  // W_h scaled by g_h, all heads in one product: [B, HW, heads * out].
-  const at::Tensor wv = (weight.to(x.scalar_type()).flatten(2) * gate.to(x.scalar_type()))
-                            .permute({2, 0, 1})
-                            .reshape({heads_ * o_.out, o_.in});
-  const at::Tensor v = at::linear(tokens, wv).view({b, n, heads_, o_.out}).transpose(1, 2);
-  const at::Tensor o = ops::attention(q, k, v, {});                                  // [B, heads, Lq, out]
-  return y + o.sum(1).transpose(1, 2).reshape({b, o_.out, oh, ow});
+  const at::Tensor z = content(x);                                                    // [B, Lq, out]
+  return y + z.transpose(1, 2).reshape({b, o_.out, oh, ow});
 }
 
 ConvAttentionImpl::Maps ConvAttentionImpl::attention_maps(const at::Tensor& x_one) {

@@ -21,9 +21,9 @@
 // Two paths, tested against each other forward and backward:
 //   forward            hard: conv2d(x, weight * (1 - g_tap)) + content; soft:
 //                      the dense P (input-independent) by matmul; the content
-//                      branch through scaled_dot_product_attention with the
-//                      value maps applied first (V_h = x W_h^T), skipped
-//                      while every gate is 0 and no gradient is needed.
+//                      branch through scaled_dot_product_attention (three
+//                      ways, ContentPath), skipped while every gate is 0
+//                      and no gradient is needed.
 //   forward_reference  every head's attention matrix materialised, then the
 //                      formula above term by term (obviously right; slow).
 
@@ -40,8 +40,21 @@
 
 namespace recast::layers {
 
+// How the fast path computes the content branch sum_h g_h W_h softmax(Q_h K_h^T) x
+// (each equals forward_reference; they differ in speed, bench_conv_attention):
+//   values_first   V_h = x (g_h W_h)^T, width `out`, one attention call for all
+//                  heads, then the sum over heads
+//   values_after   Z_h = softmax(Q_h K_h^T) x with one value head (width `in`)
+//                  shared by all, then sum_h g_h W_h Z_h as one matmul
+//   values_after_chunked  as values_after, with x cut into qk_dim-wide chunks
+//                  folded into the heads, so that q, k and v share one head
+//                  width (what flash attention needs); `in` % qk_dim != 0
+//                  falls back to values_after
+enum class ContentPath { ValuesFirst, ValuesAfter, ValuesAfterChunked };
+
 struct ConvAttentionOptions {
   int64_t in = 0, out = 0, kernel = 3, stride = 1;
+  ContentPath content = ContentPath::ValuesFirst;
   bool bias = false;
   int64_t qk_dim = 0;           // per-head query/key width; 0: max(16, in / K^2) rounded up to 8
   std::optional<double> alpha;  // soft mode's initial locality strength; none: hard
@@ -90,6 +103,7 @@ class ConvAttentionImpl : public torch::nn::Module {
   // The content branch's Q [B, heads, Lq, d] and K [B, heads, HW, d] in x's dtype.
   std::pair<at::Tensor, at::Tensor> queries_keys(const at::Tensor& x) const;
   at::Tensor content_scores(const at::Tensor& x);  // softmax(QK^T) [B, heads, Lq, HW]
+  at::Tensor content(const at::Tensor& x);         // the content branch [B, Lq, out]
   at::Tensor queries_of(const at::Tensor& x) const;  // x at the strided query positions
   ConvAttentionOptions o_;
   int64_t qk_dim_;

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu-build.sh: the T-CNN experiment and
+# benchmark of docs/results.md. Results go to $OUT/tcnn/.
+#   scripts/gpu-tcnn.sh experiment  Fashion-MNIST ResNet-18 -> T-CNN (layer4; layer3+4)
+#                                   -> fine-tune, against the CNN fine-tuned the same
+#                                   way and the hybrid trained from scratch: clean
+#                                   accuracy, corruption accuracy and mCE, time
+#   scripts/gpu-tcnn.sh bench       ConvAttention (each content path) vs conv2d
+#                                   (bench_conv_attention) and timm's GPSA vs
+#                                   PyTorch's conv2d (tools/bench_gpsa.py), one run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build-gpu/out}/tcnn
+recast=build-gpu/recast
+python=${PYTHON:-python3}
+export RECAST_DATA_DIR=$PWD/.gpu-data
+ln -sfn /tmp/recast-deps/usr/share/datasets/fashion-mnist .gpu-data/fashion-mnist
+runs=${RUNS:-/tmp/recast-runs}
+BASE_STEPS=${BASE_STEPS:-2100}  # ~10 epochs at batch 256 (54,000 training images)
+FT_STEPS=${FT_STEPS:-633}       # 3 epochs
+SEEDS=${SEEDS:-"0 1"}
+mkdir -p "$out" "$runs"
+data=(--data fashion-mnist --batch-size 256 --bf16 --device cuda --no-progress --eval-batches 24)
+ft=("${data[@]}" --steps "$FT_STEPS" --lr 5e-4 --warmup 30 --weight-decay 0.05 --eval-every 211)
+l34='["layer3.0.conv1","layer3.0.conv2","layer3.1.conv1","layer3.1.conv2","layer4.0.conv1","layer4.0.conv2","layer4.1.conv1","layer4.1.conv2"]'
+
+evaluate() {  # name dir [baseline dir]
+  "$recast" eval --model "$2" --data fashion-mnist --split test --device cuda --batch-size 500 \
+    --json > "$out/$1-eval.json"
+  local base=()
+  [[ $# -ge 3 ]] && base=(--baseline "$3")
+  "$recast" eval --model "$2" --data fashion-mnist --split test --device cuda --batch-size 500 \
+    --corrupt all "${base[@]}" --json > "$out/$1-corrupt.json" 2> "$out/$1-corrupt.err"
+  cp "$2/metrics.jsonl" "$out/$1-metrics.jsonl" 2>/dev/null || true
+  echo "$1: clean $(grep -m1 '"accuracy"' "$out/$1-eval.json" | tr -d ' ,') mce $(grep '"mce"' "$out/$1-corrupt.json" | tr -d ' ,')"
+}
+
+timed() {  # name command...: runs it, records the wall time
+  local name=$1 t0 t1
+  shift
+  t0=$(date +%s.%N)
+  "$@" > "$out/$name.log" 2>&1 || { tail -5 "$out/$name.log"; return 1; }
+  t1=$(date +%s.%N)
+  echo "{\"run\": \"$name\", \"wall_s\": $(echo "$t1 - $t0" | bc)}" >> "$out/times.jsonl"
+}
+
+for job in "$@"; do
+  case $job in
+    experiment)
+      : > "$out/times.jsonl"
+      rm -rf "$runs/tc-base"
+      timed base "$recast" pretrain --arch resnet18 "${data[@]}" --steps "$BASE_STEPS" --lr 2e-3 \
+        --weight-decay 0.05 --warmup 100 --eval-every 700 --out "$runs/tc-base"
+      evaluate base "$runs/tc-base"
+      for seed in $SEEDS; do
+        rm -rf "$runs/tc-cnn-$seed"
+        timed "cnn-ft-$seed" "$recast" finetune --model "$runs/tc-base" "${ft[@]}" --seed "$seed" \
+          --out "$runs/tc-cnn-$seed"
+        evaluate "cnn-ft-$seed" "$runs/tc-cnn-$seed"
+        for v in l4 l34; do
+          layers='layer4\.'
+          [[ $v == l34 ]] && layers='layer[34]\.'
+          rm -rf "$runs/tc-conv-$v" "$runs/tc-$v-$seed"
+          "$recast" convert --recipe tcnn --model "$runs/tc-base" --out "$runs/tc-conv-$v" \
+            --layers "$layers" --data fashion-mnist > "$out/convert-$v.txt" 2>&1
+          cp "$runs/tc-conv-$v/recast_manifest.json" "$out/convert-$v-manifest.json"
+          timed "tcnn-$v-ft-$seed" "$recast" finetune --model "$runs/tc-conv-$v" "${ft[@]}" \
+            --seed "$seed" --out "$runs/tc-$v-$seed"
+          evaluate "tcnn-$v-ft-$seed" "$runs/tc-$v-$seed" "$runs/tc-cnn-$seed"
+        done
+        # The hybrid from scratch, for the base's and the fine-tune's steps together.
+        rm -rf "$runs/tc-scratch-$seed"
+        timed "scratch-l34-$seed" "$recast" pretrain --arch resnet18 --set "recast_tcnn={\"layers\":$l34}" \
+          "${data[@]}" --steps $((BASE_STEPS + FT_STEPS)) --lr 2e-3 --weight-decay 0.05 --warmup 100 \
+          --eval-every 700 --seed "$seed" --out "$runs/tc-scratch-$seed"
+        evaluate "scratch-l34-$seed" "$runs/tc-scratch-$seed" "$runs/tc-cnn-$seed"
+      done
+      "$recast" analyze --model "$runs/tc-l34-0" --index 0 --data fashion-mnist --query 14,14 \
+        --out "$out/analyze-l34.svg" --json > "$out/analyze-l34.json"
+      ;;
+    bench)
+      build-gpu/bench/bench_conv_attention --device cuda --batch 64 --iters 10 | tee "$out/conv_attention.jsonl"
+      "$python" tools/bench_gpsa.py --batch 64 --iters 10 | tee "$out/gpsa.jsonl"
+      ;;
+    *) echo "gpu-tcnn: unknown job '$job' (experiment, bench)" >&2; exit 2 ;;
+  esac
+done

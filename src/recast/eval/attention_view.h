@@ -1,0 +1,56 @@
+#pragma once
+
+// What `recast analyze` shows of a T-CNN: for one input image and one query
+// position, every head's attention over the keys of each ConvAttention layer,
+// with the numbers that summarise it, drawn as PNG or SVG.
+//
+// A layer's picture is its K x K block of heads laid out as the taps they
+// started from (head i*K + j at row i, column j), each a heat map over the
+// padded key grid (the zero ring included), with the query's own position
+// outlined; the input image, with the query marked, sits on the left.
+
+#include "recast/models/model.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace recast::eval {
+
+struct LayerAttention {
+  std::string name;          // "layer4.0.conv1"
+  int64_t kernel = 0, stride = 1;
+  int64_t query_row = 0, query_col = 0;  // on the layer's output grid
+  int64_t in_h = 0, in_w = 0;            // the layer's input grid
+  at::Tensor maps;           // [heads, in_h + 2c, in_w + 2c] float, CPU: A_h[query, :]
+  std::vector<double> gate;  // per head
+  // Per head: the key with the most weight, as (dy, dx) from the query in the
+  // layer's input pixels, its weight, and sum_k A[q, k] ||pos_k - pos_q||.
+  std::vector<std::pair<int64_t, int64_t>> peak;
+  std::vector<double> peak_weight, distance;
+
+  nlohmann::json to_json() const;
+};
+
+// Runs `model` on `pixels` [1, C, H, W] (normalised as the model expects) and
+// collects the attention of every ConvAttention whose name `layers` matches
+// (std::regex_search). The query is given in input-image pixels (y, x) and is
+// mapped to each layer's output grid by its relative position. Throws
+// recast::Error when the model has no ConvAttention, or none matches.
+std::vector<LayerAttention> attention_at(models::Model& model, const at::Tensor& pixels,
+                                         double query_y, double query_x, const std::regex& layers);
+
+// The pictures: `image01` [C, H, W] in [0, 1] (C = 1 or 3) is the input shown
+// beside each layer, (query_y, query_x) marked on it.
+std::string render_svg(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
+                       double query_y, double query_x);
+std::string render_png(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
+                       double query_y, double query_x);
+
+// Viridis-like colour of v in [0, 1] (clamped), for the heat maps.
+void heat_colour(double v, uint8_t rgb[3]);
+
+}  // namespace recast::eval
