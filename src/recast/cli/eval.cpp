@@ -144,6 +144,8 @@ int run_corruptions(const EvalCli& o, models::Model& model, const train::Dataset
 }
 
 int run_eval(const EvalCli& o) {
+  if (!o.baseline.empty() && o.corrupt.empty()) throw UsageError("--baseline needs --corrupt");
+  if (!o.corrupt.empty()) eval::parse_corruptions(o.corrupt);  // bad names fail before any work
   set_threads(o.threads);
   const c10::Device device = select_device(o.device);
   models::ModelPtr model = models::load_model(o.model);
@@ -176,7 +178,6 @@ int run_eval(const EvalCli& o) {
   eo.bf16 = o.bf16;
   if (!o.json) log::info("evaluating on ", data->describe());
   if (!o.corrupt.empty()) return run_corruptions(o, *model, *data, norm, eo, device);
-  if (!o.baseline.empty()) throw UsageError("--baseline needs --corrupt");
   const train::EvalResult r = train::evaluate(*model, *data, eo);
   if (o.json) {
     nlohmann::json j = r.to_json();

@@ -143,7 +143,8 @@ at::Tensor ConvAttentionImpl::content(const at::Tensor& x) {
             .permute({0, 3, 1, 2, 4})
             .reshape({b, lq, heads_ * o_.in});
   } else {
-    z = ops::attention(q, k, tokens.unsqueeze(1), {}).transpose(1, 2).reshape({b, lq, heads_ * o_.in});
+    const at::Tensor v = tokens.unsqueeze(1).expand({b, heads_, n, o_.in});
+    z = ops::attention(q, k, v, {}).transpose(1, 2).reshape({b, lq, heads_ * o_.in});
   }
   return at::linear(z, wg.permute({0, 2, 1}).reshape({o_.out, heads_ * o_.in}));
 }
