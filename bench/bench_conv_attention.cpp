@@ -52,8 +52,8 @@ std::string first_line(const char* what) {
 
 const std::pair<recast::layers::ContentPath, const char*> kPaths[] = {
     {recast::layers::ContentPath::ValuesFirst, "values_first"},
-    {recast::layers::ContentPath::ValuesAfter, "values_after"},
-    {recast::layers::ContentPath::ValuesAfterChunked, "values_after_chunked"}};
+    {recast::layers::ContentPath::Chunked, "chunked"},
+    {recast::layers::ContentPath::Automatic, "automatic"}};
 
 }  // namespace
 

@@ -8,9 +8,11 @@
 #   scripts/gpu-tcnn.sh bench       ConvAttention (each content path) vs conv2d
 #                                   (bench_conv_attention) and timm's GPSA vs
 #                                   PyTorch's conv2d (tools/bench_gpsa.py), one run
+# Results are written to $RES (default /tmp/recast-tcnn) and, after each step,
+# packed into $OUT/tcnn.tgz (the device returns a limited number of files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-build-gpu/out}/tcnn
+out=${RES:-/tmp/recast-tcnn}
 recast=build-gpu/recast
 python=${PYTHON:-python3}
 export RECAST_DATA_DIR=$PWD/.gpu-data
@@ -18,8 +20,10 @@ ln -sfn /tmp/recast-deps/usr/share/datasets/fashion-mnist .gpu-data/fashion-mnis
 runs=${RUNS:-/tmp/recast-runs}
 BASE_STEPS=${BASE_STEPS:-2100}  # ~10 epochs at batch 256 (54,000 training images)
 FT_STEPS=${FT_STEPS:-633}       # 3 epochs
-SEEDS=${SEEDS:-"0 1"}
+SEEDS=${SEEDS:-"0 1"}           # fine-tuning (and scratch) seeds
+BASE_SEED=${BASE_SEED:-0}       # the pretrained CNN's
 mkdir -p "$out" "$runs"
+[[ -n ${OUT:-} ]] && mkdir -p "$OUT"
 data=(--data fashion-mnist --batch-size 256 --bf16 --device cuda --no-progress --eval-batches 24)
 ft=("${data[@]}" --steps "$FT_STEPS" --lr 5e-4 --warmup 30 --weight-decay 0.05 --eval-every 211)
 l34='["layer3.0.conv1","layer3.0.conv2","layer3.1.conv1","layer3.1.conv2","layer4.0.conv1","layer4.0.conv2","layer4.1.conv1","layer4.1.conv2"]'
@@ -33,25 +37,29 @@ evaluate() {  # name dir [baseline dir]
     --corrupt all "${base[@]}" --json > "$out/$1-corrupt.json" 2> "$out/$1-corrupt.err"
   cp "$2/metrics.jsonl" "$out/$1-metrics.jsonl" 2>/dev/null || true
   echo "$1: clean $(grep -m1 '"accuracy"' "$out/$1-eval.json" | tr -d ' ,') mce $(grep '"mce"' "$out/$1-corrupt.json" | tr -d ' ,')"
+  pack
 }
+
+pack() { [[ -n ${OUT:-} ]] && tar -czf "$OUT/tcnn.tgz" -C "$out" . || true; }
 
 timed() {  # name command...: runs it, records the wall time
   local name=$1 t0 t1
   shift
-  t0=$(date +%s.%N)
+  t0=$EPOCHREALTIME
   "$@" > "$out/$name.log" 2>&1 || { tail -5 "$out/$name.log"; return 1; }
-  t1=$(date +%s.%N)
-  echo "{\"run\": \"$name\", \"wall_s\": $(echo "$t1 - $t0" | bc)}" >> "$out/times.jsonl"
+  t1=$EPOCHREALTIME
+  echo "{\"run\": \"$name\", \"wall_s\": $(awk "BEGIN { print $t1 - $t0 }")}" >> "$out/times.jsonl"
 }
 
 for job in "$@"; do
   case $job in
     experiment)
-      : > "$out/times.jsonl"
+      touch "$out/times.jsonl"
       rm -rf "$runs/tc-base"
-      timed base "$recast" pretrain --arch resnet18 "${data[@]}" --steps "$BASE_STEPS" --lr 2e-3 \
-        --weight-decay 0.05 --warmup 100 --eval-every 700 --out "$runs/tc-base"
-      evaluate base "$runs/tc-base"
+      timed "base-$BASE_SEED" "$recast" pretrain --arch resnet18 "${data[@]}" --steps "$BASE_STEPS" \
+        --lr 2e-3 --weight-decay 0.05 --warmup 100 --eval-every 700 --seed "$BASE_SEED" \
+        --out "$runs/tc-base"
+      evaluate "base-$BASE_SEED" "$runs/tc-base"
       for seed in $SEEDS; do
         rm -rf "$runs/tc-cnn-$seed"
         timed "cnn-ft-$seed" "$recast" finetune --model "$runs/tc-base" "${ft[@]}" --seed "$seed" \
@@ -77,10 +85,12 @@ for job in "$@"; do
       done
       "$recast" analyze --model "$runs/tc-l34-0" --index 0 --data fashion-mnist --query 14,14 \
         --out "$out/analyze-l34.svg" --json > "$out/analyze-l34.json"
+      pack
       ;;
     bench)
       build-gpu/bench/bench_conv_attention --device cuda --batch 64 --iters 10 | tee "$out/conv_attention.jsonl"
       "$python" tools/bench_gpsa.py --batch 64 --iters 10 | tee "$out/gpsa.jsonl"
+      pack
       ;;
     *) echo "gpu-tcnn: unknown job '$job' (experiment, bench)" >&2; exit 2 ;;
   esac

@@ -91,11 +91,13 @@ TEST(ConvAttention, BordersNeedTheZeroRing) {
 TEST(ConvAttention, FastAndReferenceFormsAgreeWithOpenGatesForwardAndBackward) {
   torch::manual_seed(2);
   using layers::ContentPath;
-  // Every content path; chunked needs in % qk_dim == 0 (8 channels, width 4: two chunks).
+  // Every content path; chunked needs in % max(qk_dim, 64) == 0: 128 channels
+  // with qk_dim 64 (two chunks) and with qk_dim 16 (q and k padded to 64).
   const std::tuple<ContentPath, int64_t, int64_t, const char*> paths[] = {
       {ContentPath::ValuesFirst, 5, 0, "values_first"},
-      {ContentPath::ValuesAfter, 5, 0, "values_after"},
-      {ContentPath::ValuesAfterChunked, 8, 4, "values_after_chunked"}};
+      {ContentPath::Chunked, 128, 64, "chunked"},
+      {ContentPath::Chunked, 128, 16, "chunked, padded q/k"},
+      {ContentPath::Automatic, 5, 0, "automatic"}};
   for (const auto& [path, in, qk_dim, path_name] : paths) {
     for (std::optional<double> alpha : {std::optional<double>{}, std::optional<double>{3.0}}) {
       for (int64_t stride : {1, 2}) {

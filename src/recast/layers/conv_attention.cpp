@@ -119,33 +119,33 @@ at::Tensor ConvAttentionImpl::forward_reference(const at::Tensor& x) {
 at::Tensor ConvAttentionImpl::content(const at::Tensor& x) {
   const int64_t b = x.size(0), n = x.size(2) * x.size(3), heads_ = heads(), d = qk_dim_;
   const at::Tensor tokens = x.flatten(2).transpose(1, 2);  // [B, HW, in]
-  const auto [q, k] = queries_keys(x);                     // [B, heads, Lq | HW, d]
+  auto [q, k] = queries_keys(x);                           // [B, heads, Lq | HW, d]
   const int64_t lq = q.size(2);
   // g_h W_h as [out, in, heads].
   const at::Tensor wg = weight.to(x.scalar_type()).flatten(2) * gate.to(x.scalar_type());
-  if (o_.content == ContentPath::ValuesFirst) {
+  const int64_t width = std::max<int64_t>(d, 64), chunks = o_.in / width;
+  const bool chunked = o_.in % width == 0 &&
+                       (o_.content == ContentPath::Chunked ||
+                        (o_.content == ContentPath::Automatic && x.is_cuda() && n >= 196));
+  if (!chunked) {
     const at::Tensor wv = wg.permute({2, 0, 1}).reshape({heads_ * o_.out, o_.in});
     const at::Tensor v = at::linear(tokens, wv).view({b, n, heads_, o_.out}).transpose(1, 2);
     return ops::attention(q, k, v, {}).sum(1);  // [B, Lq, out]
   }
-  at::Tensor z;  // [B, Lq, heads * in], head-major
-  const int64_t chunks = o_.in / d;
-  if (o_.content == ContentPath::ValuesAfterChunked && o_.in % d == 0 && chunks > 1) {
-    // Head h, chunk j attends with (q_h, k_h) over x[:, :, j*d : (j+1)*d].
-    auto fold = [&](const at::Tensor& t) {  // [B, heads, L, d] -> [B, heads * chunks, L, d]
-      return t.unsqueeze(2).expand({b, heads_, chunks, t.size(2), d}).reshape({b, heads_ * chunks, t.size(2), d});
-    };
-    const at::Tensor v = tokens.view({b, n, chunks, d}).permute({0, 2, 1, 3}).unsqueeze(1)
-                             .expand({b, heads_, chunks, n, d})
-                             .reshape({b, heads_ * chunks, n, d});
-    z = ops::attention(fold(q), fold(k), v, {}, 1.0 / std::sqrt(static_cast<double>(d)))
-            .view({b, heads_, chunks, lq, d})
-            .permute({0, 3, 1, 2, 4})
-            .reshape({b, lq, heads_ * o_.in});
-  } else {
-    const at::Tensor v = tokens.unsqueeze(1).expand({b, heads_, n, o_.in});
-    z = ops::attention(q, k, v, {}).transpose(1, 2).reshape({b, lq, heads_ * o_.in});
-  }
+  // Head h, chunk j attends with (q_h, k_h) over x[:, :, j*w : (j+1)*w]; zero
+  // columns added to q and k leave the scores as they are.
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  auto fold = [&](const at::Tensor& t) {  // [B, heads, L, d] -> [B, heads * chunks, L, w]
+    const at::Tensor p = width > d ? at::constant_pad_nd(t, {0, width - d}) : t;
+    return p.unsqueeze(2).expand({b, heads_, chunks, t.size(2), width}).reshape({b, heads_ * chunks, t.size(2), width});
+  };
+  const at::Tensor v = tokens.view({b, n, chunks, width}).permute({0, 2, 1, 3}).unsqueeze(1)
+                           .expand({b, heads_, chunks, n, width})
+                           .reshape({b, heads_ * chunks, n, width});
+  const at::Tensor z = ops::attention(fold(q), fold(k), v, {}, scale)  // [B, heads * chunks, Lq, w]
+                           .view({b, heads_, chunks, lq, width})
+                           .permute({0, 3, 1, 2, 4})
+                           .reshape({b, lq, heads_ * o_.in});          // head-major, then channel
   return at::linear(z, wg.permute({0, 2, 1}).reshape({o_.out, heads_ * o_.in}));
 }
 

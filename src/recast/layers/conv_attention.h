@@ -43,18 +43,21 @@ namespace recast::layers {
 // How the fast path computes the content branch sum_h g_h W_h softmax(Q_h K_h^T) x
 // (each equals forward_reference; they differ in speed, bench_conv_attention):
 //   values_first   V_h = x (g_h W_h)^T, width `out`, one attention call for all
-//                  heads, then the sum over heads
-//   values_after   Z_h = softmax(Q_h K_h^T) x with one value head (width `in`)
-//                  shared by all, then sum_h g_h W_h Z_h as one matmul
-//   values_after_chunked  as values_after, with x cut into qk_dim-wide chunks
-//                  folded into the heads, so that q, k and v share one head
-//                  width (what flash attention needs); `in` % qk_dim != 0
-//                  falls back to values_after
-enum class ContentPath { ValuesFirst, ValuesAfter, ValuesAfterChunked };
+//                  heads, then the sum over heads. Fewest FLOPs, but a value
+//                  width of `out` rules out flash attention.
+//   chunked        Z_h = softmax(Q_h K_h^T) x with x cut into w-wide chunks
+//                  folded into the heads (w = qk_dim, at least 64; q and k
+//                  zero-padded to w), so that q, k and v share a head width
+//                  flash attention takes; then sum_h g_h W_h Z_h as one
+//                  matmul. Needs `in` % w == 0 (else values_first).
+//   automatic      chunked on CUDA from 14x14 = 196 input tokens on, else
+//                  values_first (the crossover measured on an H100,
+//                  docs/results.md)
+enum class ContentPath { Automatic, ValuesFirst, Chunked };
 
 struct ConvAttentionOptions {
   int64_t in = 0, out = 0, kernel = 3, stride = 1;
-  ContentPath content = ContentPath::ValuesFirst;
+  ContentPath content = ContentPath::Automatic;
   bool bias = false;
   int64_t qk_dim = 0;           // per-head query/key width; 0: max(16, in / K^2) rounded up to 8
   std::optional<double> alpha;  // soft mode's initial locality strength; none: hard
