@@ -83,7 +83,8 @@ for job in "$@"; do
           --eval-every 700 --seed "$seed" --out "$runs/tc-scratch-$seed"
         evaluate "scratch-l34-$seed" "$runs/tc-scratch-$seed" "$runs/tc-cnn-$seed"
       done
-      "$recast" analyze --model "$runs/tc-l34-0" --index 0 --data fashion-mnist --query 14,14 \
+      first=${SEEDS%% *}
+      "$recast" analyze --model "$runs/tc-l34-$first" --index 0 --data fashion-mnist --query 14,14 \
         --out "$out/analyze-l34.svg" --json > "$out/analyze-l34.json"
       pack
       ;;

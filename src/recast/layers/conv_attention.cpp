@@ -126,7 +126,7 @@ at::Tensor ConvAttentionImpl::content(const at::Tensor& x) {
   const int64_t width = std::max<int64_t>(d, 64), chunks = o_.in / width;
   const bool chunked = o_.in % width == 0 &&
                        (o_.content == ContentPath::Chunked ||
-                        (o_.content == ContentPath::Automatic && x.is_cuda() && n >= 196));
+                        (o_.content == ContentPath::Automatic && x.is_cuda() && n >= 196 && d >= 64));
   if (!chunked) {
     const at::Tensor wv = wg.permute({2, 0, 1}).reshape({heads_ * o_.out, o_.in});
     const at::Tensor v = at::linear(tokens, wv).view({b, n, heads_, o_.out}).transpose(1, 2);

@@ -50,9 +50,9 @@ namespace recast::layers {
 //                  zero-padded to w), so that q, k and v share a head width
 //                  flash attention takes; then sum_h g_h W_h Z_h as one
 //                  matmul. Needs `in` % w == 0 (else values_first).
-//   automatic      chunked on CUDA from 14x14 = 196 input tokens on, else
-//                  values_first (the crossover measured on an H100,
-//                  docs/results.md)
+//   automatic      chunked on CUDA from 14x14 = 196 input tokens on when
+//                  qk_dim >= 64 (no padding: `in` >= 512 by default), else
+//                  values_first (measured on an H100, docs/results.md)
 enum class ContentPath { Automatic, ValuesFirst, Chunked };
 
 struct ConvAttentionOptions {
