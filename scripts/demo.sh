@@ -10,7 +10,11 @@
 #      decode speed after a 4k-token prompt, T2R vs softmax + KV cache;
 #   4. recast the ResNet's last stage to T-CNN (exact at init: the report says
 #      so per layer), fine-tune briefly, accuracy before / after;
-#   5. plot the training curves, inspect the checkpoint, and show a pickle file
+#   5. factorize the GPT's Linear layers to low rank (spectral init) so that it
+#      keeps 50% of its parameters: the per-layer report (rank, numbers, FLOPs,
+#      reconstruction error), a short fine-tune with Frobenius decay, perplexity
+#      before / after;
+#   6. plot the training curves, inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
@@ -22,6 +26,7 @@ GPT_STEPS=${GPT_STEPS:-300}
 T2R_STEPS=${T2R_STEPS:-100}
 RESNET_STEPS=${RESNET_STEPS:-300}
 TCNN_STEPS=${TCNN_STEPS:-60}
+FACTORIZE_STEPS=${FACTORIZE_STEPS:-60}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "data: State of the Union, Moby Dick (npm, pinned + sha512), Fashion-MNIST (Debian)"
@@ -83,6 +88,20 @@ step "T-CNN: fine-tune the converted ResNet for $TCNN_STEPS steps (the attention
 for m in resnet-fmnist resnet-fmnist-tcnn resnet-fmnist-tcnn-ft; do
   printf '%-24s ' "$m"
   "$recast" eval --model "$out/$m" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q
+done
+
+step "factorize: the GPT's Linear layers -> low-rank U V^T, 50% of the parameters (spectral init)"
+"$recast" convert --recipe factorize --model "$out/gpt-sotu" --out "$out/gpt-sotu-f50" --params 0.5 \
+  --data sotu --batch-size 8
+"$recast" inspect "$out/gpt-sotu-f50" --summary
+
+step "factorize: fine-tune $FACTORIZE_STEPS steps with Frobenius decay on the factors"
+"$recast" finetune --model "$out/gpt-sotu-f50" --data sotu --seq-len 128 --batch-size 16 \
+  --steps "$FACTORIZE_STEPS" --lr 1e-3 --frobenius-decay 1e-3 --eval-batches 10 \
+  --out "$out/gpt-sotu-f50-ft"
+for m in gpt-sotu gpt-sotu-f50 gpt-sotu-f50-ft; do
+  printf '%-18s ' "$m"
+  "$recast" eval --model "$out/$m" --data sotu --split test --max-batches 50 -q
 done
 
 step "training curves -> SVG"

@@ -255,6 +255,45 @@ TEST(Cli, ConvertTcnnReportsEachLayerAndKeepsTheLogits) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("x")));
 }
 
+// factorize on a GPT-2 saved by transformers: at full rank `forward` gives
+// transformers' logits; at rank ratio 0.5 the report's numbers are what
+// `recast inspect` counts.
+TEST(Cli, FactorizeTransformersGpt2KeepsTheLogitsAndReportsWhatInspectCounts) {
+  TempDir dir;
+  const std::string src = kFixtures + "/gpt2";
+  Result full = run({"convert", "--recipe", "factorize", "--model", src, "--out", dir.file("full"),
+                     "--rank-ratio", "1", "--no-dense-fallback"});
+  ASSERT_EQ(full.code, 0) << full.err;
+  Result f = run({"forward", "--model", dir.file("full"), "--input", src + "/inputs.safetensors",
+                  "--output", dir.file("logits.safetensors")});
+  ASSERT_EQ(f.code, 0) << f.err;
+  const at::Tensor got = io::TensorStore::open(dir.file("logits.safetensors")).tensor("logits");
+  const at::Tensor want = io::TensorStore::open(src + "/outputs.safetensors").tensor("logits");
+  EXPECT_LT(((got - want).abs().max() / want.abs().max()).item<double>(), 1e-4);
+
+  Result half = run({"convert", "--recipe", "factorize", "--model", src, "--out", dir.file("half"),
+                     "--rank-ratio", "0.5"});
+  ASSERT_EQ(half.code, 0) << half.err;
+  const auto conv = nlohmann::json::parse(read_bytes(dir.file("half/recast_manifest.json")))["conversion"];
+  const auto before = nlohmann::json::parse(run({"inspect", src, "--json", "--summary"}).out);
+  const auto after = nlohmann::json::parse(run({"inspect", dir.file("half"), "--json", "--summary"}).out);
+  EXPECT_EQ(conv["params_before"], before["parameters"]);
+  EXPECT_EQ(conv["params_after"], after["parameters"]);
+  int64_t saved = 0;
+  for (const auto& row : conv["layers"]) {
+    if (row["rank"].is_string()) {
+      // 48 x 48 at rank 24 holds as many numbers as dense: kept dense.
+      EXPECT_NE(row["module"].get<std::string>().find("attn.c_proj"), std::string::npos) << row.dump();
+      EXPECT_EQ(row["params_before"], row["params_after"]);
+      continue;
+    }
+    EXPECT_EQ(row["rank"].get<int64_t>(), row["full_rank"].get<int64_t>() / 2) << row.dump();
+    saved += row["params_before"].get<int64_t>() - row["params_after"].get<int64_t>();
+  }
+  EXPECT_EQ(before["parameters"].get<int64_t>() - after["parameters"].get<int64_t>(), saved);
+  EXPECT_EQ(conv["layers"].size(), 8u);  // 2 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+}
+
 // recast analyze on a T-CNN made from a timm ResNet: at init each head's peak
 // is its tap; the picture is written; bad requests fail on one line, write nothing.
 TEST(Cli, AnalyzeShowsEachHeadsAttentionAndDrawsIt) {

@@ -285,5 +285,28 @@ TEST(Tcnn, RefusesWhatItCannotConvert) {
   EXPECT_THROW(recipes::recipe_registry().get("tcnn").factory(*r, o), UsageError);
 }
 
+// `--set recast_tcnn=...` on a timm-style config (pretrain of the hybrid from
+// scratch) lands at the top level, where the model reads it, not in
+// model_args, where it would silently build a plain CNN.
+TEST(Tcnn, SetOverrideBuildsTheHybridFromScratch) {
+  nlohmann::json config = {{"architecture", "resnet18"}};
+  models::apply_overrides(config, "resnet18",
+                          {"num_classes=10", "in_chans=1",
+                           R"(recast_tcnn={"layers": ["layer4.1.conv2"], "alpha": null, "qk_dim": 0})"});
+  EXPECT_TRUE(config.contains("recast_tcnn"));
+  EXPECT_FALSE(config["model_args"].contains("recast_tcnn"));
+  EXPECT_TRUE(models::has_config_value(config, "resnet18", "recast_tcnn"));
+  EXPECT_EQ(config["model_args"]["in_chans"], 1);
+  auto model = models::create_model("resnet18", config);
+  int64_t attention_layers = 0;
+  for (const auto& item : model->named_modules("", false)) {
+    if (item.value()->as<layers::ConvAttention>() != nullptr) {
+      ++attention_layers;
+      EXPECT_EQ(item.key(), "layer4.1.conv2");
+    }
+  }
+  EXPECT_EQ(attention_layers, 1);
+}
+
 }  // namespace
 }  // namespace recast::testing

@@ -457,5 +457,76 @@ TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
   EXPECT_FALSE(fs::exists(t.file("y")));
 }
 
+// factorize -> finetune with Frobenius decay -> merge, through the CLI.
+TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
+  TempDir t;
+  const std::string f = t.file("f50");
+  Result c = run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"), "--out", f,
+                  "--params", "0.5", "--data", corpus(), "--seq-len", "32", "--batch-size", "4"});
+  ASSERT_EQ(c.code, 0) << c.err;
+  EXPECT_NE(c.out.find("transformer.h.1.mlp.c_fc"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("rel error"), std::string::npos) << c.out;
+  auto manifest = nlohmann::json::parse(read_bytes(f + "/recast_manifest.json"));
+  const auto& conv = manifest["conversion"];
+  Result inspect = run({"inspect", f, "--json", "--summary"});
+  ASSERT_EQ(inspect.code, 0) << inspect.err;
+  EXPECT_EQ(nlohmann::json::parse(inspect.out)["parameters"], conv["params_after"]);
+  EXPECT_LE(conv["params_fraction"].get<double>(), 0.5);
+  EXPECT_TRUE(std::isfinite(conv["logits_change"]["relative"].get<double>()));
+  const std::vector<std::string> ft = {"finetune", "--model", f, "--data", corpus(), "--seq-len", "32",
+                                       "--batch-size", "4", "--steps", "3", "--log-every", "1",
+                                       "--no-progress", "--threads", "2"};
+  std::vector<std::string> with_fd = ft;
+  for (const char* a : {"--frobenius-decay", "0.01", "--out"}) with_fd.push_back(a);
+  with_fd.push_back(t.file("ft"));
+  Result r = run(with_fd);
+  ASSERT_EQ(r.code, 0) << r.err;
+  int64_t lines = 0;
+  std::ifstream metrics(t.file("ft/metrics.jsonl"));
+  for (std::string line; std::getline(metrics, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j["split"] != "train") continue;
+    ++lines;
+    EXPECT_GT(j["frobenius"].get<double>(), 0.0) << line;
+  }
+  EXPECT_EQ(lines, 3);
+  Result m = run({"convert", "--recipe", "merge", "--model", t.file("ft"), "--out", t.file("merged")});
+  ASSERT_EQ(m.code, 0) << m.err;
+  auto config = nlohmann::json::parse(read_bytes(t.file("merged/config.json")));
+  EXPECT_FALSE(config.contains("recast_factorized"));
+  Result ev = run({"eval", "--model", t.file("merged"), "--data", corpus(), "--json", "--threads", "2"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  // Frobenius decay on the dense model's attention products (--fd-attention).
+  std::vector<std::string> attn = ft;
+  attn[2] = dir_->file("reference");
+  for (const char* a : {"--frobenius-decay", "0.01", "--fd-attention", "--out"}) attn.push_back(a);
+  attn.push_back(t.file("fd-attn"));
+  Result a = run(attn);
+  ASSERT_EQ(a.code, 0) << a.err;
+  // Bad requests: one line, exit 2, nothing written.
+  std::vector<std::string> dense_fd = ft;
+  dense_fd[2] = dir_->file("reference");
+  for (const char* x : {"--frobenius-decay", "0.01", "--out"}) dense_fd.push_back(x);
+  dense_fd.push_back(t.file("x"));
+  expect_one_line_error(run(dense_fd), 2, "no trained factorized layers");
+  std::vector<std::string> no_lambda = ft;
+  for (const char* x : {"--fd-attention", "--out"}) no_lambda.push_back(x);
+  no_lambda.push_back(t.file("x"));
+  expect_one_line_error(run(no_lambda), 2, "--fd-attention");
+  expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
+                             "--out", t.file("x")}),
+                        2, "exactly one of");
+  expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"),
+                             "--out", t.file("x"), "--rank-ratio", "0.5"}),
+                        2, "--recipe factorize");
+  expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
+                             "--out", t.file("x"), "--params", "0.001"}),
+                        2, "unreachable");
+  expect_one_line_error(run({"convert", "--recipe", "merge", "--model", dir_->file("reference"),
+                             "--out", t.file("x")}),
+                        2, "no factorized layers");
+  EXPECT_FALSE(fs::exists(t.file("x")));
+}
+
 }  // namespace
 }  // namespace recast::testing

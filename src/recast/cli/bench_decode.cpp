@@ -13,10 +13,6 @@
 #include "recast/core/log.h"
 
 #include <torch/torch.h>
-#if RECAST_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAFunctions.h>
-#endif
 
 #include <chrono>
 #include <cstdio>
@@ -32,30 +28,6 @@ struct BenchDecodeCli {
   int threads = 0;
   bool json = false;
 };
-
-void sync(c10::Device d) {
-#if RECAST_WITH_CUDA
-  if (d.is_cuda()) c10::cuda::device_synchronize();
-#else
-  (void)d;
-#endif
-}
-
-// Peak bytes allocated on a CUDA device since the last call (the peak is reset
-// after reading), in MB; 0 elsewhere.
-double peak_allocated_mb(c10::Device d) {
-#if RECAST_WITH_CUDA
-  if (d.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
-    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-    c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
-    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1024.0 * 1024.0);
-  }
-#else
-  (void)d;
-#endif
-  return 0.0;
-}
 
 double cache_mb(const models::KVCache& c) {
   double bytes = 0;
@@ -98,27 +70,27 @@ int run_bench_decode(const BenchDecodeCli& o) {
 #endif
   using Clock = std::chrono::steady_clock;
   models::KVCache cache;
-  sync(device);
+  synchronize(device);
   auto t0 = Clock::now();
   // The prefill's logits [B, context, V] are dropped at once: only the last
   // position's argmax stays, so the decode peak below holds weights + cache +
   // one step's activations, what stays resident per sequence.
   at::Tensor next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
-  sync(device);
+  synchronize(device);
   const double prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  const double prefill_peak_mb = peak_allocated_mb(device);
+  const double prefill_peak_mb = take_peak_allocated_mb(device);
   // One untimed step (first-call allocations), then the timed ones.
   batch.input_ids = next;
   next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
-  sync(device);
+  synchronize(device);
   t0 = Clock::now();
   for (int64_t i = 0; i < o.new_tokens; ++i) {
     batch.input_ids = next;
     next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
   }
-  sync(device);
+  synchronize(device);
   const double decode_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  const double peak_mb = peak_allocated_mb(device);
+  const double peak_mb = take_peak_allocated_mb(device);
   const bool t2r = c.contains("recast_t2r");
   nlohmann::json j = {{"model", o.model},
                       {"attention", t2r ? "t2r" : "softmax"},

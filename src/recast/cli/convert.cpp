@@ -5,6 +5,9 @@
 // t2r: [--feature-map t2r|elu1|hedgehog] [--feature-dim 64] [--eps 0.01]
 //      [--data SPEC --transfer-steps N]: attention transfer (train only the
 //      feature maps to reproduce each layer's softmax attention, MSE).
+// tcnn: [--hard | --alpha A] [--qk-dim D] [--data SPEC]
+// factorize: (--rank-ratio R | --energy E | --params F) [--data SPEC]
+// merge: (no options)
 
 #include "recast/cli/train_common.h"
 #include "recast/cli/verbs.h"
@@ -22,17 +25,24 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 
 namespace fs = std::filesystem;
 
 namespace recast::cli {
 namespace {
 
+constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
+
 struct ConvertCli {
   std::string recipe, model, out, layers, feature_map = "t2r", data, device = "cpu";
   int64_t feature_dim = 64, transfer_steps = 0, batch_size = 8, seq_len = 128;
   double eps = 1e-2, transfer_lr = 1e-2, alpha = 0;
+  // factorize's rules; NaN: not given.
+  double rank_ratio = kUnset, energy = kUnset, params = kUnset;
+  bool no_dense_fallback = false;
   int64_t qk_dim = 0;
   uint64_t seed = 0;
   int threads = 0;
@@ -137,6 +147,15 @@ int run_convert(const ConvertCli& o) {
   ro.values = {{"feature_map", o.feature_map}, {"feature_dim", o.feature_dim}, {"eps", o.eps},
                {"alpha", o.alpha > 0 ? nlohmann::json(o.alpha) : nlohmann::json(nullptr)},
                {"qk_dim", o.qk_dim}};
+  const auto given = [](double v) { return !std::isnan(v); };
+  if (given(o.rank_ratio)) ro.values["rank_ratio"] = o.rank_ratio;
+  if (given(o.energy)) ro.values["energy"] = o.energy;
+  if (given(o.params)) ro.values["params"] = o.params;
+  if (o.no_dense_fallback) ro.values["dense_fallback"] = false;
+  if ((given(o.rank_ratio) || given(o.energy) || given(o.params)) && o.recipe != "factorize") {
+    throw UsageError(msg("--rank-ratio / --energy / --params are options of --recipe factorize, not ",
+                         o.recipe));
+  }
   const bool images = source->task() == models::Task::ImageClassification;
   if (images && o.transfer_steps > 0) {
     throw UsageError("--transfer-steps: attention transfer is for language models (t2r)");
@@ -166,12 +185,19 @@ int run_convert(const ConvertCli& o) {
   recipes::Conversion c = recipe(*source, ro);
   log::info("converted ", c.report.size(), " layers (", o.recipe, "); error of each "
             "layer's output against the layer it replaced, on the same inputs:");
-  print_report(c.report, "at init");
+  if (c.table.empty()) {
+    print_report(c.report, "at init");
+  } else {
+    std::fputs(c.table.c_str(), stdout);
+  }
+  std::fflush(stdout);
   if (c.manifest.contains("logits_change") && !c.manifest["logits_change"].is_null()) {
     const auto& lc = c.manifest["logits_change"];
+    const auto& same = lc["same_argmax"];
     log::info("whole network on ", o.data.empty() ? "random inputs" : o.data, ": logits max abs change ",
               lc["max_abs"].get<double>(), " (relative ", lc["relative"].get<double>(), "), ",
-              lc["same_argmax"].get<bool>() ? "same" : "DIFFERENT", " predictions");
+              same.is_boolean() ? (same.get<bool>() ? "same predictions" : "DIFFERENT predictions")
+                                : msg(same.get<double>() * 100, "% of predictions unchanged"));
   }
   nlohmann::json manifest = {{"made_by", "recast convert"},
                              {"from", o.model},
@@ -216,7 +242,7 @@ int run_convert(const ConvertCli& o) {
 Runner add_convert(CLI::App& app) {
   auto o = std::make_shared<ConvertCli>();
   auto* cmd = app.add_subcommand("convert", verb_info("convert").summary);
-  cmd->add_option("--recipe", o->recipe, "Recipe (see 'recast list'): t2r, tcnn")->required();
+  cmd->add_option("--recipe", o->recipe, "Recipe (see 'recast list'): t2r, tcnn, factorize, merge")->required();
   cmd->add_option("--model", o->model, "Checkpoint directory to convert")->required();
   cmd->add_option("--out", o->out, "Directory for the converted checkpoint (new or empty)")
       ->required();
@@ -234,6 +260,16 @@ Runner add_convert(CLI::App& app) {
                          "tcnn: hard (one-hot) positional attention, exact (the default)")
       ->excludes(alpha);
   cmd->add_option("--qk-dim", o->qk_dim, "tcnn: query/key width per head (default max(16, C/K^2))");
+  cmd->add_option("--rank-ratio", o->rank_ratio,
+                  "factorize: rank = round(R * min(m, n)) in every selected layer");
+  cmd->add_option("--energy", o->energy,
+                  "factorize: the smallest rank keeping this fraction of sum s^2 per layer");
+  cmd->add_option("--params", o->params,
+                  "factorize: keep this fraction of the checkpoint's parameters (one energy "
+                  "fraction for all selected layers)");
+  cmd->add_flag("--no-dense-fallback", o->no_dense_fallback,
+                "factorize: factorize every selected layer, also where the factors hold more "
+                "numbers than the dense weight (full-rank exactness checks)");
   cmd->add_option("--transfer-steps", o->transfer_steps,
                   "t2r: train the feature maps to match softmax attention first (default 0)");
   cmd->add_option("--transfer-lr", o->transfer_lr, "Attention transfer learning rate (1e-2)");

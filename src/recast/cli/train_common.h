@@ -23,7 +23,8 @@ struct TrainCli {
   int64_t steps = 1000, batch_size = 16, seq_len = 128, grad_accum = 1, warmup = -1;
   int64_t save_every = 0, eval_every = 0, eval_batches = 20, log_every = 10;
   double lr = 3e-4, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
-  double distill_alpha = 0.5, temperature = 2.0;
+  double distill_alpha = 0.5, temperature = 2.0, frobenius_decay = 0;
+  bool fd_attention = false;
   int keep = 2, threads = 0;
   uint64_t seed = 0;
   bool resume = false, bf16 = false, tf32 = false, no_progress = false;

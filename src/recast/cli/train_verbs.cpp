@@ -41,6 +41,11 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_option("--warmup", o.warmup, "Linear warmup steps (default min(100, steps/10))");
   cmd->add_option("--weight-decay", o.weight_decay,
                   "AdamW weight decay on matrices; none on biases, norms, embeddings (0.1)");
+  cmd->add_option("--frobenius-decay", o.frobenius_decay,
+                  "Add (lambda/2)||U V^T||_F^2 for every factorized layer (Gram form); its "
+                  "factors get no weight decay (default 0: off)");
+  cmd->add_flag("--fd-attention", o.fd_attention,
+                "Frobenius decay also on each head's W_Q W_K^T and W_V W_O (dense attention)");
   cmd->add_option("--clip", o.clip, "Clip the gradient norm to this (default 1; 0 = off)");
   cmd->add_option("--train", o.train_regex,
                   "Train only parameters whose names match this regex; freeze the rest");
@@ -218,6 +223,8 @@ train::TrainOptions trainer_options(const TrainCli& o) {
   t.warmup = o.warmup;
   t.weight_decay = o.weight_decay;
   t.clip = o.clip;
+  t.frobenius_decay = o.frobenius_decay;
+  t.fd_attention = o.fd_attention;
   t.save_every = o.save_every;
   t.eval_every = o.eval_every;
   t.eval_batches = o.eval_batches;

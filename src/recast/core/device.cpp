@@ -4,12 +4,38 @@
 
 #include <ATen/Context.h>
 #include <torch/cuda.h>
+#if RECAST_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 namespace recast {
 
 void set_tf32(bool allow_tf32) {
   at::globalContext().setAllowTF32CuBLAS(allow_tf32);
   at::globalContext().setAllowTF32CuDNN(allow_tf32);
+}
+
+void synchronize(c10::Device device) {
+#if RECAST_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#else
+  (void)device;
+#endif
+}
+
+double take_peak_allocated_mb(c10::Device device) {
+#if RECAST_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1024.0 * 1024.0);
+  }
+#else
+  (void)device;
+#endif
+  return 0.0;
 }
 
 bool cuda_available() {

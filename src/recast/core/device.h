@@ -24,4 +24,11 @@ bool cuda_available();
 // cuBLAS and cuDNN unless `allow_tf32` (the verbs' --tf32 flag).
 void set_tf32(bool allow_tf32);
 
+// Waits for the device's queued work (CUDA); nothing on the CPU. Timings
+// read the clock after it.
+void synchronize(c10::Device device);
+// Peak bytes allocated on a CUDA device since the last call (the peak is
+// reset after reading), in MB; 0 on the CPU.
+double take_peak_allocated_mb(c10::Device device);
+
 }  // namespace recast

@@ -29,12 +29,27 @@ struct Conv1DImpl : torch::nn::Module {
 };
 TORCH_MODULE(Conv1D);
 
+// A projection: Conv1D, or a FactorizedLinear ([out, in] factors, the usual
+// Linear layout) where the config's recast_factorized names it.
+torch::nn::AnyModule projection(const std::optional<layers::FactorizedConfig>& factorized,
+                                const std::string& name, int64_t in, int64_t out) {
+  if (factorized) {
+    if (const auto r = factorized->rank(name)) {
+      layers::FactorizedLinearOptions o;
+      o.in = in, o.out = out, o.rank = *r;
+      return torch::nn::AnyModule(layers::FactorizedLinear(o));
+    }
+  }
+  return torch::nn::AnyModule(Conv1D(in, out));
+}
+
 struct Gpt2Config {
   int64_t vocab, positions, width, layers, heads, inner;
   double eps;
   std::string activation;
   bool tied, scale_by_layer;
   std::optional<layers::T2RConfig> t2r;  // layers recast to linear attention (T2R)
+  std::optional<layers::FactorizedConfig> factorized;  // low-rank projections
 };
 
 at::Tensor activate(const std::string& name, const at::Tensor& x) {
@@ -48,8 +63,11 @@ at::Tensor activate(const std::string& name, const at::Tensor& x) {
 
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const Gpt2Config& c, int64_t layer_index) : heads(c.heads), layer(layer_index) {
-    c_attn = register_module("c_attn", Conv1D(c.width, 3 * c.width));
-    c_proj = register_module("c_proj", Conv1D(c.width, c.width));
+    const std::string name = msg("transformer.h.", layer_index, ".attn.");
+    c_attn = projection(c.factorized, name + "c_attn", c.width, 3 * c.width);
+    c_proj = projection(c.factorized, name + "c_proj", c.width, c.width);
+    register_module("c_attn", c_attn.ptr());
+    register_module("c_proj", c_proj.ptr());
     scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
     if (c.scale_by_layer) scale /= static_cast<double>(layer_index + 1);
     if (c.t2r && c.t2r->linear(layer_index)) {
@@ -61,7 +79,7 @@ struct AttentionImpl : torch::nn::Module {
   }
   at::Tensor forward(const at::Tensor& x, ops::AttentionMask mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1), w = x.size(2), d = w / heads;
-    auto qkv = c_attn(x).split(w, -1);
+    auto qkv = c_attn.forward(x).split(w, -1);
     auto split_heads = [&](const at::Tensor& y) {
       return y.view({b, t, heads, d}).transpose(1, 2);
     };
@@ -80,11 +98,11 @@ struct AttentionImpl : torch::nn::Module {
       if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
       y = ops::attention(q, k, v, mask, scale);
     }
-    return c_proj(y.transpose(1, 2).reshape({b, t, w}));
+    return c_proj.forward(y.transpose(1, 2).reshape({b, t, w}));
   }
   int64_t heads, layer;
   double scale;
-  Conv1D c_attn{nullptr}, c_proj{nullptr};
+  torch::nn::AnyModule c_attn, c_proj;  // Conv1D or layers::FactorizedLinear
   std::optional<layers::T2RConfig> t2r;
   layers::FeatureMap feature_map{nullptr};
   layers::TransferProbe probe;
@@ -92,13 +110,18 @@ struct AttentionImpl : torch::nn::Module {
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
-  explicit MlpImpl(const Gpt2Config& c) : activation(c.activation) {
-    c_fc = register_module("c_fc", Conv1D(c.width, c.inner));
-    c_proj = register_module("c_proj", Conv1D(c.inner, c.width));
+  MlpImpl(const Gpt2Config& c, int64_t layer) : activation(c.activation) {
+    const std::string name = msg("transformer.h.", layer, ".mlp.");
+    c_fc = projection(c.factorized, name + "c_fc", c.width, c.inner);
+    c_proj = projection(c.factorized, name + "c_proj", c.inner, c.width);
+    register_module("c_fc", c_fc.ptr());
+    register_module("c_proj", c_proj.ptr());
   }
-  at::Tensor forward(const at::Tensor& x) { return c_proj(activate(activation, c_fc(x))); }
+  at::Tensor forward(const at::Tensor& x) {
+    return c_proj.forward(activate(activation, c_fc.forward(x)));
+  }
   std::string activation;
-  Conv1D c_fc{nullptr}, c_proj{nullptr};
+  torch::nn::AnyModule c_fc, c_proj;  // Conv1D or layers::FactorizedLinear
 };
 TORCH_MODULE(Mlp);
 
@@ -108,7 +131,7 @@ struct BlockImpl : torch::nn::Module {
     ln_1 = register_module("ln_1", torch::nn::LayerNorm(ln));
     attn = register_module("attn", Attention(c, layer));
     ln_2 = register_module("ln_2", torch::nn::LayerNorm(ln));
-    mlp = register_module("mlp", Mlp(c));
+    mlp = register_module("mlp", Mlp(c, layer));
   }
   at::Tensor forward(at::Tensor x, const ops::AttentionMask& mask, KVCache* cache) {
     x = x + attn(ln_1(x), mask, cache);
@@ -154,6 +177,7 @@ class Gpt2 : public Model {
     RECAST_CHECK(c_.width % c_.heads == 0, "config: n_embd ", c_.width,
                  " is not a multiple of n_head ", c_.heads);
     c_.t2r = layers::T2RConfig::from(config);
+    c_.factorized = layers::FactorizedConfig::from(config);
     if (c_.t2r) {
       for (int64_t l : c_.t2r->layers) {
         RECAST_CHECK(l >= 0 && l < c_.layers, "config 'recast_t2r': layer ", l,
@@ -162,6 +186,7 @@ class Gpt2 : public Model {
     }
     activate(c_.activation, at::zeros({1}));  // rejects unknown activations now
     transformer_ = register_module("transformer", Transformer(c_));
+    if (c_.factorized) layers::check_factorized(*c_.factorized, *this, arch);
     labels_ = sequence_classification_labels(config, "GPT2ForSequenceClassification");
     if (labels_ > 0) {
       // transformers' GPT2ForSequenceClassification: a bias-free "score" head on
@@ -202,6 +227,42 @@ class Gpt2 : public Model {
       auto& attn = transformer_->h[i]->as<Block>()->attn;
       if (attn->feature_map) attn->feature_map->reset_parameters();
     }
+    // Factorized projections: the spectral factors of the dense init.
+    layers::init_factorized_from_dense(*this, [&](const std::string& name, at::IntArrayRef shape) {
+      const double s = ends_with(name, "c_proj") ? std / std::sqrt(2.0 * static_cast<double>(c_.layers))
+                                                 : std;
+      return torch::randn(shape) * s;
+    });
+  }
+
+  std::vector<DenseLayer> factorizable_layers() override {
+    std::vector<DenseLayer> out;
+    for (const auto& item : named_modules("", false)) {
+      if (item.value()->as<Conv1D>() != nullptr) out.push_back({item.key(), /*transposed=*/true});
+    }
+    return out;
+  }
+
+  // Per head h: W_Q^h, W_K^h, W_V^h are column blocks of c_attn's [w, 3w]
+  // weight (x @ W), W_O^h the rows h*d..(h+1)*d of c_proj's [w, w] weight.
+  std::vector<layers::FactorPair> attention_factors() override {
+    std::vector<layers::FactorPair> out;
+    const int64_t w = c_.width, heads = c_.heads, d = w / heads;
+    for (size_t i = 0; i < transformer_->h->size(); ++i) {
+      auto& attn = transformer_->h[i]->as<Block>()->attn;
+      auto* qkv = attn->c_attn.ptr()->as<Conv1D>();
+      auto* proj = attn->c_proj.ptr()->as<Conv1D>();
+      if (qkv == nullptr || proj == nullptr) continue;  // factorized: its own pairs
+      const std::string name = msg("transformer.h.", i, ".attn");
+      auto head_columns = [&](int64_t part) {
+        return qkv->weight.narrow(1, part * w, w).reshape({w, heads, d}).permute({1, 0, 2});
+      };
+      const at::Tensor o = proj->weight.reshape({heads, d, w}).transpose(1, 2);
+      out.push_back({name + " (QK^T)", head_columns(0), head_columns(1), {name + ".c_attn.weight"}});
+      out.push_back({name + " (VO)", head_columns(2), o,
+                     {name + ".c_attn.weight", name + ".c_proj.weight"}});
+    }
+    return out;
   }
   bool ignorable(const std::string& name) const override {
     // old transformers saved their causal-mask buffers

@@ -47,11 +47,17 @@ ConfigStyle style_of(const std::string& arch) {
   return model_registry().get(arch).factory.style;
 }
 
+// recast's own blocks ("recast_tcnn", "recast_factorized", ...) sit at the top
+// level of every config, whatever the family's layout.
+bool top_level(const std::string& arch, const std::string& key) {
+  return style_of(arch) == ConfigStyle::Transformers || key.rfind("recast_", 0) == 0;
+}
+
 }  // namespace
 
 void set_config_value(nlohmann::json& config, const std::string& arch, const std::string& key,
                       const nlohmann::json& value) {
-  if (style_of(arch) == ConfigStyle::Transformers) {
+  if (top_level(arch, key)) {
     config[key] = value;
   } else {
     config["model_args"][key] = value;
@@ -61,7 +67,7 @@ void set_config_value(nlohmann::json& config, const std::string& arch, const std
 
 bool has_config_value(const nlohmann::json& config, const std::string& arch,
                       const std::string& key) {
-  if (style_of(arch) == ConfigStyle::Transformers) return config.contains(key);
+  if (top_level(arch, key)) return config.contains(key);
   return config.contains("model_args") && config["model_args"].is_object() &&
          config["model_args"].contains(key);
 }

@@ -7,6 +7,7 @@
 
 #include "recast/core/registry.h"
 #include "recast/io/checkpoint.h"
+#include "recast/layers/factorized.h"
 #include "recast/ops/linear_attention.h"
 
 #include <torch/nn/module.h>
@@ -103,6 +104,20 @@ class Model : public torch::nn::Module {
     double relative = 0;
   };
   virtual std::vector<TransferError> attention_transfer_errors() { return {}; }
+
+  // Dense projections and convolutions that `--recipe factorize` may hold as
+  // low-rank products, by module name; `transposed` when the stored weight is
+  // [in, out] (transformers' Conv1D) rather than [out, in, ...]. Modules
+  // already factorized (config "recast_factorized") are not listed.
+  struct DenseLayer {
+    std::string name;
+    bool transposed = false;
+  };
+  virtual std::vector<DenseLayer> factorizable_layers() { return {}; }
+  // Multi-head attention as factorized products (Khodak et al.): per layer the
+  // per-head pairs (W_Q^h, W_K^h) and (W_V^h, W_O^h^T), each [heads, d_model,
+  // d_head], views of the dense weights, for Frobenius decay (--fd-attention).
+  virtual std::vector<layers::FactorPair> attention_factors() { return {}; }
 
   // Checkpoint names that may be absent because they alias another tensor
   // (a tied lm_head); they are not saved either.

@@ -4,10 +4,13 @@
 // their defaults (resnet18/34: BasicBlock; resnet50/101/152: Bottleneck), which
 // model_args override (num_classes, in_chans, channels, layers).
 // A T-CNN conversion (config "recast_tcnn") puts a ConvAttention in the place
-// of the named block convolutions, under the same name and weight layout.
+// of the named block convolutions, under the same name and weight layout; a
+// factorization (config "recast_factorized") puts FactorizedConv2d /
+// FactorizedLinear in the place of the named convolutions and classifier.
 
 #include "recast/core/error.h"
 #include "recast/layers/conv_attention.h"
+#include "recast/layers/factorized.h"
 #include "recast/models/model.h"
 
 #include <torch/torch.h>
@@ -23,21 +26,33 @@ struct ResNetConfig {
   int64_t num_classes, in_chans;
 };
 
-nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false));
+// The recasts a ResNet's layers may carry (from its config).
+struct Recasts {
+  std::optional<layers::TcnnConfig> tcnn;
+  std::optional<layers::FactorizedConfig> factorized;
+};
+
+// A convolution without bias, padded to keep the size at stride 1:
+// nn::Conv2d, or FactorizedConv2d where the config factorizes it.
+nn::AnyModule conv(const Recasts& r, const std::string& name, int64_t in, int64_t out, int64_t k,
+                   int64_t stride) {
+  return layers::conv_slot(r.factorized, name, in, out, k, stride, k / 2, false);
 }
 
-// A block convolution: nn::Conv2d, or ConvAttention where the T-CNN config
+// A block convolution: as conv(), or ConvAttention where the T-CNN config
 // names it.
-nn::AnyModule block_conv(const std::optional<layers::TcnnConfig>& tcnn, const std::string& name,
-                         int64_t in, int64_t out, int64_t k, int64_t stride) {
+nn::AnyModule block_conv(const Recasts& r, const std::string& name, int64_t in, int64_t out,
+                         int64_t k, int64_t stride) {
+  const auto& tcnn = r.tcnn;
   if (tcnn && tcnn->converted(name)) {
+    RECAST_CHECK(!(r.factorized && r.factorized->rank(name)), "config: ", quote(name),
+                 " is both recast_tcnn and recast_factorized");
     layers::ConvAttentionOptions o;
     o.in = in, o.out = out, o.kernel = k, o.stride = stride, o.alpha = tcnn->alpha,
     o.qk_dim = tcnn->qk_dim;
     return nn::AnyModule(layers::ConvAttention(o));
   }
-  return nn::AnyModule(conv(in, out, k, stride));
+  return conv(r, name, in, out, k, stride);
 }
 nn::BatchNorm2d bn(int64_t c) {
   return nn::BatchNorm2d(nn::BatchNorm2dOptions(c).eps(1e-5));
@@ -45,12 +60,12 @@ nn::BatchNorm2d bn(int64_t c) {
 
 struct BlockImpl : nn::Module {
   BlockImpl(bool is_bottleneck, int64_t in, int64_t planes, int64_t stride, const std::string& name,
-            const std::optional<layers::TcnnConfig>& tcnn)
+            const Recasts& recasts)
       : bottleneck(is_bottleneck) {
     const int64_t out = bottleneck ? planes * 4 : planes;
     auto slot = [&](const char* conv_name, nn::AnyModule& into, int64_t i, int64_t o, int64_t k,
                     int64_t s) {
-      into = block_conv(tcnn, name + "." + conv_name, i, o, k, s);
+      into = block_conv(recasts, name + "." + conv_name, i, o, k, s);
       register_module(conv_name, into.ptr());
     };
     if (bottleneck) {
@@ -67,7 +82,8 @@ struct BlockImpl : nn::Module {
       bn2 = register_module("bn2", bn(planes));
     }
     if (stride != 1 || in != out) {
-      downsample = register_module("downsample", nn::Sequential(conv(in, out, 1, stride), bn(out)));
+      downsample = register_module(
+          "downsample", nn::Sequential(conv(recasts, name + ".downsample.0", in, out, 1, stride), bn(out)));
     }
   }
   at::Tensor forward(const at::Tensor& x) {
@@ -125,10 +141,9 @@ class ResNet : public Model {
         throw Error(
             msg("config key '", key, "': only timm's default is supported, found ", it->dump()));
     }
-    const std::optional<layers::TcnnConfig> tcnn = layers::TcnnConfig::from(config);
-    conv1 = register_module(
-        "conv1",
-        nn::Conv2d(nn::Conv2dOptions(c_.in_chans, 64, 7).stride(2).padding(3).bias(false)));
+    const Recasts recasts{layers::TcnnConfig::from(config), layers::FactorizedConfig::from(config)};
+    conv1 = conv(recasts, "conv1", c_.in_chans, 64, 7, 2);
+    register_module("conv1", conv1.ptr());
     bn1 = register_module("bn1", bn(64));
     int64_t in = 64;
     for (int s = 0; s < 4; ++s) {
@@ -136,12 +151,20 @@ class ResNet : public Model {
       for (int64_t b = 0; b < c_.layers[s]; ++b) {
         const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
         stage->push_back(
-            Block(c_.bottleneck, in, c_.channels[s], stride, msg("layer", s + 1, ".", b), tcnn));
+            Block(c_.bottleneck, in, c_.channels[s], stride, msg("layer", s + 1, ".", b), recasts));
         in = c_.bottleneck ? c_.channels[s] * 4 : c_.channels[s];
       }
       stages_.push_back(register_module(msg("layer", s + 1), stage));
     }
-    fc = register_module("fc", nn::Linear(in, c_.num_classes));
+    fc = layers::linear_slot(recasts.factorized, "fc", in, c_.num_classes, true);
+    register_module("fc", fc.ptr());
+    if (recasts.factorized) layers::check_factorized(*recasts.factorized, *this, arch);
+  }
+
+  std::vector<DenseLayer> factorizable_layers() override {
+    std::vector<DenseLayer> out;
+    for (const auto& name : layers::torch_dense_layers(*this)) out.push_back({name, false});
+    return out;
   }
 
   Task task() const override { return Task::ImageClassification; }
@@ -165,8 +188,23 @@ class ResNet : public Model {
         norm->bias.zero_();
       } else if (auto* linear = item.value()->as<nn::Linear>()) {
         linear->reset_parameters();
+      } else if (auto* fl = item.value()->as<layers::FactorizedLinear>()) {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(fl->options().in));
+        fl->bias.uniform_(-bound, bound);  // as torch.nn.Linear's
       }
     }
+    // Factorized layers: the spectral factors of the dense layer's init
+    // (Kaiming-normal fan-out convolutions; torch.nn.Linear's uniform).
+    layers::init_factorized_from_dense(*this, [](const std::string&, at::IntArrayRef shape) {
+      at::Tensor w = torch::empty(shape);
+      if (shape.size() == 4) {
+        nn::init::kaiming_normal_(w, 0.0, torch::kFanOut, torch::kReLU);
+      } else {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(shape[1]));
+        w.uniform_(-bound, bound);
+      }
+      return w;
+    });
   }
 
   at::Tensor forward(const Batch& batch, Recorder* rec, KVCache*) override {
@@ -174,7 +212,7 @@ class ResNet : public Model {
     RECAST_CHECK(x0.defined(), "pixel_values: missing (a ResNet takes float [B, C, H, W])");
     RECAST_CHECK(x0.dim() == 4 && x0.size(1) == c_.in_chans, "pixel_values: expected [B, ",
                  c_.in_chans, ", H, W], found ", x0.sizes());
-    at::Tensor x = at::relu(bn1(conv1(x0)));
+    at::Tensor x = at::relu(bn1(conv1.forward(x0)));
     x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
     for (size_t s = 0; s < stages_.size(); ++s) {
       x = stages_[s]->forward(x);
@@ -182,7 +220,7 @@ class ResNet : public Model {
     }
     x = x.mean({2, 3});
     if (rec) rec->record("global_pool", x);
-    return fc(x);
+    return fc.forward(x);
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
@@ -192,10 +230,10 @@ class ResNet : public Model {
 
  private:
   ResNetConfig c_;
-  nn::Conv2d conv1{nullptr};
+  nn::AnyModule conv1;  // nn::Conv2d or layers::FactorizedConv2d
   nn::BatchNorm2d bn1{nullptr};
   std::vector<nn::Sequential> stages_;
-  nn::Linear fc{nullptr};
+  nn::AnyModule fc;  // nn::Linear or layers::FactorizedLinear
 };
 
 }  // namespace

@@ -13,6 +13,7 @@ Registry<Recipe>& recipe_registry() {
     Registry<Recipe> r("recipe");
     register_t2r(r);
     register_tcnn(r);
+    register_factorize(r);
     return r;
   }();
   return registry;

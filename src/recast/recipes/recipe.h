@@ -37,6 +37,7 @@ struct Conversion {
   models::ModelPtr model;
   std::vector<LayerReport> report;
   nlohmann::json manifest;  // recipe, options, layers
+  std::string table;        // the recipe's own report, printed instead of the generic one
 };
 
 using Recipe = std::function<Conversion(models::Model& source, const RecipeOptions& options)>;
@@ -55,6 +56,7 @@ std::vector<std::string> copy_matching_weights(const models::Model& from, models
 
 void register_t2r(Registry<Recipe>& r);
 void register_tcnn(Registry<Recipe>& r);
+void register_factorize(Registry<Recipe>& r);  // factorize and merge
 
 // T2R: the relative error of each linear-attention layer against the softmax
 // attention it replaced, each layer fed the softmax model's inputs.

@@ -10,7 +10,8 @@
 namespace recast::train {
 
 std::vector<ParamGroup> default_param_groups(
-    const std::vector<std::pair<std::string, at::Tensor>>& trainable, double weight_decay) {
+    const std::vector<std::pair<std::string, at::Tensor>>& trainable, double weight_decay,
+    const std::set<std::string>& no_decay_names) {
   ParamGroup decay{"decay", weight_decay, {}, {}}, no_decay{"no_decay", 0.0, {}, {}};
   for (const auto& [name, p] : trainable) {
     const bool is_embedding = name.find("embed") != std::string::npos ||
@@ -21,7 +22,8 @@ std::vector<ParamGroup> default_param_groups(
                          name.find("ln_") != std::string::npos ||
                          name.find(".bn") != std::string::npos ||
                          name.rfind("bn", 0) == 0 || name.find("downsample.1") != std::string::npos;
-    ParamGroup& g = (p.dim() >= 2 && !is_embedding && !is_norm) ? decay : no_decay;
+    const bool excluded = no_decay_names.count(name) != 0;
+    ParamGroup& g = (p.dim() >= 2 && !is_embedding && !is_norm && !excluded) ? decay : no_decay;
     g.names.push_back(name);
     g.params.push_back(p);
   }

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -24,9 +25,11 @@ struct ParamGroup {
 };
 
 // Standard split: weight decay on matrices (2-D and up), none on biases,
-// norms and embeddings. `trainable` are (name, parameter) pairs.
+// norms, embeddings and the names in `no_decay` (factors under Frobenius
+// decay). `trainable` are (name, parameter) pairs.
 std::vector<ParamGroup> default_param_groups(
-    const std::vector<std::pair<std::string, at::Tensor>>& trainable, double weight_decay);
+    const std::vector<std::pair<std::string, at::Tensor>>& trainable, double weight_decay,
+    const std::set<std::string>& no_decay = {});
 
 class AdamW {
  public:

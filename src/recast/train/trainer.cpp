@@ -8,6 +8,7 @@
 #include "recast/io/file.h"
 #include "recast/io/json_strict.h"
 #include "recast/layers/conv_attention.h"
+#include "recast/layers/factorized.h"
 #include "recast/train/autocast.h"
 #include "recast/train/optim.h"
 
@@ -26,6 +27,7 @@
 #include <mutex>
 #include <numeric>
 #include <regex>
+#include <set>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -118,7 +120,8 @@ nlohmann::json fingerprint(const TrainOptions& o, const Dataset& data) {
           {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"weight_decay", o.weight_decay},
           {"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"clip", o.clip},
           {"train", o.train_regex}, {"seed", o.seed}, {"data", data.describe()},
-          {"distill", o.teacher != nullptr}};
+          {"distill", o.teacher != nullptr}, {"frobenius_decay", o.frobenius_decay},
+          {"fd_attention", o.fd_attention}};
 }
 
 struct State {
@@ -304,7 +307,35 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
     throw UsageError(msg("--train ", quote(o.train_regex), ": matches no parameter (names look like ",
                          quote(first_name), ")"));
   }
-  AdamW opt(default_param_groups(trainable, o.weight_decay), {o.beta1, o.beta2, o.eps});
+  // Frobenius decay: the factor pairs (views, taken afresh each step), and
+  // their parameters, which it replaces weight decay on.
+  RECAST_CHECK(o.frobenius_decay >= 0, "--frobenius-decay: expected >= 0, found ", o.frobenius_decay);
+  if (o.fd_attention && o.frobenius_decay == 0) {
+    throw UsageError("--fd-attention: needs --frobenius-decay LAMBDA > 0");
+  }
+  auto factor_pairs = [&] {
+    std::vector<layers::FactorPair> pairs = layers::factorized_pairs(model);
+    if (o.fd_attention) {
+      for (auto& p : model.attention_factors()) pairs.push_back(std::move(p));
+    }
+    return pairs;
+  };
+  std::set<std::string> fd_params;
+  if (o.frobenius_decay > 0) {
+    std::set<std::string> trainable_names;
+    for (const auto& t : trainable) trainable_names.insert(t.first);
+    for (const auto& p : factor_pairs()) {
+      for (const auto& name : p.params) {
+        if (trainable_names.count(name)) fd_params.insert(name);
+      }
+    }
+    if (fd_params.empty()) {
+      throw UsageError(msg("--frobenius-decay: ", model.arch(), " has no trained factorized layers",
+                           o.fd_attention ? " or dense attention" : "",
+                           " (convert with --recipe factorize, or add --fd-attention)"));
+    }
+  }
+  AdamW opt(default_param_groups(trainable, o.weight_decay, fd_params), {o.beta1, o.beta2, o.eps});
   Loader loader(train_data.size(), o.batch_size, o.seed, /*shuffle=*/true, /*drop_last=*/true);
   const nlohmann::json fp = fingerprint(o, train_data);
 
@@ -428,13 +459,26 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
       loss_sum += loss.detach().to(at::kFloat);
       tokens += ex.tokens;
     }
+    // Frobenius decay, once per step: (lambda/2) sum ||U V^T||_F^2 in the
+    // Gram form, its gradient added to the loss's.
+    at::Tensor frobenius = at::zeros({}, loss_sum.options());
+    if (o.frobenius_decay > 0) {
+      for (const auto& p : factor_pairs()) {
+        if (p.u.requires_grad() || p.v.requires_grad()) {
+          frobenius = frobenius + layers::frobenius_penalty(p.u, p.v).to(at::kFloat);
+        }
+      }
+      (frobenius * o.frobenius_decay).backward();
+      frobenius = frobenius.detach();
+    }
     const at::Tensor grad_norm = clip_grad_norm(trainable_params, o.clip);
-    // One host sync per step: the loss and the gradient norm, checked before
-    // the optimizer may apply a non-finite update.
+    // One host sync per step: the loss, the gradient norm and the Frobenius
+    // term, checked before the optimizer may apply a non-finite update.
     const at::Tensor stats = at::stack({loss_sum / static_cast<double>(o.grad_accum),
-                                        grad_norm.to(loss_sum.device())})
+                                        grad_norm.to(loss_sum.device()), frobenius})
                                  .to(at::kCPU);
     const double loss_value = stats[0].item<double>(), norm_value = stats[1].item<double>();
+    const double frobenius_value = stats[2].item<double>();
     if (!std::isfinite(loss_value) || !std::isfinite(norm_value)) {
       log_metrics({{"step", step + 1}, {"split", "train"}, {"loss", loss_value},
                    {"grad_norm", norm_value}, {"error", "non-finite"}});
@@ -457,14 +501,18 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
     bar.update(1, {{"loss", loss_value}, {"lr", lr}, {throughput_name, last_throughput}});
     if (step % o.log_every == 0 || step == o.steps) {
       last_throughput = window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0;
-      log_metrics({{"step", step},
-                   {"split", "train"},
-                   {"loss", window_loss / static_cast<double>(window_steps)},
-                   {"lr", lr},
-                   {"grad_norm", norm_value},
-                   {model.task() == models::Task::CausalLM ? "tokens_per_s" : "examples_per_s",
-                    last_throughput},
-                   {"elapsed_s", std::chrono::duration<double>(now - started).count()}});
+      nlohmann::json line = {
+          {"step", step},
+          {"split", "train"},
+          {"loss", window_loss / static_cast<double>(window_steps)},
+          {"lr", lr},
+          {"grad_norm", norm_value},
+          {model.task() == models::Task::CausalLM ? "tokens_per_s" : "examples_per_s",
+           last_throughput},
+          {"elapsed_s", std::chrono::duration<double>(now - started).count()}};
+      // (1/2) sum ||U V^T||_F^2 at this step, before the lambda.
+      if (o.frobenius_decay > 0) line["frobenius"] = frobenius_value;
+      log_metrics(line);
       window_loss = 0, window_steps = 0, window_tokens = 0, window_start = Clock::now();
     }
     const bool stopping = signals.stop_requested();

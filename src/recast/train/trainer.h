@@ -37,6 +37,11 @@ struct TrainOptions {
   double min_lr_ratio = 0.1;
   int64_t warmup = -1;  // -1: min(100, steps / 10)
   double weight_decay = 0.1;
+  // Frobenius decay (Khodak et al.): (lambda/2) ||U V^T||_F^2 on every
+  // factorized layer, through the r x r Gram form; with fd_attention also on
+  // each head's W_Q W_K^T and W_V W_O. Those factors get no weight decay.
+  double frobenius_decay = 0;
+  bool fd_attention = false;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double clip = 1.0;  // <= 0: no clipping
   int64_t save_every = 0;  // 0: only at the end (and on a signal)

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu-build.sh: the factorized-layers
+# experiment and benchmark of docs/results.md. Results go to $RES (default
+# /tmp/recast-factorize) and, after each step, packed into $OUT/factorize-JOB.tgz
+# (the device returns a limited number of files).
+#   scripts/gpu-factorize.sh bench   FactorizedLinear vs dense Linear, bf16, d 768 / 4096,
+#                                    tokens 1 / 128 / 8192, rank d/16..d/2 (bench_factorized)
+#   scripts/gpu-factorize.sh gpt     the State of the Union GPT (the T2R teacher's shape)
+#   scripts/gpu-factorize.sh resnet  the Fashion-MNIST ResNet-18 (the T-CNN base's schedule)
+# gpt / resnet: pretrain the dense model; factorize every Linear (GPT) / every
+# conv and the classifier (ResNet) to 75 / 50 / 25 % of the parameters (--params);
+# evaluate right after; fine-tune FT steps with Frobenius decay, with weight
+# decay, and with neither; train the same factorized shape from scratch for
+# BASE + FT steps; end-to-end forward time and peak memory of each size.
+# The runs of one size go in parallel (the GPU is far from full with these models).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+res=${RES:-/tmp/recast-factorize}
+recast=build-gpu/recast
+bench=build-gpu/bench/bench_factorized
+export RECAST_DATA_DIR=$PWD/.gpu-data
+ln -sfn /tmp/recast-deps/usr/share/datasets/fashion-mnist .gpu-data/fashion-mnist
+runs=${RUNS:-/tmp/recast-runs}
+FRACTIONS=${FRACTIONS:-"0.75 0.5 0.25"}
+LAMBDA=${LAMBDA:-1e-3}  # Frobenius decay coefficient (not tuned)
+mkdir -p "$res" "$runs"
+[[ -n ${OUT:-} ]] && mkdir -p "$OUT"
+
+pack() { [[ -n ${OUT:-} ]] && tar -czf "$OUT/factorize-$1.tgz" -C "$res" . || true; }
+
+timed() {  # name command...: runs it, logs it, records the wall time
+  local name=$1 t0 t1
+  shift
+  t0=$EPOCHREALTIME
+  "$@" > "$res/$name.log" 2>&1 || { echo "$name failed:"; tail -5 "$res/$name.log"; return 1; }
+  t1=$EPOCHREALTIME
+  echo "{\"run\": \"$name\", \"wall_s\": $(awk "BEGIN { print $t1 - $t0 }")}" >> "$res/times.jsonl"
+}
+
+evaluate() {  # name dir: quality on the held-out split, as JSON
+  local extra=()
+  [[ $model == gpt ]] && extra=(--bf16)
+  "$recast" eval --model "$2" "${eval_data[@]}" --device cuda "${extra[@]}" --json > "$res/$1-eval.json"
+  [[ -f $2/metrics.jsonl ]] && cp "$2/metrics.jsonl" "$res/$1-metrics.jsonl"
+  echo "$1: $(tr -d ' \n' < "$res/$1-eval.json" | grep -oE '"(accuracy|bits_per_byte|perplexity)":[0-9.e+-]+' | tr '\n' ' ')"
+}
+
+experiment() {
+  rm -rf "$runs/$model-base"
+  timed "$model-base" "$recast" pretrain "${arch[@]}" "${train[@]}" --steps "$BASE" "${base_opts[@]}" \
+    --out "$runs/$model-base"
+  evaluate "$model-base" "$runs/$model-base"
+  "$bench" model --model "$runs/$model-base" --device cuda "${bench_opts[@]}" >> "$res/$model-models.jsonl"
+  for f in $FRACTIONS; do
+    local c="$runs/$model-f$f"
+    rm -rf "$c"
+    "$recast" convert --recipe factorize --model "$runs/$model-base" --out "$c" --params "$f" \
+      --data "$data" --device cuda > "$res/$model-f$f-convert.txt" 2>&1
+    cp "$c/recast_manifest.json" "$res/$model-f$f-convert-manifest.json"
+    evaluate "$model-f$f-converted" "$c"
+    "$bench" model --model "$c" --device cuda "${bench_opts[@]}" >> "$res/$model-models.jsonl"
+  done
+  local pids=()
+  for f in $FRACTIONS; do
+    local c="$runs/$model-f$f"
+    for v in fd wd none; do
+      local reg=()
+      case $v in
+        fd) reg=(--frobenius-decay "$LAMBDA" --weight-decay "$WD") ;;
+        wd) reg=(--weight-decay "$WD") ;;
+        none) reg=(--weight-decay 0) ;;
+      esac
+      rm -rf "$c-$v"
+      timed "$model-f$f-ft-$v" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" "${ft_opts[@]}" \
+        "${reg[@]}" --out "$c-$v" &
+      pids+=($!)
+    done
+    local shape
+    shape=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['recast_factorized']))" \
+      "$c/config.json")
+    rm -rf "$c-scratch"
+    timed "$model-f$f-scratch" "$recast" pretrain "${arch[@]}" --set "recast_factorized=$shape" "${train[@]}" \
+      --steps $((BASE + FT)) "${base_opts[@]}" --out "$c-scratch" &
+    pids+=($!)
+  done
+  local failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  for f in $FRACTIONS; do
+    for v in fd wd none scratch; do
+      [[ -f $runs/$model-f$f-$v/model.safetensors ]] && evaluate "$model-f$f-$v" "$runs/$model-f$f-$v"
+    done
+  done
+  pack "$model"
+  return $failed
+}
+
+for job in "$@"; do
+  case $job in
+    bench)
+      "$bench" linear --device cuda --dtype bf16 | tee "$res/linear-cuda-bf16.jsonl"
+      pack bench
+      ;;
+    gpt)
+      model=gpt data=sotu
+      arch=(--arch gpt2 --set n_layer=8 --set n_embd=512 --set n_head=8)
+      train=(--data sotu --seq-len 512 --batch-size 64 --bf16 --device cuda --no-progress --eval-batches 20)
+      eval_data=(--data sotu --split test --batch-size 64)
+      BASE=${BASE:-1500} FT=${FT:-200} WD=0.1
+      base_opts=(--lr 1e-3 --warmup 200)
+      ft_opts=(--lr 5e-4 --warmup 20 --eval-every 100)
+      bench_opts=(--dtype bf16 --batch 32 --seq 512)
+      experiment
+      ;;
+    resnet)
+      model=resnet data=fashion-mnist
+      arch=(--arch resnet18)
+      train=(--data fashion-mnist --batch-size 256 --bf16 --device cuda --no-progress --eval-batches 24)
+      eval_data=(--data fashion-mnist --split test --batch-size 500)
+      BASE=${BASE:-2100} FT=${FT:-422} WD=0.05
+      base_opts=(--lr 2e-3 --weight-decay 0.05 --warmup 100 --eval-every 700)
+      ft_opts=(--lr 5e-4 --warmup 30 --eval-every 211)
+      bench_opts=(--dtype fp32 --batch 256)
+      experiment
+      ;;
+    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet)" >&2; exit 2 ;;
+  esac
+done

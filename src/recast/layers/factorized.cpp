@@ -1,0 +1,343 @@
+#include "recast/layers/factorized.h"
+
+#include "recast/core/error.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace recast::layers {
+
+// ---------------------------------------------------------------- spectral init
+
+Spectrum spectrum(const at::Tensor& w) {
+  RECAST_CHECK(w.dim() >= 2, "spectrum: expected a weight of 2 or more dimensions, found ",
+               shape_string(w.sizes()));
+  torch::NoGradGuard no_grad;
+  const at::Tensor m = w.detach().reshape({w.size(0), -1}).to(at::kCPU, at::kDouble);
+  auto [a, s, bh] = at::linalg_svd(m, /*full_matrices=*/false);
+  return {a, s, bh.t().contiguous()};
+}
+
+Factors spectral_factors(const Spectrum& sp, int64_t rank) {
+  RECAST_CHECK(rank >= 1 && rank <= sp.full_rank(), "spectral init: rank ", rank,
+               " outside 1..", sp.full_rank());
+  const at::Tensor root = sp.s.narrow(0, 0, rank).sqrt();
+  return {sp.a.narrow(1, 0, rank) * root, sp.b.narrow(1, 0, rank) * root};
+}
+
+double eckart_young_relative(const at::Tensor& s, int64_t rank) {
+  const at::Tensor s2 = s.to(at::kDouble).square();
+  const double total = s2.sum().item<double>();
+  if (total <= 0 || rank >= s.size(0)) return 0.0;
+  return std::sqrt(s2.narrow(0, rank, s.size(0) - rank).sum().item<double>() / total);
+}
+
+int64_t rank_for_ratio(double ratio, int64_t m, int64_t n) {
+  RECAST_CHECK(ratio > 0 && ratio <= 1, "--rank-ratio: expected a value in (0, 1], found ", ratio);
+  const auto full = static_cast<double>(std::min(m, n));
+  return std::max<int64_t>(1, static_cast<int64_t>(std::llround(ratio * full)));
+}
+
+int64_t rank_for_energy(const at::Tensor& s, double energy) {
+  RECAST_CHECK(energy > 0 && energy <= 1, "--energy: expected a value in (0, 1], found ", energy);
+  const at::Tensor kept = s.to(at::kDouble).square().cumsum(0);
+  const double total = kept[-1].item<double>();
+  if (total <= 0) return 1;
+  const auto* c = kept.contiguous().data_ptr<double>();
+  // Relative slack for the rounding of the cumulative sum: energy 1 keeps
+  // everything but exact zeros.
+  const double want = energy * total * (1 - 1e-12);
+  for (int64_t r = 0; r < s.size(0); ++r) {
+    if (c[r] >= want) return r + 1;
+  }
+  return s.size(0);
+}
+
+at::Tensor frobenius_penalty(const at::Tensor& u, const at::Tensor& v) {
+  RECAST_CHECK(u.dim() >= 2 && u.dim() == v.dim() && u.size(-1) == v.size(-1),
+               "frobenius_penalty: expected U [..., m, r] and V [..., n, r], found ",
+               shape_string(u.sizes()), " and ", shape_string(v.sizes()));
+  const auto wide = [](const at::Tensor& t) {
+    const auto type = t.scalar_type();
+    return type == at::kHalf || type == at::kBFloat16 ? t.to(at::kFloat) : t;
+  };
+  const at::Tensor a = wide(u), b = wide(v);
+  const at::Tensor gu = at::matmul(a.transpose(-2, -1), a);  // U^T U  [..., r, r]
+  const at::Tensor gv = at::matmul(b.transpose(-2, -1), b);  // V^T V
+  return 0.5 * (gu * gv).sum();
+}
+
+// ---------------------------------------------------------------- dispatch
+
+bool factorized_is_faster(int64_t m, int64_t n, int64_t r, int64_t tokens, c10::Device device) {
+  // Dense FLOPs over factorized FLOPs (equal to the parameter ratio).
+  const double ratio = static_cast<double>(m) * static_cast<double>(n) /
+                       (static_cast<double>(r) * static_cast<double>(m + n));
+  if (!device.is_cuda()) return ratio >= 1.25;
+  // On the GPU two skinny GEMMs pay a second launch and an M x r round trip
+  // through memory: at small widths they lose unless the token count is large.
+  if (std::min(m, n) >= 2048) return ratio >= 2.0;
+  return tokens >= 8192 && ratio >= 4.0;
+}
+
+// ---------------------------------------------------------------- FactorizedLinear
+
+FactorizedLinearImpl::FactorizedLinearImpl(FactorizedLinearOptions options)
+    : options_(options) {
+  RECAST_CHECK(options_.in > 0 && options_.out > 0, "FactorizedLinear: bad sizes ", options_.in,
+               " -> ", options_.out);
+  RECAST_CHECK(options_.rank >= 1 && options_.rank <= std::min(options_.in, options_.out),
+               "FactorizedLinear ", options_.in, " -> ", options_.out, ": rank ", options_.rank,
+               " outside 1..", std::min(options_.in, options_.out));
+  reset();
+}
+
+void FactorizedLinearImpl::reset() {
+  const int64_t r = options_.rank;
+  // Each factor N(0, s^2) with r s^4 = 1 / (3 in): the product has the
+  // variance of torch.nn.Linear's default init. Models replace this with a
+  // spectral init of their own dense init (init_weights).
+  const double s = std::pow(1.0 / (3.0 * static_cast<double>(options_.in * r)), 0.25);
+  weight_v = register_parameter("weight_v", torch::randn({r, options_.in}) * s);
+  weight_u = register_parameter("weight_u", torch::randn({options_.out, r}) * s);
+  if (options_.bias) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(options_.in));
+    bias = register_parameter("bias", torch::empty({options_.out}).uniform_(-bound, bound));
+  }
+  merged_ = at::Tensor();
+}
+
+at::Tensor FactorizedLinearImpl::forward(const at::Tensor& x) {
+  const bool inference = !at::GradMode::is_enabled();
+  bool dense = options_.dispatch == Dispatch::Dense;
+  if (inference && options_.dispatch == Dispatch::Automatic) {
+    const int64_t tokens = x.numel() / std::max<int64_t>(1, x.size(-1));
+    dense = !factorized_is_faster(options_.out, options_.in, options_.rank, tokens, x.device());
+  }
+  if (dense && inference) {
+    if (!merged_.defined() || merged_version_u_ != static_cast<int64_t>(weight_u._version()) ||
+        merged_version_v_ != static_cast<int64_t>(weight_v._version()) ||
+        merged_.device() != weight_u.device() || merged_.scalar_type() != weight_u.scalar_type()) {
+      merged_ = at::matmul(weight_u, weight_v);
+      merged_version_u_ = static_cast<int64_t>(weight_u._version());
+      merged_version_v_ = static_cast<int64_t>(weight_v._version());
+    }
+    return at::linear(x, merged_, bias);
+  }
+  if (dense) return at::linear(x, dense_weight(), bias);  // training, forced dense
+  return at::linear(at::linear(x, weight_v), weight_u, bias);
+}
+
+void FactorizedLinearImpl::set_from_dense(const at::Tensor& w) {
+  RECAST_CHECK(w.dim() == 2 && w.size(0) == options_.out && w.size(1) == options_.in,
+               "FactorizedLinear: dense weight expected [", options_.out, ", ", options_.in,
+               "], found ", shape_string(w.sizes()));
+  set_factors(spectral_factors(spectrum(w), options_.rank));
+}
+
+void FactorizedLinearImpl::set_factors(const Factors& f) {
+  RECAST_CHECK(f.u.dim() == 2 && f.v.dim() == 2 && f.u.size(0) == options_.out &&
+                   f.v.size(0) == options_.in && f.u.size(1) == options_.rank &&
+                   f.v.size(1) == options_.rank,
+               "FactorizedLinear: factors expected U [", options_.out, ", ", options_.rank,
+               "] and V [", options_.in, ", ", options_.rank, "], found ",
+               shape_string(f.u.sizes()), " and ", shape_string(f.v.sizes()));
+  torch::NoGradGuard no_grad;
+  weight_u.copy_(f.u);
+  weight_v.copy_(f.v.t());
+}
+
+at::Tensor FactorizedLinearImpl::dense_weight() const { return at::matmul(weight_u, weight_v); }
+
+Factors FactorizedLinearImpl::factors() const { return {weight_u, weight_v.t()}; }
+
+// ---------------------------------------------------------------- FactorizedConv2d
+
+FactorizedConv2dImpl::FactorizedConv2dImpl(FactorizedConv2dOptions options)
+    : options_(std::move(options)) {
+  RECAST_CHECK(options_.kernel.size() == 2 && options_.stride.size() == 2 &&
+                   options_.padding.size() == 2 && options_.dilation.size() == 2,
+               "FactorizedConv2d: kernel, stride, padding and dilation take 2 values each");
+  const int64_t fan_in = options_.in * options_.kernel[0] * options_.kernel[1];
+  RECAST_CHECK(options_.rank >= 1 && options_.rank <= std::min(options_.out, fan_in),
+               "FactorizedConv2d ", options_.in, " -> ", options_.out, " (", options_.kernel[0],
+               "x", options_.kernel[1], "): rank ", options_.rank, " outside 1..",
+               std::min(options_.out, fan_in));
+  reset();
+}
+
+void FactorizedConv2dImpl::reset() {
+  const int64_t r = options_.rank;
+  const int64_t fan_in = options_.in * options_.kernel[0] * options_.kernel[1];
+  const double s = std::pow(1.0 / (3.0 * static_cast<double>(fan_in * r)), 0.25);
+  weight_v = register_parameter(
+      "weight_v", torch::randn({r, options_.in, options_.kernel[0], options_.kernel[1]}) * s);
+  weight_u = register_parameter("weight_u", torch::randn({options_.out, r, 1, 1}) * s);
+  if (options_.bias) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    bias = register_parameter("bias", torch::empty({options_.out}).uniform_(-bound, bound));
+  }
+}
+
+at::Tensor FactorizedConv2dImpl::forward(const at::Tensor& x) {
+  const at::Tensor z =
+      at::conv2d(x, weight_v, {}, options_.stride, options_.padding, options_.dilation);
+  return at::conv2d(z, weight_u, bias);
+}
+
+void FactorizedConv2dImpl::set_from_dense(const at::Tensor& w) {
+  RECAST_CHECK(w.dim() == 4 && w.size(0) == options_.out && w.size(1) == options_.in &&
+                   w.size(2) == options_.kernel[0] && w.size(3) == options_.kernel[1],
+               "FactorizedConv2d: dense weight expected [", options_.out, ", ", options_.in, ", ",
+               options_.kernel[0], ", ", options_.kernel[1], "], found ", shape_string(w.sizes()));
+  set_factors(spectral_factors(spectrum(w), options_.rank));
+}
+
+void FactorizedConv2dImpl::set_factors(const Factors& f) {
+  const int64_t fan_in = options_.in * options_.kernel[0] * options_.kernel[1];
+  RECAST_CHECK(f.u.dim() == 2 && f.v.dim() == 2 && f.u.size(0) == options_.out &&
+                   f.v.size(0) == fan_in && f.u.size(1) == options_.rank &&
+                   f.v.size(1) == options_.rank,
+               "FactorizedConv2d: factors expected U [", options_.out, ", ", options_.rank,
+               "] and V [", fan_in, ", ", options_.rank, "], found ", shape_string(f.u.sizes()),
+               " and ", shape_string(f.v.sizes()));
+  torch::NoGradGuard no_grad;
+  weight_u.copy_(f.u.reshape(weight_u.sizes()));
+  weight_v.copy_(f.v.t().reshape(weight_v.sizes()));
+}
+
+at::Tensor FactorizedConv2dImpl::dense_weight() const {
+  const int64_t r = options_.rank;
+  return at::matmul(weight_u.reshape({options_.out, r}), weight_v.reshape({r, -1}))
+      .reshape({options_.out, options_.in, options_.kernel[0], options_.kernel[1]});
+}
+
+Factors FactorizedConv2dImpl::factors() const {
+  const int64_t r = options_.rank;
+  return {weight_u.reshape({options_.out, r}), weight_v.reshape({r, -1}).t()};
+}
+
+// ---------------------------------------------------------------- config
+
+std::optional<FactorizedConfig> FactorizedConfig::from(const nlohmann::json& config) {
+  auto it = config.find("recast_factorized");
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  const auto bad = [&](const std::string& what) {
+    return Error(msg("config key 'recast_factorized': ", what, ", found ", it->dump()));
+  };
+  if (!it->is_object() || !it->contains("layers") || !(*it)["layers"].is_object()) {
+    throw bad("expected {\"layers\": {\"MODULE\": rank, ...}}");
+  }
+  FactorizedConfig c;
+  for (const auto& [name, rank] : (*it)["layers"].items()) {
+    if (!rank.is_number_integer() || rank.get<int64_t>() < 1) {
+      throw Error(msg("config key 'recast_factorized': layer ", quote(name),
+                      ": expected a rank >= 1, found ", rank.dump()));
+    }
+    c.layers[name] = rank.get<int64_t>();
+  }
+  return c;
+}
+
+nlohmann::json FactorizedConfig::to_json() const {
+  nlohmann::json l = nlohmann::json::object();
+  for (const auto& [name, rank] : layers) l[name] = rank;
+  return {{"layers", l}};
+}
+
+std::optional<int64_t> FactorizedConfig::rank(const std::string& name) const {
+  auto it = layers.find(name);
+  if (it == layers.end()) return std::nullopt;
+  return it->second;
+}
+
+torch::nn::AnyModule linear_slot(const std::optional<FactorizedConfig>& config,
+                                 const std::string& name, int64_t in, int64_t out, bool bias) {
+  if (config) {
+    if (const auto r = config->rank(name)) {
+      FactorizedLinearOptions o;
+      o.in = in, o.out = out, o.rank = *r, o.bias = bias;
+      return torch::nn::AnyModule(FactorizedLinear(o));
+    }
+  }
+  return torch::nn::AnyModule(torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias)));
+}
+
+torch::nn::AnyModule conv_slot(const std::optional<FactorizedConfig>& config,
+                               const std::string& name, int64_t in, int64_t out, int64_t kernel,
+                               int64_t stride, int64_t padding, bool bias) {
+  if (config) {
+    if (const auto r = config->rank(name)) {
+      FactorizedConv2dOptions o;
+      o.in = in, o.out = out, o.rank = *r, o.bias = bias;
+      o.kernel = {kernel, kernel}, o.stride = {stride, stride}, o.padding = {padding, padding};
+      return torch::nn::AnyModule(FactorizedConv2d(o));
+    }
+  }
+  return torch::nn::AnyModule(torch::nn::Conv2d(
+      torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(bias)));
+}
+
+void check_factorized(const FactorizedConfig& config, torch::nn::Module& module,
+                      const std::string& arch) {
+  std::map<std::string, bool> built;
+  for (const auto& item : module.named_modules("", false)) {
+    built[item.key()] = item.value()->as<FactorizedLinear>() != nullptr ||
+                        item.value()->as<FactorizedConv2d>() != nullptr;
+  }
+  for (const auto& kv : config.layers) {
+    auto it = built.find(kv.first);
+    if (it == built.end()) {
+      throw Error(msg("config key 'recast_factorized': ", arch, " has no module ", quote(kv.first)));
+    }
+    if (!it->second) {
+      throw Error(msg("config key 'recast_factorized': ", arch, " cannot factorize ",
+                      quote(kv.first)));
+    }
+  }
+}
+
+void init_factorized_from_dense(
+    torch::nn::Module& module,
+    const std::function<at::Tensor(const std::string& name, at::IntArrayRef shape)>& dense_init) {
+  for (const auto& item : module.named_modules("", false)) {
+    if (auto* l = item.value()->as<FactorizedLinear>()) {
+      const auto& o = l->options();
+      l->set_from_dense(dense_init(item.key(), {o.out, o.in}));
+    } else if (auto* c = item.value()->as<FactorizedConv2d>()) {
+      const auto& o = c->options();
+      c->set_from_dense(dense_init(item.key(), {o.out, o.in, o.kernel[0], o.kernel[1]}));
+    }
+  }
+}
+
+std::vector<std::string> torch_dense_layers(torch::nn::Module& module) {
+  std::vector<std::string> out;
+  for (const auto& item : module.named_modules("", false)) {
+    auto* conv = item.value()->as<torch::nn::Conv2d>();
+    if (item.value()->as<torch::nn::Linear>() != nullptr ||
+        (conv != nullptr && conv->options.groups() == 1)) {
+      out.push_back(item.key());
+    }
+  }
+  return out;
+}
+
+std::vector<FactorPair> factorized_pairs(torch::nn::Module& module) {
+  std::vector<FactorPair> out;
+  for (const auto& item : module.named_modules("", false)) {
+    Factors f;
+    if (auto* l = item.value()->as<FactorizedLinear>()) {
+      f = l->factors();
+    } else if (auto* c = item.value()->as<FactorizedConv2d>()) {
+      f = c->factors();
+    } else {
+      continue;
+    }
+    out.push_back({item.key(), f.u, f.v, {item.key() + ".weight_u", item.key() + ".weight_v"}});
+  }
+  return out;
+}
+
+}  // namespace recast::layers

@@ -1,0 +1,408 @@
+// Recipes factorize and merge (Khodak et al. 2021). factorize holds selected
+// dense projections and convolutions as low-rank products U V^T with the
+// spectral init (U = A_r sqrt(S_r), V = B_r sqrt(S_r) from the SVD of the
+// weight), at a rank chosen per layer by --rank-ratio, by --energy, or from a
+// whole-model parameter budget --params; merge multiplies the factors back.
+//
+// The --params rule: one energy fraction tau for every selected layer, each
+// keeping the smallest rank whose leading singular values hold tau of its
+// sum s^2 (a layer whose rank would not save parameters stays dense); tau is
+// the largest for which the whole checkpoint holds at most F of its
+// parameters (bisection; the count is monotone in tau). Layers with a flat
+// spectrum get more rank, layers with a steep one less, and every layer
+// loses the same fraction of its energy.
+
+#include "recast/recipes/recipe.h"
+
+#include "recast/core/error.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+
+namespace recast::recipes {
+namespace {
+
+// Numbers as `recast inspect` counts them: every stored tensor's elements.
+int64_t stored_elements(const models::Model& m) {
+  int64_t n = 0;
+  for (const auto& [name, t] : models::state_dict_for_save(m)) n += t.numel();
+  return n;
+}
+
+std::map<std::string, at::Tensor> tensors_of(const models::Model& m) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : m.named_parameters(true)) out[p.key()] = p.value();
+  for (const auto& b : m.named_buffers(true)) out[b.key()] = b.value();
+  return out;
+}
+
+// Copies into `to` every tensor `provided` holds and every other one from
+// `from` by name; the tensors of `from` left over must be exactly `dropped`.
+void assemble(const models::Model& from, models::Model& to,
+              const std::map<std::string, at::Tensor>& provided,
+              const std::set<std::string>& dropped, const char* recipe) {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> source = tensors_of(from);
+  for (auto& [name, target] : tensors_of(to)) {
+    auto p = provided.find(name);
+    const at::Tensor* value = nullptr;
+    if (p != provided.end()) {
+      value = &p->second;
+    } else {
+      auto s = source.find(name);
+      if (s == source.end()) throw Error(msg("recipe ", recipe, ": no value for tensor ", quote(name)));
+      value = &s->second;
+    }
+    RECAST_CHECK(value->sizes() == target.sizes(), "recipe ", recipe, ": tensor ", quote(name),
+                 ": ", shape_string(value->sizes()), " computed, ", shape_string(target.sizes()),
+                 " in the converted model");
+    target.copy_(*value);
+    source.erase(name);
+  }
+  for (const auto& kv : source) {
+    RECAST_CHECK(dropped.count(kv.first), "recipe ", recipe, ": tensor ", quote(kv.first),
+                 " of the source has no place in the converted model");
+  }
+}
+
+// The whole model's output on the probe, before and after.
+nlohmann::json output_change(models::Model& before_model, models::Model& after_model,
+                             const models::Batch& probe) {
+  torch::NoGradGuard no_grad;
+  before_model.eval();
+  after_model.eval();
+  const at::Tensor before = before_model.forward(probe).to(at::kDouble);
+  const at::Tensor after = after_model.forward(probe).to(at::kDouble);
+  const at::Tensor diff = after - before;
+  return {{"max_abs", diff.abs().max().item<double>()},
+          {"relative", (diff.norm() / before.norm().clamp_min(1e-300)).item<double>()},
+          {"same_argmax", after.argmax(-1).eq(before.argmax(-1)).to(at::kDouble).mean().item<double>()}};
+}
+
+struct Layer {
+  std::string name;
+  bool transposed = false, conv = false;
+  std::vector<int64_t> shape;  // the stored dense weight's
+  int64_t m = 0, n = 0;        // the matrix: out x (in * kh * kw)
+  int64_t bias = 0;
+  layers::Spectrum sp;
+  std::vector<double> kept;  // cumulative energy fraction after 1..k singular values
+  int64_t rank = 0;          // 0: stays dense
+};
+
+int64_t rank_for_kept(const Layer& l, double tau) {
+  for (size_t r = 0; r < l.kept.size(); ++r) {
+    if (l.kept[r] >= tau * (1 - 1e-12)) return static_cast<int64_t>(r + 1);
+  }
+  return static_cast<int64_t>(l.kept.size());
+}
+
+// The weight's numbers at `rank` (0: dense), with the dense fallback.
+int64_t weight_elements(const Layer& l, int64_t rank) {
+  return rank > 0 && layers::saves_parameters(l.m, l.n, rank) ? rank * (l.m + l.n) : l.m * l.n;
+}
+
+// Ranks for a whole-checkpoint budget of `fraction` of `total` numbers.
+void allocate_budget(std::vector<Layer>& ls, double fraction, int64_t total) {
+  RECAST_CHECK(fraction > 0 && fraction <= 1, "--params: expected a fraction in (0, 1], found ",
+               fraction);
+  int64_t fixed = total;
+  for (const auto& l : ls) fixed -= l.m * l.n;
+  const double budget = fraction * static_cast<double>(total);
+  auto count = [&](double tau) {
+    int64_t n = fixed;
+    for (const auto& l : ls) n += weight_elements(l, rank_for_kept(l, tau));
+    return n;
+  };
+  const int64_t smallest = count(0.0);  // rank 1 everywhere it saves
+  if (static_cast<double>(smallest) > budget) {
+    throw UsageError(msg("--params ", fraction, ": unreachable with these layers; rank 1 in each "
+                         "keeps ", smallest, " of ", total, " numbers (",
+                         static_cast<double>(smallest) / static_cast<double>(total),
+                         "); select more layers or ask for more"));
+  }
+  double lo = 0.0, hi = 1.0;
+  if (static_cast<double>(count(hi)) <= budget) lo = hi;
+  for (int i = 0; i < 60 && hi - lo > 1e-12; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (static_cast<double>(count(mid)) <= budget ? lo : hi) = mid;
+  }
+  for (auto& l : ls) l.rank = rank_for_kept(l, lo);
+}
+
+std::string human(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+  else if (v >= 1e4) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  return buf;
+}
+
+Conversion factorize(models::Model& source, const RecipeOptions& o) {
+  if (source.config().contains("recast_factorized")) {
+    throw UsageError("recipe factorize: the model is already factorized (config has "
+                     "recast_factorized); merge it first (--recipe merge)");
+  }
+  std::map<std::string, bool> offered;
+  std::vector<std::string> names;
+  for (const auto& d : source.factorizable_layers()) {
+    offered[d.name] = d.transposed;
+    names.push_back(d.name);
+  }
+  if (names.empty()) {
+    throw UsageError(msg("recipe factorize: ", source.arch(),
+                         " has no layers it can factorize (supported: gpt2, resnet18 ... resnet152)"));
+  }
+  const int rules = static_cast<int>(o.values.contains("rank_ratio")) +
+                    static_cast<int>(o.values.contains("energy")) +
+                    static_cast<int>(o.values.contains("params"));
+  if (rules != 1) {
+    throw UsageError("recipe factorize: give exactly one of --rank-ratio R, --energy E, --params F");
+  }
+  const std::vector<std::string> chosen = select_modules(names, o.layers);
+  // A layer whose factors would hold at least as many numbers as its dense
+  // weight stays dense, unless asked otherwise (full-rank checks).
+  const bool dense_fallback = o.values.value("dense_fallback", true);
+
+  // Each selected weight as the matrix out x (in * kh * kw), and its SVD.
+  const auto source_tensors = tensors_of(source);
+  std::vector<Layer> ls;
+  for (const auto& name : chosen) {
+    Layer l;
+    l.name = name;
+    l.transposed = offered.at(name);
+    const at::Tensor& w = source_tensors.at(name + ".weight");
+    l.shape = w.sizes().vec();
+    l.conv = w.dim() == 4;
+    const at::Tensor matrix = l.transposed ? w.t() : w.reshape({w.size(0), -1});
+    l.m = matrix.size(0);
+    l.n = matrix.size(1);
+    auto b = source_tensors.find(name + ".bias");
+    l.bias = b == source_tensors.end() ? 0 : b->second.numel();
+    l.sp = layers::spectrum(matrix);
+    const at::Tensor kept = l.sp.s.square().cumsum(0);
+    const double total = kept[-1].item<double>();
+    const at::Tensor fractions = total > 0 ? kept / total : at::ones_like(kept);
+    l.kept.assign(fractions.data_ptr<double>(), fractions.data_ptr<double>() + fractions.numel());
+    ls.push_back(std::move(l));
+  }
+  const int64_t total_before = stored_elements(source);
+  std::string rule;
+  if (o.values.contains("rank_ratio")) {
+    const double ratio = o.values["rank_ratio"].get<double>();
+    for (auto& l : ls) l.rank = layers::rank_for_ratio(ratio, l.m, l.n);
+    rule = msg("rank ratio ", ratio);
+  } else if (o.values.contains("energy")) {
+    const double energy = o.values["energy"].get<double>();
+    for (auto& l : ls) l.rank = layers::rank_for_energy(l.sp.s, energy);
+    rule = msg("energy ", energy);
+  } else {
+    if (!dense_fallback) {
+      throw UsageError("--no-dense-fallback: not with --params (the budget counts dense layers)");
+    }
+    const double fraction = o.values["params"].get<double>();
+    allocate_budget(ls, fraction, total_before);
+    rule = msg("parameter budget ", fraction);
+  }
+  layers::FactorizedConfig fc;
+  for (auto& l : ls) {
+    if (dense_fallback && !layers::saves_parameters(l.m, l.n, l.rank)) l.rank = 0;  // stays dense
+    if (l.rank > 0) fc.layers[l.name] = l.rank;
+  }
+  if (fc.layers.empty()) {
+    throw UsageError(msg("recipe factorize (", rule, "): no selected layer saves parameters at "
+                         "its rank; nothing to factorize"));
+  }
+
+  nlohmann::json config = source.config();
+  config["recast_factorized"] = fc.to_json();
+  models::ModelPtr model = models::create_model(source.arch(), config);
+  std::map<std::string, at::Tensor> factors;
+  std::set<std::string> dropped;
+  for (const auto& l : ls) {
+    if (l.rank == 0) continue;
+    const layers::Factors f = layers::spectral_factors(l.sp, l.rank);
+    const auto dtype = source_tensors.at(l.name + ".weight").scalar_type();
+    factors[l.name + ".weight_u"] =
+        (l.conv ? f.u.reshape({l.m, l.rank, 1, 1}) : f.u).to(dtype);
+    factors[l.name + ".weight_v"] =
+        (l.conv ? f.v.t().reshape({l.rank, l.shape[1], l.shape[2], l.shape[3]}) : f.v.t().contiguous())
+            .to(dtype);
+    dropped.insert(l.name + ".weight");
+  }
+  assemble(source, *model, factors, dropped, "factorize");
+  model->set_metadata(source.metadata());
+  model->to(source.device());
+
+  // The report: per layer rank, numbers and FLOPs before and after, and the
+  // reconstruction error of the factors as stored against the dense weight.
+  Conversion c;
+  c.model = model;
+  nlohmann::json rows = nlohmann::json::array();
+  int64_t flops_before = 0, flops_after = 0;
+  std::string table = msg("factorize (", rule, "): ", fc.layers.size(), " of ", ls.size(),
+                          " selected layers factorized\n");
+  char line[256];
+  std::snprintf(line, sizeof line, "%-30s %-9s %6s %9s %9s %9s %9s %10s %10s\n", "layer", "kind",
+                "rank", "of", "params", "->", "FLOPs/pos", "->", "rel error");
+  table += line;
+  const auto tensors_after = tensors_of(*model);
+  for (const auto& l : ls) {
+    const int64_t full = l.sp.full_rank();
+    const int64_t before = l.m * l.n + l.bias;
+    const int64_t after = (l.rank > 0 ? l.rank * (l.m + l.n) : l.m * l.n) + l.bias;
+    const int64_t fb = 2 * l.m * l.n, fa = l.rank > 0 ? 2 * l.rank * (l.m + l.n) : fb;
+    flops_before += fb;
+    flops_after += fa;
+    double error = 0.0, bound = 0.0;
+    if (l.rank > 0) {
+      // ||W - U V^T||_F / ||W||_F in fp64, from the factors as stored.
+      torch::NoGradGuard no_grad;
+      const at::Tensor u = tensors_after.at(l.name + ".weight_u").to(at::kCPU, at::kDouble).reshape({l.m, l.rank});
+      const at::Tensor v = tensors_after.at(l.name + ".weight_v").to(at::kCPU, at::kDouble).reshape({l.rank, l.n});
+      const at::Tensor w = source_tensors.at(l.name + ".weight").to(at::kCPU, at::kDouble);
+      const at::Tensor dense = l.transposed ? w.t() : w.reshape({l.m, l.n});
+      error = ((dense - at::matmul(u, v)).norm() / dense.norm().clamp_min(1e-300)).item<double>();
+      bound = layers::eckart_young_relative(l.sp.s, l.rank);
+    }
+    const std::string kind =
+        l.conv ? msg("conv", l.shape[2], "x", l.shape[3]) : std::string("linear");
+    rows.push_back({{"module", l.name},
+                    {"kind", kind},
+                    {"matrix", {l.m, l.n}},
+                    {"rank", l.rank > 0 ? nlohmann::json(l.rank) : nlohmann::json("dense")},
+                    {"full_rank", full},
+                    {"params_before", before},
+                    {"params_after", after},
+                    {"flops_per_position_before", fb},
+                    {"flops_per_position_after", fa},
+                    {"relative_error", error},
+                    {"eckart_young_bound", bound},
+                    {"energy_kept", l.rank > 0 ? l.kept[static_cast<size_t>(l.rank - 1)] : 1.0}});
+    std::snprintf(line, sizeof line, "%-30s %-9s %6s %9lld %9s %9s %9s %10s %10.3e\n",
+                  l.name.c_str(), kind.c_str(),
+                  l.rank > 0 ? std::to_string(l.rank).c_str() : "dense",
+                  static_cast<long long>(full), human(static_cast<double>(before)).c_str(),
+                  human(static_cast<double>(after)).c_str(), human(static_cast<double>(fb)).c_str(),
+                  human(static_cast<double>(fa)).c_str(), error);
+    table += line;
+    LayerReport r;
+    r.module = l.name;
+    r.replaced = l.rank > 0 ? msg(kind, " ", l.m, "x", l.n, " -> rank ", l.rank, " factors")
+                            : msg(kind, " kept dense (a factorization would not save parameters)");
+    r.relative_error = error;
+    r.detail = "||W - U V^T||_F / ||W||_F";
+    c.report.push_back(r);
+  }
+  const int64_t total_after = stored_elements(*model);
+  std::snprintf(line, sizeof line,
+                "checkpoint: %lld -> %lld numbers (%.4f of the original); selected layers' FLOPs "
+                "per position %s -> %s\n",
+                static_cast<long long>(total_before), static_cast<long long>(total_after),
+                static_cast<double>(total_after) / static_cast<double>(total_before),
+                human(static_cast<double>(flops_before)).c_str(),
+                human(static_cast<double>(flops_after)).c_str());
+  table += line;
+  nlohmann::json change;
+  if (o.probe.input_ids.defined() || o.probe.pixel_values.defined()) {
+    change = output_change(source, *model, o.probe);
+  }
+  c.table = table;
+  c.manifest = {{"recipe", "factorize"},
+                {"rule", rule},
+                {"options", o.values},
+                {"layers", rows},
+                {"factorized", fc.to_json()},
+                {"params_before", total_before},
+                {"params_after", total_after},
+                {"params_fraction",
+                 static_cast<double>(total_after) / static_cast<double>(total_before)},
+                {"flops_per_position_before", flops_before},
+                {"flops_per_position_after", flops_after},
+                {"logits_change", change}};
+  return c;
+}
+
+Conversion merge(models::Model& source, const RecipeOptions& o) {
+  const auto fc = layers::FactorizedConfig::from(source.config());
+  if (!fc) {
+    throw UsageError("recipe merge: the model has no factorized layers (config has no "
+                     "recast_factorized)");
+  }
+  if (!o.layers.empty()) {
+    throw UsageError("recipe merge: --layers is not supported; merge multiplies every factorized layer back");
+  }
+  nlohmann::json config = source.config();
+  config.erase("recast_factorized");
+  models::ModelPtr model = models::create_model(source.arch(), config);
+  std::map<std::string, bool> transposed;
+  for (const auto& d : model->factorizable_layers()) transposed[d.name] = d.transposed;
+  std::map<std::string, at::Tensor> dense;
+  std::set<std::string> dropped;
+  Conversion c;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : source.named_modules("", false)) {
+    at::Tensor w;
+    if (auto* l = item.value()->as<layers::FactorizedLinear>()) {
+      w = l->dense_weight();
+    } else if (auto* cv = item.value()->as<layers::FactorizedConv2d>()) {
+      w = cv->dense_weight();
+    } else {
+      continue;
+    }
+    const std::string& name = item.key();
+    auto t = transposed.find(name);
+    RECAST_CHECK(t != transposed.end(), "recipe merge: ", source.arch(), " has no dense slot ",
+                 quote(name));
+    dense[name + ".weight"] = t->second ? w.t().contiguous() : w.contiguous();
+    dropped.insert(name + ".weight_u");
+    dropped.insert(name + ".weight_v");
+    LayerReport r;
+    r.module = name;
+    r.replaced = msg("rank ", fc->layers.at(name), " factors -> dense ", shape_string(w.sizes()));
+    r.detail = "||W - U V^T||_F / ||U V^T||_F, U V^T in fp64";
+    c.report.push_back(r);
+  }
+  assemble(source, *model, dense, dropped, "merge");
+  // The merged weights as stored against the product computed in fp64.
+  const auto merged = tensors_of(*model);
+  const auto factors = tensors_of(source);
+  for (auto& r : c.report) {
+    const at::Tensor u = factors.at(r.module + ".weight_u").to(at::kCPU, at::kDouble);
+    const at::Tensor v = factors.at(r.module + ".weight_v").to(at::kCPU, at::kDouble);
+    const at::Tensor product = at::matmul(u.reshape({u.size(0), -1}), v.reshape({v.size(0), -1}));
+    at::Tensor w = merged.at(r.module + ".weight").to(at::kCPU, at::kDouble);
+    w = transposed.at(r.module) ? w.t() : w.reshape({w.size(0), -1});
+    r.relative_error = ((w - product).norm() / product.norm().clamp_min(1e-300)).item<double>();
+  }
+  model->set_metadata(source.metadata());
+  model->to(source.device());
+  c.model = model;
+  nlohmann::json change;
+  if (o.probe.input_ids.defined() || o.probe.pixel_values.defined()) {
+    change = output_change(source, *model, o.probe);
+  }
+  c.manifest = {{"recipe", "merge"},
+                {"merged", fc->to_json()},
+                {"params_before", stored_elements(source)},
+                {"params_after", stored_elements(*model)},
+                {"logits_change", change}};
+  return c;
+}
+
+}  // namespace
+
+void register_factorize(Registry<Recipe>& r) {
+  r.add("factorize",
+        "dense / conv weights -> low-rank products U V^T with spectral (SVD) init; by --rank-ratio, "
+        "--energy or a parameter budget --params; train with --frobenius-decay",
+        factorize);
+  r.add("merge", "factorized layers -> dense weights U V^T (undoes factorize)", merge);
+}
+
+}  // namespace recast::recipes

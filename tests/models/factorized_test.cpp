@@ -1,0 +1,373 @@
+// Factorized layers: at full rank the spectral factors reproduce Linear and
+// Conv2d (fp32, relative <= 1e-5; k = 1 and 3, stride, padding, dilation,
+// bias); at rank r the error is the Eckart-Young bound; the Gram-form
+// Frobenius penalty has autograd's gradient of the explicit penalty and the
+// closed form; the rank rules; the factorize / merge recipes on GPT-2 and
+// ResNet (full rank reproduces the logits; merge returns U V^T; budgets hold).
+
+#include "recast/layers/factorized.h"
+#include "recast/models/model.h"
+#include "recast/recipes/recipe.h"
+#include "recast/train/optim.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace recast::testing {
+namespace {
+
+const std::string kFixtures = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures";
+
+double rel(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
+  return ((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item<double>();
+}
+
+TEST(Factorized, FullRankReproducesLinear) {
+  torch::manual_seed(0);
+  torch::NoGradGuard no_grad;
+  for (auto [in, out] : {std::pair<int64_t, int64_t>{13, 7}, {6, 11}, {9, 9}}) {
+    for (bool bias : {true, false}) {
+      auto dense = torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+      layers::FactorizedLinearOptions o;
+      o.in = in, o.out = out, o.rank = std::min(in, out), o.bias = bias;
+      for (auto dispatch : {layers::Dispatch::Factorized, layers::Dispatch::Dense}) {
+        o.dispatch = dispatch;
+        layers::FactorizedLinear f(o);
+        f->set_from_dense(dense->weight);
+        if (bias) f->bias.copy_(dense->bias);
+        const at::Tensor x = torch::randn({3, 5, in});
+        EXPECT_LT(rel(f(x), dense(x)), 1e-5) << in << "->" << out;
+        EXPECT_LT(rel(f->dense_weight(), dense->weight), 1e-5);
+      }
+    }
+  }
+}
+
+TEST(Factorized, FullRankReproducesConv2d) {
+  torch::manual_seed(1);
+  torch::NoGradGuard no_grad;
+  struct Case {
+    int64_t in, out, k, stride, padding, dilation;
+    bool bias;
+  };
+  for (const Case& c : {Case{5, 7, 1, 1, 0, 1, false}, Case{5, 7, 1, 2, 0, 1, true},
+                        Case{4, 6, 3, 1, 1, 1, false}, Case{4, 6, 3, 2, 1, 1, true},
+                        Case{3, 40, 3, 1, 0, 1, false}, Case{6, 5, 3, 1, 2, 2, true}}) {
+    auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in, c.out, c.k)
+                                      .stride(c.stride)
+                                      .padding(c.padding)
+                                      .dilation(c.dilation)
+                                      .bias(c.bias));
+    layers::FactorizedConv2dOptions o;
+    o.in = c.in, o.out = c.out, o.rank = std::min(c.out, c.in * c.k * c.k), o.bias = c.bias;
+    o.kernel = {c.k, c.k}, o.stride = {c.stride, c.stride}, o.padding = {c.padding, c.padding};
+    o.dilation = {c.dilation, c.dilation};
+    layers::FactorizedConv2d f(o);
+    f->set_from_dense(conv->weight);
+    if (c.bias) f->bias.copy_(conv->bias);
+    const at::Tensor x = torch::randn({2, c.in, 9, 7});
+    EXPECT_LT(rel(f(x), conv(x)), 1e-5) << c.in << "->" << c.out << " k" << c.k << " s" << c.stride;
+    EXPECT_LT(rel(f->dense_weight(), conv->weight), 1e-5);
+  }
+}
+
+// ||W - U V^T||_F^2 = sum_{i > r} s_i^2 for every r, for a matrix and a conv kernel.
+TEST(Factorized, RankRErrorIsTheEckartYoungBound) {
+  torch::manual_seed(2);
+  for (const at::Tensor& w : {torch::randn({12, 20}, at::kDouble), torch::randn({8, 3, 3, 3}, at::kDouble)}) {
+    const layers::Spectrum sp = layers::spectrum(w);
+    const at::Tensor m = w.reshape({w.size(0), -1});
+    for (int64_t r = 1; r <= sp.full_rank(); ++r) {
+      const layers::Factors f = layers::spectral_factors(sp, r);
+      ASSERT_EQ(f.u.sizes(), (std::vector<int64_t>{m.size(0), r}));
+      ASSERT_EQ(f.v.sizes(), (std::vector<int64_t>{m.size(1), r}));
+      const double err2 = (m - at::matmul(f.u, f.v.t())).square().sum().item<double>();
+      const double tail = r < sp.full_rank()
+                              ? sp.s.narrow(0, r, sp.full_rank() - r).square().sum().item<double>()
+                              : 0.0;
+      EXPECT_NEAR(err2, tail, 1e-9 * m.square().sum().item<double>()) << "rank " << r;
+      EXPECT_NEAR(layers::eckart_young_relative(sp.s, r),
+                  std::sqrt(err2 / m.square().sum().item<double>()), 1e-9);
+      // U and V are balanced: U^T U = V^T V = S_r.
+      EXPECT_LT((at::matmul(f.u.t(), f.u) - at::matmul(f.v.t(), f.v)).abs().max().item<double>(), 1e-9);
+    }
+  }
+}
+
+TEST(Factorized, FrobeniusPenaltyGradientIsAutogradOfTheExplicitPenalty) {
+  torch::manual_seed(3);
+  for (const std::vector<int64_t>& lead : {std::vector<int64_t>{}, std::vector<int64_t>{3}}) {
+    auto shape = [&](int64_t a, int64_t b) {
+      std::vector<int64_t> s = lead;
+      s.push_back(a);
+      s.push_back(b);
+      return s;
+    };
+    const at::Tensor u0 = torch::randn(shape(9, 4), at::kDouble), v0 = torch::randn(shape(6, 4), at::kDouble);
+    at::Tensor u = u0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+    const at::Tensor gram = layers::frobenius_penalty(u, v);
+    gram.backward();
+    at::Tensor ue = u0.clone().requires_grad_(), ve = v0.clone().requires_grad_();
+    const at::Tensor explicit_penalty = 0.5 * at::matmul(ue, ve.transpose(-2, -1)).square().sum();
+    explicit_penalty.backward();
+    EXPECT_NEAR(gram.item<double>(), explicit_penalty.item<double>(), 1e-9 * explicit_penalty.item<double>());
+    EXPECT_LT(rel(u.grad(), ue.grad()), 1e-10);
+    EXPECT_LT(rel(v.grad(), ve.grad()), 1e-10);
+    // The closed form: dU = U (V^T V), dV = V (U^T U).
+    EXPECT_LT(rel(u.grad(), at::matmul(u0, at::matmul(v0.transpose(-2, -1), v0))), 1e-10);
+    EXPECT_LT(rel(v.grad(), at::matmul(v0, at::matmul(u0.transpose(-2, -1), u0))), 1e-10);
+  }
+  // bf16 factors are summed in fp32.
+  const at::Tensor ub = torch::randn({5, 2}).to(at::kBFloat16), vb = torch::randn({4, 2}).to(at::kBFloat16);
+  EXPECT_EQ(layers::frobenius_penalty(ub, vb).scalar_type(), at::kFloat);
+}
+
+TEST(Factorized, RankRules) {
+  EXPECT_EQ(layers::rank_for_ratio(0.5, 100, 40), 20);
+  EXPECT_EQ(layers::rank_for_ratio(1.0, 7, 9), 7);
+  EXPECT_EQ(layers::rank_for_ratio(0.001, 7, 9), 1);
+  EXPECT_THROW(layers::rank_for_ratio(0.0, 7, 9), Error);
+  EXPECT_THROW(layers::rank_for_ratio(1.5, 7, 9), Error);
+  // s^2 = 16, 9, 4, 1 (sum 30): 16/30 = .533, 25/30 = .833, 29/30 = .967, 1.
+  const at::Tensor s = torch::tensor({4.0, 3.0, 2.0, 1.0}, at::kDouble);
+  EXPECT_EQ(layers::rank_for_energy(s, 0.5), 1);
+  EXPECT_EQ(layers::rank_for_energy(s, 0.6), 2);
+  EXPECT_EQ(layers::rank_for_energy(s, 25.0 / 30.0), 2);
+  EXPECT_EQ(layers::rank_for_energy(s, 0.9), 3);
+  EXPECT_EQ(layers::rank_for_energy(s, 1.0), 4);
+  EXPECT_THROW(layers::rank_for_energy(s, 0.0), Error);
+  EXPECT_TRUE(layers::saves_parameters(100, 100, 49));
+  EXPECT_FALSE(layers::saves_parameters(100, 100, 50));
+  // The layers refuse impossible ranks.
+  layers::FactorizedLinearOptions o;
+  o.in = 4, o.out = 6, o.rank = 5;
+  EXPECT_THROW(layers::FactorizedLinear{o}, Error);
+}
+
+// Weight decay skips the factors that Frobenius decay regularises.
+TEST(Factorized, FrobeniusDecayFactorsLeaveWeightDecay) {
+  std::vector<std::pair<std::string, at::Tensor>> params = {
+      {"a.weight_u", torch::zeros({4, 2})}, {"a.weight_v", torch::zeros({2, 3})},
+      {"b.weight", torch::zeros({3, 3})}, {"b.bias", torch::zeros({3})}};
+  auto groups = train::default_param_groups(params, 0.1, {"a.weight_u", "a.weight_v"});
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].names, (std::vector<std::string>{"b.weight"}));
+  EXPECT_EQ(groups[1].names, (std::vector<std::string>{"a.weight_u", "a.weight_v", "b.bias"}));
+}
+
+models::ModelPtr tiny_gpt2() {
+  torch::manual_seed(5);
+  auto m = models::create_model(
+      "gpt2", {{"n_layer", 2}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 50}, {"n_positions", 16}});
+  m->init_weights();
+  return m;
+}
+
+models::ModelPtr tiny_resnet() {
+  torch::manual_seed(6);
+  auto m = models::create_model(
+      "resnet18", {{"model_args", {{"num_classes", 10}, {"in_chans", 1}, {"channels", {8, 16, 16, 32}}}}});
+  m->init_weights();
+  torch::NoGradGuard no_grad;
+  for (auto& b : m->named_buffers(true)) {
+    if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 2.0);
+  }
+  for (auto& p : m->named_parameters(true)) {
+    if (p.key().find("bn") != std::string::npos) p.value().uniform_(0.5, 1.5);
+  }
+  return m;
+}
+
+recipes::Conversion run_recipe(const std::string& name, models::Model& m, recipes::RecipeOptions o) {
+  return recipes::recipe_registry().get(name).factory(m, o);
+}
+
+int64_t stored(const models::Model& m) {
+  int64_t n = 0;
+  for (const auto& kv : models::state_dict_for_save(m)) n += kv.second.numel();
+  return n;
+}
+
+TEST(FactorizeRecipe, FullRankReproducesGpt2AndResNet) {
+  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet()};
+  for (auto& source : sources) {
+    recipes::RecipeOptions o;
+    o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
+    o.probe = source->example_batch(3, 7);
+    recipes::Conversion c = run_recipe("factorize", *source, o);
+    const size_t offered = source->factorizable_layers().size();
+    EXPECT_EQ(c.report.size(), offered);
+    EXPECT_EQ(c.model->factorizable_layers().size(), 0u);  // every one factorized
+    EXPECT_EQ(layers::factorized_pairs(*c.model).size(), offered);
+    for (const auto& r : c.report) EXPECT_LT(r.relative_error, 1e-5) << r.module;
+    EXPECT_LT(c.manifest["logits_change"]["relative"].get<double>(), 1e-5) << source->arch();
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(rel(c.model->forward(o.probe), source->forward(o.probe)), 1e-4) << source->arch();
+    // merge multiplies the factors back: dense U V^T in the source layout.
+    recipes::RecipeOptions mo;
+    mo.probe = o.probe;
+    recipes::Conversion merged = run_recipe("merge", *c.model, mo);
+    EXPECT_FALSE(merged.model->config().contains("recast_factorized"));
+    EXPECT_EQ(stored(*merged.model), stored(*source));
+    for (const auto& r : merged.report) EXPECT_LT(r.relative_error, 1e-6) << r.module;
+    std::map<std::string, at::Tensor> after;
+    for (const auto& p : merged.model->named_parameters(true)) after[p.key()] = p.value();
+    for (const auto& p : source->named_parameters(true)) {
+      EXPECT_LT(rel(after.at(p.key()), p.value()), 1e-5) << p.key();
+    }
+    EXPECT_THROW(run_recipe("merge", *source, mo), UsageError);
+    EXPECT_THROW(run_recipe("factorize", *c.model, o), UsageError);
+  }
+}
+
+TEST(FactorizeRecipe, MergeReturnsTheProductOfTheFactors) {
+  auto source = tiny_resnet();
+  recipes::RecipeOptions o;
+  o.values = {{"rank_ratio", 0.25}};
+  recipes::Conversion c = run_recipe("factorize", *source, o);
+  // Train-like drift of the factors, then merge.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : c.model->named_parameters(true)) p.value().add_(torch::randn_like(p.value()) * 0.01);
+  }
+  recipes::Conversion merged = run_recipe("merge", *c.model, {});
+  std::map<std::string, at::Tensor> dense;
+  for (const auto& p : merged.model->named_parameters(true)) dense[p.key()] = p.value();
+  for (const auto& pair : layers::factorized_pairs(*c.model)) {
+    const at::Tensor product = at::matmul(pair.u, pair.v.t());
+    const at::Tensor w = dense.at(pair.module + ".weight");
+    EXPECT_LT(rel(w.reshape({w.size(0), -1}), product), 1e-6) << pair.module;
+  }
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = torch::randn({2, 1, 32, 32});
+  c.model->eval();
+  merged.model->eval();
+  EXPECT_LT(rel(merged.model->forward({{}, {}, x, {}}), c.model->forward({{}, {}, x, {}})), 1e-4);
+}
+
+TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {
+  auto source = tiny_gpt2();
+  const int64_t before = stored(*source);
+  // --energy: each layer keeps at least that fraction of its energy.
+  {
+    recipes::RecipeOptions o;
+    o.values = {{"energy", 0.8}};
+    recipes::Conversion c = run_recipe("factorize", *source, o);
+    for (const auto& row : c.manifest["layers"]) {
+      if (row["rank"].is_string()) continue;
+      EXPECT_GE(row["energy_kept"].get<double>(), 0.8 - 1e-9) << row.dump();
+      const double err = row["relative_error"].get<double>();
+      EXPECT_NEAR(err, row["eckart_young_bound"].get<double>(), 1e-5) << row.dump();
+      EXPECT_NEAR(err * err, 1 - row["energy_kept"].get<double>(), 1e-5) << row.dump();
+    }
+  }
+  // --params: the checkpoint holds at most that fraction, and close to it.
+  for (double f : {0.75, 0.5}) {
+    recipes::RecipeOptions o;
+    o.values = {{"params", f}};
+    recipes::Conversion c = run_recipe("factorize", *source, o);
+    const int64_t after = stored(*c.model);
+    EXPECT_EQ(c.manifest["params_after"].get<int64_t>(), after);
+    EXPECT_EQ(c.manifest["params_before"].get<int64_t>(), before);
+    EXPECT_LE(static_cast<double>(after), f * static_cast<double>(before));
+    EXPECT_GE(static_cast<double>(after), (f - 0.05) * static_cast<double>(before)) << f;
+    int64_t sum_before = 0, sum_after = 0;
+    for (const auto& row : c.manifest["layers"]) {
+      sum_before += row["params_before"].get<int64_t>();
+      sum_after += row["params_after"].get<int64_t>();
+    }
+    EXPECT_EQ(before - sum_before, after - sum_after);  // the rest is untouched
+  }
+  // --layers selects by checkpoint name; the rest stays as it was.
+  {
+    recipes::RecipeOptions o;
+    o.values = {{"rank_ratio", 0.25}};
+    o.layers = "h\\.1\\.mlp\\.";
+    recipes::Conversion c = run_recipe("factorize", *source, o);
+    EXPECT_EQ(c.manifest["factorized"]["layers"].size(), 2u);
+    EXPECT_TRUE(c.manifest["factorized"]["layers"].contains("transformer.h.1.mlp.c_fc"));
+  }
+  recipes::RecipeOptions bad;
+  EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);  // no rule
+  bad.values = {{"rank_ratio", 0.5}, {"energy", 0.5}};
+  EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);  // two rules
+  bad.values = {{"params", 0.01}};
+  EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);  // unreachable
+  bad.values = {{"rank_ratio", 1.0}};
+  EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);  // nothing saves
+  bad.values = {{"rank_ratio", 0.5}};
+  bad.layers = "nothing";
+  EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);
+  auto vit = models::create_model("vit_tiny_patch16_224", {{"model_args", {{"depth", 1}}}});
+  recipes::RecipeOptions on_vit;
+  on_vit.values = {{"rank_ratio", 0.5}};
+  EXPECT_THROW(run_recipe("factorize", *vit, on_vit), UsageError);  // no factorizable slots yet
+}
+
+// The factorized model round-trips through its checkpoint (config block +
+// weight_u / weight_v) and rebuilds from the config alone.
+TEST(FactorizeRecipe, FactorizedCheckpointRoundTrips) {
+  TempDir dir;
+  auto source = tiny_resnet();
+  recipes::RecipeOptions o;
+  o.values = {{"rank_ratio", 0.5}};
+  recipes::Conversion c = run_recipe("factorize", *source, o);
+  models::save_model(*c.model, dir.path());
+  auto loaded = models::load_model(dir.path());
+  torch::NoGradGuard no_grad;
+  const models::Batch b = source->example_batch(2, 3);
+  EXPECT_EQ(rel(loaded->forward(b), c.model->forward(b)), 0.0);
+  // A config naming a module the model lacks, or cannot factorize, is refused.
+  nlohmann::json config = c.model->config();
+  config["recast_factorized"]["layers"]["layer9.0.conv1"] = 3;
+  EXPECT_THROW(models::create_model("resnet18", config), Error);
+  config = c.model->config();
+  config["recast_factorized"]["layers"]["layer1.0.bn1"] = 3;
+  EXPECT_THROW(models::create_model("resnet18", config), Error);
+  config["recast_factorized"] = {{"layers", {{"fc", 0}}}};
+  EXPECT_THROW(models::create_model("resnet18", config), Error);
+}
+
+// Multi-head attention as factorized products: per head the pair's product
+// is the block of W_Q W_K^T (and W_V W_O) that head computes, and the sum of
+// the heads' products is the whole product.
+TEST(FactorizeRecipe, Gpt2AttentionFactorsAreThePerHeadProducts) {
+  auto m = tiny_gpt2();
+  const auto pairs = m->attention_factors();
+  ASSERT_EQ(pairs.size(), 4u);  // 2 layers x (QK, VO)
+  std::map<std::string, at::Tensor> p;
+  for (const auto& kv : m->named_parameters(true)) p[kv.key()] = kv.value();
+  const int64_t w = 32;
+  const at::Tensor qkv = p.at("transformer.h.0.attn.c_attn.weight"), proj = p.at("transformer.h.0.attn.c_proj.weight");
+  const at::Tensor wq = qkv.narrow(1, 0, w), wk = qkv.narrow(1, w, w), wv = qkv.narrow(1, 2 * w, w);
+  EXPECT_LT(rel(at::matmul(pairs[0].u, pairs[0].v.transpose(1, 2)).sum(0), at::matmul(wq, wk.t())), 1e-5);
+  EXPECT_LT(rel(at::matmul(pairs[1].u, pairs[1].v.transpose(1, 2)).sum(0), at::matmul(wv, proj)), 1e-5);
+  EXPECT_LT(rel(pairs[0].u[1], wq.narrow(1, 8, 8)), 0.0 + 1e-12);
+  // Gradients reach the dense weights through the views.
+  at::Tensor penalty = at::zeros({});
+  for (const auto& pr : pairs) penalty = penalty + layers::frobenius_penalty(pr.u, pr.v);
+  penalty.backward();
+  EXPECT_GT(p.at("transformer.h.1.attn.c_proj.weight").grad().abs().sum().item<double>(), 0);
+}
+
+// A GPT-2 saved by transformers: factorized at full rank, transformers' logits.
+TEST(FactorizeRecipe, TransformersGpt2AtFullRankGivesItsLogits) {
+  auto source = models::load_model(kFixtures + "/gpt2");
+  recipes::RecipeOptions o;
+  o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
+  recipes::Conversion c = run_recipe("factorize", *source, o);
+  const auto inputs = io::TensorStore::open(kFixtures + "/gpt2/inputs.safetensors");
+  const auto outputs = io::TensorStore::open(kFixtures + "/gpt2/outputs.safetensors");
+  models::Batch b;
+  b.input_ids = inputs.tensor("input_ids");
+  b.attention_mask = inputs.tensor("attention_mask");
+  torch::NoGradGuard no_grad;
+  EXPECT_LT(rel(c.model->forward(b), outputs.tensor("logits")), 1e-4);
+}
+
+}  // namespace
+}  // namespace recast::testing
