@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: builds recast against the installed PyTorch's LibTorch
 # (with CUDA), runs the whole test suite, and prints a compact summary last.
+# TARGETS=...: build only those targets (implies SKIP_TESTS).
 # Needs .debs/ from scripts/gpu-debs.sh (carried along). Results also go to
 # $OUT when that is set. SKIP_TESTS=1: build only.
 set -euo pipefail
@@ -19,9 +20,12 @@ t0=$(date +%s)
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr;$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/share/cmake" \
   2>&1 | tee "$out/configure.log" | grep -E "recast:|Error|error" || true
-cmake --build build-gpu -j"$(nproc)" 2>&1 | tee "$out/build.log" | grep -E "error|warning:" | head -40 || true
+# TARGETS="recast recast-engine bench_factorized": only those (runs that measure).
+targets=()
+for t in ${TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build build-gpu -j"$(nproc)" "${targets[@]}" 2>&1 | tee "$out/build.log" | grep -E "error|warning:" | head -40 || true
 t1=$(date +%s)
-if [[ -n ${SKIP_TESTS:-} ]]; then  # the build only, for runs that measure
+if [[ -n ${SKIP_TESTS:-} || -n ${TARGETS:-} ]]; then  # the build only, for runs that measure
   echo "build: $((t1 - t0)) s, tests skipped"
   exit 0
 fi

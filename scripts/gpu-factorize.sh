@@ -12,7 +12,10 @@
 # evaluate right after; fine-tune FT steps with Frobenius decay, with weight
 # decay, and with neither; train the same factorized shape from scratch for
 # BASE + FT steps; end-to-end forward time and peak memory of each size.
-# The runs of one size go in parallel (the GPU is far from full with these models).
+# PARALLEL=1 runs the fine-tunes and scratch runs of all sizes at once (12
+# processes: on the 16-core H200 machine they stalled for minutes without
+# printing a line, so the default is one at a time). Each run gets $THREADS CPU
+# threads and at most $RUN_LIMIT seconds; results are packed after every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 res=${RES:-/tmp/recast-factorize}
@@ -23,6 +26,9 @@ ln -sfn /tmp/recast-deps/usr/share/datasets/fashion-mnist .gpu-data/fashion-mnis
 runs=${RUNS:-/tmp/recast-runs}
 FRACTIONS=${FRACTIONS:-"0.75 0.5 0.25"}
 LAMBDA=${LAMBDA:-1e-3}  # Frobenius decay coefficient (not tuned)
+PARALLEL=${PARALLEL:-0}
+THREADS=${THREADS:-8}
+RUN_LIMIT=${RUN_LIMIT:-300}
 mkdir -p "$res" "$runs"
 [[ -n ${OUT:-} ]] && mkdir -p "$OUT"
 
@@ -32,7 +38,8 @@ timed() {  # name command...: runs it, logs it, records the wall time
   local name=$1 t0 t1
   shift
   t0=$EPOCHREALTIME
-  "$@" > "$res/$name.log" 2>&1 || { echo "$name failed:"; tail -5 "$res/$name.log"; return 1; }
+  timeout "$RUN_LIMIT" "$@" --threads "$THREADS" > "$res/$name.log" 2>&1 ||
+    { echo "$name failed:"; tail -5 "$res/$name.log"; return 1; }
   t1=$EPOCHREALTIME
   echo "{\"run\": \"$name\", \"wall_s\": $(awk "BEGIN { print $t1 - $t0 }")}" >> "$res/times.jsonl"
 }
@@ -43,6 +50,18 @@ evaluate() {  # name dir: quality on the held-out split, as JSON
   "$recast" eval --model "$2" "${eval_data[@]}" --device cuda "${extra[@]}" --json > "$res/$1-eval.json"
   [[ -f $2/metrics.jsonl ]] && cp "$2/metrics.jsonl" "$res/$1-metrics.jsonl"
   echo "$1: $(tr -d ' \n' < "$res/$1-eval.json" | grep -oE '"(accuracy|bits_per_byte|perplexity)":[0-9.e+-]+' | tr '\n' ' ')"
+}
+
+pids=()
+failed=0
+launch() {  # in the background with PARALLEL=1, else now; packs after each run
+  if [[ $PARALLEL == 1 ]]; then
+    "$@" < /dev/null > /dev/null 2>&1 &
+    pids+=($!)
+  else
+    "$@" || failed=1
+    pack "$model"
+  fi
 }
 
 experiment() {
@@ -58,9 +77,9 @@ experiment() {
       --data "$data" --device cuda > "$res/$model-f$f-convert.txt" 2>&1
     cp "$c/recast_manifest.json" "$res/$model-f$f-convert-manifest.json"
     evaluate "$model-f$f-converted" "$c"
+    pack "$model"
     "$bench" model --model "$c" --device cuda "${bench_opts[@]}" >> "$res/$model-models.jsonl"
   done
-  local pids=()
   for f in $FRACTIONS; do
     local c="$runs/$model-f$f"
     for v in fd wd none; do
@@ -71,19 +90,16 @@ experiment() {
         none) reg=(--weight-decay 0) ;;
       esac
       rm -rf "$c-$v"
-      timed "$model-f$f-ft-$v" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" "${ft_opts[@]}" \
-        "${reg[@]}" --out "$c-$v" &
-      pids+=($!)
+      launch timed "$model-f$f-ft-$v" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" \
+        "${ft_opts[@]}" "${reg[@]}" --out "$c-$v"
     done
     local shape
     shape=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['recast_factorized']))" \
       "$c/config.json")
     rm -rf "$c-scratch"
-    timed "$model-f$f-scratch" "$recast" pretrain "${arch[@]}" --set "recast_factorized=$shape" "${train[@]}" \
-      --steps $((BASE + FT)) "${base_opts[@]}" --out "$c-scratch" &
-    pids+=($!)
+    launch timed "$model-f$f-scratch" "$recast" pretrain "${arch[@]}" --set "recast_factorized=$shape" \
+      "${train[@]}" --steps $((BASE + FT)) "${base_opts[@]}" --out "$c-scratch"
   done
-  local failed=0
   for p in "${pids[@]}"; do wait "$p" || failed=1; done
   for f in $FRACTIONS; do
     for v in fd wd none scratch; do

@@ -65,9 +65,7 @@ int run_bench_decode(const BenchDecodeCli& o) {
   auto gen = at::detail::createCPUGenerator(o.seed);
   models::Batch batch;
   batch.input_ids = at::randint(vocab, {o.batch, o.context}, gen, at::kLong).to(device);
-#if RECAST_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-#endif
+  take_peak_allocated_mb(device);  // resets the peak
   using Clock = std::chrono::steady_clock;
   models::KVCache cache;
   synchronize(device);

@@ -183,11 +183,12 @@ int run_convert(const ConvertCli& o) {
     ro.probe = train::to_device(source->example_batch(4, o.seed), device);
   }
   recipes::Conversion c = recipe(*source, ro);
-  log::info("converted ", c.report.size(), " layers (", o.recipe, "); error of each "
-            "layer's output against the layer it replaced, on the same inputs:");
   if (c.table.empty()) {
+    log::info("converted ", c.report.size(), " layers (", o.recipe, "); error of each "
+              "layer's output against the layer it replaced, on the same inputs:");
     print_report(c.report, "at init");
   } else {
+    log::info("converted ", c.report.size(), " layers (", o.recipe, "):");
     std::fputs(c.table.c_str(), stdout);
   }
   std::fflush(stdout);
