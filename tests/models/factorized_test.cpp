@@ -192,8 +192,26 @@ int64_t stored(const models::Model& m) {
   return n;
 }
 
-TEST(FactorizeRecipe, FullRankReproducesGpt2AndResNet) {
-  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet()};
+models::ModelPtr tiny_llama() {
+  torch::manual_seed(7);
+  auto m = models::create_model("llama", {{"hidden_size", 32}, {"intermediate_size", 48},
+                                          {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                                          {"num_key_value_heads", 2}, {"vocab_size", 40}});
+  m->init_weights();
+  return m;
+}
+
+models::ModelPtr tiny_vit() {
+  torch::manual_seed(8);
+  auto m = models::create_model(
+      "vit_tiny_patch16_224",
+      {{"model_args", {{"depth", 2}, {"img_size", 32}, {"patch_size", 8}, {"num_classes", 5}}}});
+  m->init_weights();
+  return m;
+}
+
+TEST(FactorizeRecipe, FullRankReproducesEveryFamily) {
+  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet(), tiny_llama(), tiny_vit()};
   for (auto& source : sources) {
     recipes::RecipeOptions o;
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
@@ -302,10 +320,24 @@ TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {
   bad.values = {{"rank_ratio", 0.5}};
   bad.layers = "nothing";
   EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);
-  auto vit = models::create_model("vit_tiny_patch16_224", {{"model_args", {{"depth", 1}}}});
-  recipes::RecipeOptions on_vit;
-  on_vit.values = {{"rank_ratio", 0.5}};
-  EXPECT_THROW(run_recipe("factorize", *vit, on_vit), UsageError);  // no factorizable slots yet
+}
+
+// What each family offers: its projections and classifier, not embeddings,
+// the patch embedding or the lm_head.
+TEST(FactorizeRecipe, EachFamilyOffersItsProjections) {
+  auto names = [](models::Model& m) {
+    std::vector<std::string> out;
+    for (const auto& d : m.factorizable_layers()) out.push_back(d.name);
+    return out;
+  };
+  const auto llama = names(*tiny_llama());
+  EXPECT_EQ(llama.size(), 14u);
+  EXPECT_EQ(llama.front(), "model.layers.0.self_attn.q_proj");
+  const auto vit = names(*tiny_vit());
+  EXPECT_EQ(vit.size(), 9u);  // 2 x (qkv, proj, fc1, fc2) + head
+  EXPECT_EQ(vit.back(), "head");
+  EXPECT_EQ(names(*tiny_gpt2()).size(), 8u);
+  EXPECT_EQ(names(*tiny_resnet()).size(), 22u);  // stem + 16 block convs + 4 downsample + fc
 }
 
 // The factorized model round-trips through its checkpoint (config block +
@@ -354,19 +386,42 @@ TEST(FactorizeRecipe, Gpt2AttentionFactorsAreThePerHeadProducts) {
   EXPECT_GT(p.at("transformer.h.1.attn.c_proj.weight").grad().abs().sum().item<double>(), 0);
 }
 
-// A GPT-2 saved by transformers: factorized at full rank, transformers' logits.
-TEST(FactorizeRecipe, TransformersGpt2AtFullRankGivesItsLogits) {
-  auto source = models::load_model(kFixtures + "/gpt2");
-  recipes::RecipeOptions o;
-  o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
-  recipes::Conversion c = run_recipe("factorize", *source, o);
-  const auto inputs = io::TensorStore::open(kFixtures + "/gpt2/inputs.safetensors");
-  const auto outputs = io::TensorStore::open(kFixtures + "/gpt2/outputs.safetensors");
-  models::Batch b;
-  b.input_ids = inputs.tensor("input_ids");
-  b.attention_mask = inputs.tensor("attention_mask");
-  torch::NoGradGuard no_grad;
-  EXPECT_LT(rel(c.model->forward(b), outputs.tensor("logits")), 1e-4);
+// Checkpoints saved by transformers and timm, factorized at full rank: the
+// reference library's logits.
+TEST(FactorizeRecipe, ReferenceCheckpointsAtFullRankGiveTheirLogits) {
+  for (const char* name : {"gpt2", "llama_gqa", "vit_tiny_timm", "resnet18_timm"}) {
+    auto source = models::load_model(kFixtures + "/" + name);
+    recipes::RecipeOptions o;
+    o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
+    recipes::Conversion c = run_recipe("factorize", *source, o);
+    const auto inputs = io::TensorStore::open(kFixtures + "/" + name + "/inputs.safetensors");
+    const auto outputs = io::TensorStore::open(kFixtures + "/" + name + "/outputs.safetensors");
+    models::Batch b;
+    if (inputs.find("input_ids")) b.input_ids = inputs.tensor("input_ids");
+    if (inputs.find("attention_mask")) b.attention_mask = inputs.tensor("attention_mask");
+    if (inputs.find("pixel_values")) b.pixel_values = inputs.tensor("pixel_values");
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(rel(c.model->forward(b), outputs.tensor("logits")), 1e-4) << name;
+  }
+}
+
+// Llama with grouped-query attention: each query head's pair uses its group's
+// key / value head; the heads' products sum to the whole W_Q W_K^T.
+TEST(FactorizeRecipe, LlamaAttentionFactorsFollowTheKeyValueGroups) {
+  auto m = tiny_llama();
+  const auto pairs = m->attention_factors();
+  ASSERT_EQ(pairs.size(), 4u);
+  std::map<std::string, at::Tensor> p;
+  for (const auto& kv : m->named_parameters(true)) p[kv.key()] = kv.value();
+  const at::Tensor wq = p.at("model.layers.0.self_attn.q_proj.weight");  // [4*8, 32]
+  const at::Tensor wk = p.at("model.layers.0.self_attn.k_proj.weight");  // [2*8, 32]
+  const at::Tensor wv = p.at("model.layers.0.self_attn.v_proj.weight");
+  const at::Tensor wo = p.at("model.layers.0.self_attn.o_proj.weight");  // [32, 4*8]
+  const at::Tensor k_rep = wk.reshape({2, 8, 32}).repeat_interleave(2, 0).reshape({32, 32});
+  const at::Tensor v_rep = wv.reshape({2, 8, 32}).repeat_interleave(2, 0).reshape({32, 32});
+  EXPECT_LT(rel(at::matmul(pairs[0].u, pairs[0].v.transpose(1, 2)).sum(0), at::matmul(wq.t(), k_rep)), 1e-5);
+  EXPECT_LT(rel(at::matmul(pairs[1].u, pairs[1].v.transpose(1, 2)).sum(0), at::matmul(v_rep.t(), wo.t())), 1e-5);
+  EXPECT_EQ(rel(pairs[0].v[3], wk.narrow(0, 8, 8).t()), 0.0);  // head 3 -> key head 1
 }
 
 }  // namespace

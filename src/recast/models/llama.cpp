@@ -6,6 +6,7 @@
 
 #include "recast/core/error.h"
 #include "recast/models/decoder.h"
+#include "recast/layers/factorized.h"
 #include "recast/layers/linear_attention.h"
 #include "recast/ops/attention.h"
 
@@ -21,6 +22,7 @@ struct LlamaConfig {
   double eps, rope_theta;
   bool tied, attention_bias, mlp_bias;
   std::optional<layers::T2RConfig> t2r;  // layers recast to linear attention (T2R)
+  std::optional<layers::FactorizedConfig> factorized;  // low-rank projections
 };
 
 // rope_theta sits at the top level (transformers 4.x) or in rope_parameters (5.x).
@@ -60,13 +62,16 @@ at::Tensor rotate_half(const at::Tensor& x) {
 
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const LlamaConfig& config, int64_t layer_index) : c(config), layer(layer_index) {
-    auto lin = [&](int64_t in, int64_t out) {
-      return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(c.attention_bias));
+    auto lin = [&](const char* name, int64_t in, int64_t out) {
+      torch::nn::AnyModule m = layers::linear_slot(
+          c.factorized, msg("model.layers.", layer_index, ".self_attn.", name), in, out, c.attention_bias);
+      register_module(name, m.ptr());
+      return m;
     };
-    q_proj = register_module("q_proj", lin(c.width, c.heads * c.head_dim));
-    k_proj = register_module("k_proj", lin(c.width, c.kv_heads * c.head_dim));
-    v_proj = register_module("v_proj", lin(c.width, c.kv_heads * c.head_dim));
-    o_proj = register_module("o_proj", lin(c.heads * c.head_dim, c.width));
+    q_proj = lin("q_proj", c.width, c.heads * c.head_dim);
+    k_proj = lin("k_proj", c.width, c.kv_heads * c.head_dim);
+    v_proj = lin("v_proj", c.width, c.kv_heads * c.head_dim);
+    o_proj = lin("o_proj", c.heads * c.head_dim, c.width);
     if (c.t2r && c.t2r->linear(layer_index)) {
       feature_map = register_module(
           "feature_map", layers::FeatureMap(c.t2r->feature_map, c.heads, c.head_dim, c.t2r->features));
@@ -76,9 +81,9 @@ struct AttentionImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const ops::AttentionMask& mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1);
-    at::Tensor q = q_proj(x).view({b, t, c.heads, c.head_dim}).transpose(1, 2);
-    at::Tensor k = k_proj(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
-    at::Tensor v = v_proj(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
+    at::Tensor q = q_proj.forward(x).view({b, t, c.heads, c.head_dim}).transpose(1, 2);
+    at::Tensor k = k_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
+    at::Tensor v = v_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
     at::Tensor y;
@@ -100,34 +105,40 @@ struct AttentionImpl : torch::nn::Module {
       if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
       y = ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
     }
-    return o_proj(y.transpose(1, 2).reshape({b, t, c.heads * c.head_dim}));
+    return o_proj.forward(y.transpose(1, 2).reshape({b, t, c.heads * c.head_dim}));
   }
   LlamaConfig c;
   int64_t layer;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  // torch::nn::Linear or layers::FactorizedLinear
+  torch::nn::AnyModule q_proj, k_proj, v_proj, o_proj;
   layers::FeatureMap feature_map{nullptr};
   layers::TransferProbe probe;
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
-  explicit MlpImpl(const LlamaConfig& c) {
-    auto lin = [&](int64_t in, int64_t out) {
-      return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(c.mlp_bias));
+  MlpImpl(const LlamaConfig& c, int64_t layer) {
+    auto lin = [&](const char* name, int64_t in, int64_t out) {
+      torch::nn::AnyModule m = layers::linear_slot(
+          c.factorized, msg("model.layers.", layer, ".mlp.", name), in, out, c.mlp_bias);
+      register_module(name, m.ptr());
+      return m;
     };
-    gate_proj = register_module("gate_proj", lin(c.width, c.inner));
-    up_proj = register_module("up_proj", lin(c.width, c.inner));
-    down_proj = register_module("down_proj", lin(c.inner, c.width));
+    gate_proj = lin("gate_proj", c.width, c.inner);
+    up_proj = lin("up_proj", c.width, c.inner);
+    down_proj = lin("down_proj", c.inner, c.width);
   }
-  at::Tensor forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  at::Tensor forward(const at::Tensor& x) {
+    return down_proj.forward(at::silu(gate_proj.forward(x)) * up_proj.forward(x));
+  }
+  torch::nn::AnyModule gate_proj, up_proj, down_proj;  // Linear or FactorizedLinear
 };
 TORCH_MODULE(Mlp);
 
 struct LayerImpl : torch::nn::Module {
   LayerImpl(const LlamaConfig& c, int64_t layer) {
     self_attn = register_module("self_attn", Attention(c, layer));
-    mlp = register_module("mlp", Mlp(c));
+    mlp = register_module("mlp", Mlp(c, layer));
     input_layernorm = register_module("input_layernorm", RMSNorm(c.width, c.eps));
     post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.width, c.eps));
   }
@@ -186,8 +197,47 @@ class Llama : public Model {
                      " out of range for num_hidden_layers ", c_.layers);
       }
     }
+    c_.factorized = layers::FactorizedConfig::from(config);
     model_ = register_module("model", Body(c_));
     lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
+    if (c_.factorized) layers::check_factorized(*c_.factorized, *this, "llama");
+  }
+
+  // The seven projections of every layer (not the lm_head).
+  std::vector<DenseLayer> factorizable_layers() override {
+    std::vector<DenseLayer> out;
+    for (const auto& name : layers::torch_dense_layers(*this)) {
+      if (name.rfind("model.layers.", 0) == 0) out.push_back({name, false});
+    }
+    return out;
+  }
+
+  // Per query head h: W_Q^h = rows h*d..(h+1)*d of q_proj (transposed), W_K^h
+  // those of its key / value group's k_proj (grouped-query attention: the
+  // group's K is shared by its query heads), W_O^h the columns h*d..(h+1)*d of
+  // o_proj. Rotary embeddings make q.k depend on the positions too; the
+  // penalty is on the weight products, as the paper's.
+  std::vector<layers::FactorPair> attention_factors() override {
+    std::vector<layers::FactorPair> out;
+    const int64_t d = c_.head_dim;
+    for (size_t i = 0; i < model_->layers->size(); ++i) {
+      auto& attn = model_->layers[i]->as<Layer>()->self_attn;
+      auto* q = attn->q_proj.ptr()->as<torch::nn::Linear>();
+      auto* k = attn->k_proj.ptr()->as<torch::nn::Linear>();
+      auto* v = attn->v_proj.ptr()->as<torch::nn::Linear>();
+      auto* o = attn->o_proj.ptr()->as<torch::nn::Linear>();
+      if (!q || !k || !v || !o) continue;  // factorized: its own pairs
+      const std::string name = msg("model.layers.", i, ".self_attn");
+      auto heads_of = [&](const at::Tensor& w, int64_t n) {  // [n*d, width] -> [heads, width, d]
+        return w.reshape({n, d, c_.width}).transpose(1, 2).repeat_interleave(c_.heads / n, 0);
+      };
+      const at::Tensor wo = o->weight.reshape({c_.width, c_.heads, d}).permute({1, 0, 2});
+      out.push_back({name + " (QK^T)", heads_of(q->weight, c_.heads), heads_of(k->weight, c_.kv_heads),
+                     {name + ".q_proj.weight", name + ".k_proj.weight"}});
+      out.push_back({name + " (VO)", heads_of(v->weight, c_.kv_heads), wo,
+                     {name + ".v_proj.weight", name + ".o_proj.weight"}});
+    }
+    return out;
   }
 
   Task task() const override { return Task::CausalLM; }
@@ -211,6 +261,9 @@ class Llama : public Model {
       auto& attn = model_->layers[i]->as<Layer>()->self_attn;
       if (attn->feature_map) attn->feature_map->reset_parameters();
     }
+    // Factorized projections: the spectral factors of N(0, std).
+    layers::init_factorized_from_dense(
+        *this, [&](const std::string&, at::IntArrayRef shape) { return torch::randn(shape) * std; });
   }
   std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
   bool ignorable(const std::string& name) const override {

@@ -5,6 +5,7 @@
 // depth, embed_dim, num_heads, in_chans, num_classes, mlp_ratio, qkv_bias).
 
 #include "recast/core/error.h"
+#include "recast/layers/factorized.h"
 #include "recast/models/model.h"
 #include "recast/ops/attention.h"
 
@@ -21,45 +22,54 @@ struct VitConfig {
   int64_t img_h, img_w, patch, in_chans, num_classes, width, depth, heads, hidden;
   bool qkv_bias;
   double eps = 1e-6;
+  std::optional<layers::FactorizedConfig> factorized;  // low-rank projections
 };
 
 nn::LayerNorm layer_norm(const VitConfig& c) {
   return nn::LayerNorm(nn::LayerNormOptions({c.width}).eps(c.eps));
 }
 
+// A Linear (or FactorizedLinear where the config names it) registered as `name`.
+nn::AnyModule linear(nn::Module& parent, const VitConfig& c, const std::string& prefix,
+                     const char* name, int64_t in, int64_t out, bool bias) {
+  nn::AnyModule m = layers::linear_slot(c.factorized, prefix + name, in, out, bias);
+  parent.register_module(name, m.ptr());
+  return m;
+}
+
 struct AttentionImpl : nn::Module {
-  explicit AttentionImpl(const VitConfig& c) : heads(c.heads) {
-    qkv = register_module("qkv",
-                          nn::Linear(nn::LinearOptions(c.width, 3 * c.width).bias(c.qkv_bias)));
-    proj = register_module("proj", nn::Linear(c.width, c.width));
+  AttentionImpl(const VitConfig& c, const std::string& prefix) : heads(c.heads) {
+    qkv = linear(*this, c, prefix, "qkv", c.width, 3 * c.width, c.qkv_bias);
+    proj = linear(*this, c, prefix, "proj", c.width, c.width, true);
   }
   at::Tensor forward(const at::Tensor& x) {
     const int64_t b = x.size(0), n = x.size(1), w = x.size(2), d = w / heads;
-    at::Tensor t = qkv(x).reshape({b, n, 3, heads, d}).permute({2, 0, 3, 1, 4});
+    at::Tensor t = qkv.forward(x).reshape({b, n, 3, heads, d}).permute({2, 0, 3, 1, 4});
     at::Tensor y = ops::attention(t[0], t[1], t[2], ops::AttentionMask{});
-    return proj(y.transpose(1, 2).reshape({b, n, w}));
+    return proj.forward(y.transpose(1, 2).reshape({b, n, w}));
   }
   int64_t heads;
-  nn::Linear qkv{nullptr}, proj{nullptr};
+  nn::AnyModule qkv, proj;  // nn::Linear or layers::FactorizedLinear
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : nn::Module {
-  explicit MlpImpl(const VitConfig& c) {
-    fc1 = register_module("fc1", nn::Linear(c.width, c.hidden));
-    fc2 = register_module("fc2", nn::Linear(c.hidden, c.width));
+  MlpImpl(const VitConfig& c, const std::string& prefix) {
+    fc1 = linear(*this, c, prefix, "fc1", c.width, c.hidden, true);
+    fc2 = linear(*this, c, prefix, "fc2", c.hidden, c.width, true);
   }
-  at::Tensor forward(const at::Tensor& x) { return fc2(at::gelu(fc1(x))); }
-  nn::Linear fc1{nullptr}, fc2{nullptr};
+  at::Tensor forward(const at::Tensor& x) { return fc2.forward(at::gelu(fc1.forward(x))); }
+  nn::AnyModule fc1, fc2;  // nn::Linear or layers::FactorizedLinear
 };
 TORCH_MODULE(Mlp);
 
 struct BlockImpl : nn::Module {
-  explicit BlockImpl(const VitConfig& c) {
+  BlockImpl(const VitConfig& c, int64_t index) {
+    const std::string prefix = msg("blocks.", index, ".");
     norm1 = register_module("norm1", layer_norm(c));
-    attn = register_module("attn", Attention(c));
+    attn = register_module("attn", Attention(c, prefix + "attn."));
     norm2 = register_module("norm2", layer_norm(c));
-    mlp = register_module("mlp", Mlp(c));
+    mlp = register_module("mlp", Mlp(c, prefix + "mlp."));
   }
   at::Tensor forward(at::Tensor x) {
     x = x + attn(norm1(x));
@@ -112,6 +122,7 @@ class Vit : public Model {
     c_.hidden =
         static_cast<int64_t>(static_cast<double>(c_.width) * cfg_double(args, "mlp_ratio", 4.0));
     c_.qkv_bias = cfg_bool(args, "qkv_bias", true);
+    c_.factorized = layers::FactorizedConfig::from(config);
     RECAST_CHECK(c_.width % c_.heads == 0, "config: embed_dim ", c_.width,
                  " is not a multiple of num_heads ", c_.heads);
     RECAST_CHECK(c_.img_h % c_.patch == 0 && c_.img_w % c_.patch == 0, "config: img_size ",
@@ -131,9 +142,20 @@ class Vit : public Model {
     cls_token = register_parameter("cls_token", torch::zeros({1, 1, c_.width}));
     pos_embed = register_parameter("pos_embed", torch::randn({1, patches + 1, c_.width}) * 0.02);
     blocks = register_module("blocks", nn::ModuleList());
-    for (int64_t i = 0; i < c_.depth; ++i) blocks->push_back(Block(c_));
+    for (int64_t i = 0; i < c_.depth; ++i) blocks->push_back(Block(c_, i));
     norm = register_module("norm", layer_norm(c_));
-    head = register_module("head", nn::Linear(c_.width, c_.num_classes));
+    head = layers::linear_slot(c_.factorized, "head", c_.width, c_.num_classes, true);
+    register_module("head", head.ptr());
+    if (c_.factorized) layers::check_factorized(*c_.factorized, *this, d.name);
+  }
+
+  // The blocks' four projections and the classifier (not the patch embedding).
+  std::vector<DenseLayer> factorizable_layers() override {
+    std::vector<DenseLayer> out;
+    for (const auto& name : layers::torch_dense_layers(*this)) {
+      if (name.rfind("patch_embed.", 0) != 0) out.push_back({name, false});
+    }
+    return out;
   }
 
   Task task() const override { return Task::ImageClassification; }
@@ -159,8 +181,16 @@ class Vit : public Model {
         ln->bias.zero_();
       } else if (auto* conv = item.value()->as<nn::Conv2d>()) {
         conv->reset_parameters();
+      } else if (auto* fl = item.value()->as<layers::FactorizedLinear>()) {
+        if (fl->bias.defined()) fl->bias.zero_();
       }
     }
+    // Factorized projections: the spectral factors of the dense init.
+    layers::init_factorized_from_dense(*this, [&](const std::string&, at::IntArrayRef shape) {
+      at::Tensor w = torch::empty(shape);
+      trunc_normal(w, 0.02);
+      return w;
+    });
     trunc_normal(pos_embed, 0.02);
     cls_token.normal_(0.0, 1e-6);
   }
@@ -181,7 +211,7 @@ class Vit : public Model {
     }
     x = norm(x);
     if (rec) rec->record("norm", x);
-    return head(x.select(1, 0));
+    return head.forward(x.select(1, 0));
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
@@ -195,7 +225,7 @@ class Vit : public Model {
   at::Tensor cls_token, pos_embed;
   nn::ModuleList blocks{nullptr};
   nn::LayerNorm norm{nullptr};
-  nn::Linear head{nullptr};
+  nn::AnyModule head;  // nn::Linear or layers::FactorizedLinear
 };
 
 }  // namespace
