@@ -5,6 +5,8 @@
 # several lambdas, with weight decay and with neither, against the same shape
 # from scratch for the same total steps. Results: $RES (default
 # bench/results/DATE-cpu-factorize-resnet/), one eval JSON per run.
+# RECALIBRATE=N: re-estimate the BatchNorm statistics on N training batches
+# right after factorizing (convert --recalibrate-bn N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 recast=${BUILD:-build}/recast
@@ -13,6 +15,9 @@ runs=${RUNS:-/tmp/recast-cpu-factorize}
 FRACTIONS=${FRACTIONS:-"0.75 0.5 0.25"}
 LAMBDAS=${LAMBDAS:-"1e-5 1e-4"}
 BASE=${BASE:-600} FT=${FT:-150}
+RECALIBRATE=${RECALIBRATE:-0}
+convert_extra=()
+[[ $RECALIBRATE -gt 0 ]] && convert_extra=(--recalibrate-bn "$RECALIBRATE" --batch-size 64)
 mkdir -p "$res" "$runs"
 train=(--data fashion-mnist --batch-size 64 --no-progress --eval-batches 10 -q)
 base_opts=(--lr 2e-3 --weight-decay 0.05 --warmup 60)
@@ -41,7 +46,7 @@ for f in $FRACTIONS; do
   c="$runs/f$f"
   rm -rf "$c"*
   "$recast" convert --recipe factorize --model "$runs/base" --out "$c" --params "$f" \
-    --data fashion-mnist > "$res/f$f-convert.txt" 2>&1
+    --data fashion-mnist "${convert_extra[@]}" > "$res/f$f-convert.txt" 2>&1
   cp "$c/recast_manifest.json" "$res/f$f-convert-manifest.json"
   evaluate "f$f-converted" "$c"
   variants=(wd none)

@@ -340,6 +340,46 @@ TEST(FactorizeRecipe, EachFamilyOffersItsProjections) {
   EXPECT_EQ(names(*tiny_resnet()).size(), 22u);  // stem + 16 block convs + 4 downsample + fc
 }
 
+// --recalibrate-bn: the statistics are re-estimated from the calibration
+// batches alone (the cumulative average over them), with no gradient step:
+// the stem's BatchNorm, whose input no other statistic touches, ends with the
+// mean of its per-batch means and variances.
+TEST(FactorizeRecipe, RecalibratesBatchNormOnTheCalibrationBatches) {
+  auto source = tiny_resnet();
+  recipes::RecipeOptions o;
+  o.values = {{"params", 0.5}};
+  o.probe.pixel_values = torch::randn({4, 1, 28, 28});
+  for (int i = 0; i < 3; ++i) o.calibration.push_back({{}, {}, torch::randn({6, 1, 28, 28}) * 2 + 1, {}});
+  recipes::Conversion c = run_recipe("factorize", *source, o);
+  EXPECT_EQ(c.manifest["batchnorm_recalibration"]["batchnorm_layers"], 21);  // stem + 2 x 8 blocks + 4 downsample
+  EXPECT_EQ(c.manifest["batchnorm_recalibration"]["batches"], 3);
+  EXPECT_NE(c.table.find("BatchNorm statistics re-estimated"), std::string::npos);
+  std::map<std::string, at::Tensor> t;
+  for (const auto& b : c.model->named_buffers(true)) t[b.key()] = b.value();
+  for (const auto& p : c.model->named_parameters(true)) t[p.key()] = p.value();
+  EXPECT_FALSE(c.model->is_training());
+  torch::NoGradGuard no_grad;
+  // The stem conv is factorized too: its output is U (V^T x).
+  at::Tensor means = at::zeros({64}), vars = at::zeros({64});
+  for (const auto& b : o.calibration) {
+    const at::Tensor z = at::conv2d(at::conv2d(b.pixel_values, t.at("conv1.weight_v"), {}, 2, 3),
+                                    t.at("conv1.weight_u"));
+    means += z.mean({0, 2, 3}) / 3.0;
+    vars += z.var({0, 2, 3}, /*unbiased=*/true) / 3.0;
+  }
+  EXPECT_LT(rel(t.at("bn1.running_mean"), means), 1e-4);
+  EXPECT_LT(rel(t.at("bn1.running_var"), vars), 1e-4);
+  // The source's statistics are untouched; a model without BatchNorm is refused.
+  for (const auto& b : source->named_buffers(true)) {
+    if (b.key() == "bn1.running_mean") EXPECT_GT(rel(b.value(), means), 1e-2);
+  }
+  auto gpt = tiny_gpt2();
+  recipes::RecipeOptions g;
+  g.values = {{"params", 0.5}};
+  g.calibration.push_back(gpt->example_batch(2, 0));
+  EXPECT_THROW(run_recipe("factorize", *gpt, g), UsageError);
+}
+
 // The factorized model round-trips through its checkpoint (config block +
 // weight_u / weight_v) and rebuilds from the config alone.
 TEST(FactorizeRecipe, FactorizedCheckpointRoundTrips) {

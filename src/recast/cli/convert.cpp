@@ -43,6 +43,7 @@ struct ConvertCli {
   // factorize's rules; NaN: not given.
   double rank_ratio = kUnset, energy = kUnset, params = kUnset;
   bool no_dense_fallback = false;
+  int64_t recalibrate_bn = 0;
   int64_t qk_dim = 0;
   uint64_t seed = 0;
   int threads = 0;
@@ -134,6 +135,10 @@ int run_convert(const ConvertCli& o) {
   if (fs::exists(o.out) && !fs::is_empty(o.out)) {
     throw UsageError(msg("--out ", quote(o.out), " exists and is not empty"));
   }
+  if (o.recalibrate_bn != 0 && (o.recipe != "factorize" || o.data.empty() || o.recalibrate_bn < 0)) {
+    throw UsageError(msg("--recalibrate-bn ", o.recalibrate_bn,
+                         ": expected N >= 1 batches with --recipe factorize and --data (images)"));
+  }
   if (o.transfer_steps > 0 && o.data.empty()) {
     throw UsageError("--transfer-steps needs --data (the text to match the attention on)");
   }
@@ -169,7 +174,19 @@ int run_convert(const ConvertCli& o) {
     auto test = train::open_dataset(d, nullptr, &norm);
     train::Loader probe_loader(test->size(), o.batch_size, 0, false, false);
     ro.probe = train::to_device(test->batch(probe_loader.next()).inputs, device);
+    if (o.recalibrate_bn > 0) {
+      d.split = "train";
+      auto train_split = train::open_dataset(d, nullptr, &norm);
+      train::Loader loader(train_split->size(), o.batch_size, o.seed, /*shuffle=*/true, true);
+      for (int64_t i = 0; i < o.recalibrate_bn; ++i) {
+        ro.calibration.push_back(train::to_device(train_split->batch(loader.next()).inputs, device));
+      }
+    }
   } else if (!o.data.empty()) {
+    if (o.recalibrate_bn > 0) {
+      throw UsageError("--recalibrate-bn: re-estimates BatchNorm statistics of image models; "
+                       "this model reads text");
+    }
     if (!tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
     const nlohmann::json manifest = manifest_of(o.model);
     train::DataOptions d{o.data, "train", static_cast<uint64_t>(manifest_int(manifest, "seed", 0)),
@@ -268,6 +285,9 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--params", o->params,
                   "factorize: keep this fraction of the checkpoint's parameters (one energy "
                   "fraction for all selected layers)");
+  cmd->add_option("--recalibrate-bn", o->recalibrate_bn,
+                  "factorize: re-estimate BatchNorm statistics on N batches of --data's training "
+                  "split after factorizing (no gradient steps)");
   cmd->add_flag("--no-dense-fallback", o->no_dense_fallback,
                 "factorize: factorize every selected layer, also where the factors hold more "
                 "numbers than the dense weight (full-rank exactness checks)");

@@ -308,10 +308,22 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
                 human(static_cast<double>(flops_before)).c_str(),
                 human(static_cast<double>(flops_after)).c_str());
   table += line;
-  nlohmann::json change;
-  if (o.probe.input_ids.defined() || o.probe.pixel_values.defined()) {
-    change = output_change(source, *model, o.probe);
+  nlohmann::json change, recalibrated;
+  const bool probed = o.probe.input_ids.defined() || o.probe.pixel_values.defined();
+  if (!o.calibration.empty()) {
+    nlohmann::json before;
+    if (probed) before = output_change(source, *model, o.probe);
+    const int64_t norms = recalibrate_batchnorm(*model, o.calibration);
+    if (norms == 0) {
+      throw UsageError(msg("--recalibrate-bn: ", source.arch(), " has no BatchNorm layers"));
+    }
+    recalibrated = {{"batchnorm_layers", norms},
+                    {"batches", o.calibration.size()},
+                    {"logits_change_before", before}};
+    table += msg("BatchNorm statistics re-estimated in ", norms, " layers on ",
+                 o.calibration.size(), " training batches\n");
   }
+  if (probed) change = output_change(source, *model, o.probe);
   c.table = table;
   c.manifest = {{"recipe", "factorize"},
                 {"rule", rule},
@@ -324,7 +336,8 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
                  static_cast<double>(total_after) / static_cast<double>(total_before)},
                 {"flops_per_position_before", flops_before},
                 {"flops_per_position_after", flops_after},
-                {"logits_change", change}};
+                {"logits_change", change},
+                {"batchnorm_recalibration", recalibrated}};
   return c;
 }
 

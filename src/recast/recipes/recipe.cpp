@@ -43,6 +43,26 @@ std::vector<std::string> select_modules(const std::vector<std::string>& candidat
   return out;
 }
 
+int64_t recalibrate_batchnorm(models::Model& model, const std::vector<models::Batch>& batches) {
+  std::vector<std::pair<torch::nn::BatchNorm2dImpl*, c10::optional<double>>> norms;
+  for (const auto& item : model.named_modules("", false)) {
+    if (auto* bn = item.value()->as<torch::nn::BatchNorm2d>()) {
+      if (!bn->options.track_running_stats()) continue;
+      norms.emplace_back(bn, bn->options.momentum());
+      bn->reset_running_stats();
+      bn->options.momentum(c10::nullopt);  // cumulative average
+    }
+  }
+  if (!norms.empty()) {
+    torch::NoGradGuard no_grad;
+    model.train();
+    for (const auto& b : batches) model.forward(b);
+  }
+  for (auto& [bn, momentum] : norms) bn->options.momentum(momentum);
+  model.eval();
+  return static_cast<int64_t>(norms.size());
+}
+
 std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to) {
   torch::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> target;

@@ -22,6 +22,9 @@ struct RecipeOptions {
   std::string layers;     // regex searched in each module's dotted checkpoint name ("" = all)
   uint64_t seed = 0;
   models::Batch probe;    // inputs the per-layer error is measured on
+  // Training batches to re-estimate BatchNorm statistics on after the recast
+  // (factorize --recalibrate-bn N); none: the statistics stay as they were.
+  std::vector<models::Batch> calibration;
 };
 
 struct LayerReport {
@@ -57,6 +60,12 @@ std::vector<std::string> copy_matching_weights(const models::Model& from, models
 void register_t2r(Registry<Recipe>& r);
 void register_tcnn(Registry<Recipe>& r);
 void register_factorize(Registry<Recipe>& r);  // factorize and merge
+
+// Re-estimates every BatchNorm's running statistics from `batches` (the
+// cumulative average over them, as momentum=None does in PyTorch), with no
+// gradient step, and puts the model back in eval mode. Returns how many
+// BatchNorm layers it recalibrated.
+int64_t recalibrate_batchnorm(models::Model& model, const std::vector<models::Batch>& batches);
 
 // T2R: the relative error of each linear-attention layer against the softmax
 // attention it replaced, each layer fed the softmax model's inputs.
