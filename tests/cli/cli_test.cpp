@@ -292,6 +292,13 @@ TEST(Cli, FactorizeTransformersGpt2KeepsTheLogitsAndReportsWhatInspectCounts) {
   }
   EXPECT_EQ(before["parameters"].get<int64_t>() - after["parameters"].get<int64_t>(), saved);
   EXPECT_EQ(conv["layers"].size(), 8u);  // 2 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+  expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", src, "--out",
+                             dir.file("x"), "--params", "0.5", "--recalibrate-bn", "4"}),
+                        2, "--recalibrate-bn");
+  expect_one_line_error(run({"convert", "--recipe", "tcnn", "--model", kFixtures + "/resnet18_timm",
+                             "--out", dir.file("x"), "--data", "fashion-mnist", "--recalibrate-bn", "4"}),
+                        2, "--recalibrate-bn");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x")));
 }
 
 // recast analyze on a T-CNN made from a timm ResNet: at init each head's peak
@@ -324,6 +331,13 @@ TEST(Cli, AnalyzeShowsEachHeadsAttentionAndDrawsIt) {
   ASSERT_EQ(svg.code, 0) << svg.err;
   EXPECT_NE(svg.out.find("layer4.1.conv2"), std::string::npos) << svg.out;
   EXPECT_EQ(read_bytes(dir.file("maps.svg")).rfind("<svg", 0), 0u);
+  // --index on a data set: the fixture is one-channel with timm's RGB
+  // normalisation, read as its mean (as for --image and by every verb).
+  Result idx = run({"analyze", "--model", model, "--index", "0", "--data", "fashion-mnist", "--json"});
+  ASSERT_EQ(idx.code, 0) << idx.err;
+  EXPECT_EQ(nlohmann::json::parse(idx.out)["layers"].size(), 8u);
+  Result ev = run({"eval", "--model", src, "--data", "fashion-mnist", "--max-batches", "1", "--json"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
   expect_one_line_error(run({"analyze", "--model", model}), 2, "--image");
   expect_one_line_error(run({"analyze", "--model", model, "--index", "3"}), 2, "--data");
   expect_one_line_error(run({"analyze", "--model", model, "--image", image, "--out", dir.file("x.jpg")}), 2, ".png");

@@ -79,10 +79,10 @@ int run_analyze(const AnalyzeCli& o) {
     throw UsageError(msg("--model ", o.model, " is not an image classifier"));
   }
   train::Normalization norm = normalization_of(model->config());
+  const int64_t channels = model->example_batch(1, 0).pixel_values.size(1);
   at::Tensor image01;  // [C, H, W] in [0, 1], what is drawn
   std::string source;
   if (!o.image.empty()) {
-    const int64_t channels = model->example_batch(1, 0).pixel_values.size(1);
     image01 = read_image01(o.image, channels);
     if (norm.mean.empty()) {
       log::warn(o.model, " records no input normalisation (pretrained_cfg); using the pixels in [0, 1]");
@@ -114,11 +114,6 @@ int run_analyze(const AnalyzeCli& o) {
                  data->classes().at(static_cast<size_t>(ex.labels[0].item<int64_t>())));
   }
   const int64_t c = image01.size(0), h = image01.size(1), w = image01.size(2);
-  if (c == 1 && norm.mean.size() == 3 && norm.std.size() == 3) {
-    // An RGB normalisation (timm's pretrained_cfg) on a one-channel model: its mean.
-    norm.mean = {(norm.mean[0] + norm.mean[1] + norm.mean[2]) / 3};
-    norm.std = {(norm.std[0] + norm.std[1] + norm.std[2]) / 3};
-  }
   if (static_cast<int64_t>(norm.mean.size()) != c || static_cast<int64_t>(norm.std.size()) != c) {
     throw Error(msg(o.model, ": the recorded normalisation has ", norm.mean.size(),
                     " channels, the image ", c));

@@ -107,6 +107,16 @@ train::Normalization normalization_of(const nlohmann::json& config) {
   };
   read("mean", n.mean);
   read("std", n.std);
+  // A one-channel model (model_args.in_chans 1) whose pretrained_cfg keeps
+  // an RGB normalisation (timm keeps ImageNet's): the mean of the three, as a
+  // grey pixel is the mean of its channels. Every verb reads it this way.
+  const auto args = config.find("model_args");
+  const bool grey = args != config.end() && args->is_object() && args->contains("in_chans") &&
+                    (*args)["in_chans"] == 1;
+  if (grey && n.mean.size() == 3 && n.std.size() == 3) {
+    n.mean = {(n.mean[0] + n.mean[1] + n.mean[2]) / 3};
+    n.std = {(n.std[0] + n.std[1] + n.std[2]) / 3};
+  }
   return n;
 }
 
