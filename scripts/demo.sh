@@ -97,7 +97,7 @@ step "factorize: the GPT's Linear layers -> low-rank U V^T, 50% of the parameter
 
 step "factorize: fine-tune $FACTORIZE_STEPS steps with Frobenius decay on the factors"
 "$recast" finetune --model "$out/gpt-sotu-f50" --data sotu --seq-len 128 --batch-size 16 \
-  --steps "$FACTORIZE_STEPS" --lr 1e-3 --frobenius-decay 1e-3 --eval-batches 10 \
+  --steps "$FACTORIZE_STEPS" --lr 1e-3 --frobenius-decay 1e-4 --eval-batches 10 \
   --out "$out/gpt-sotu-f50-ft"
 for m in gpt-sotu gpt-sotu-f50 gpt-sotu-f50-ft; do
   printf '%-18s ' "$m"
