@@ -295,6 +295,12 @@ TEST(Cli, FactorizeTransformersGpt2KeepsTheLogitsAndReportsWhatInspectCounts) {
   expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", src, "--out",
                              dir.file("x"), "--params", "0.5", "--recalibrate-bn", "4"}),
                         2, "--recalibrate-bn");
+  for (const auto& [option, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--rank-ratio", "1.5"}, {"--energy", "0"}, {"--params", "2"}}) {
+    expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", src, "--out",
+                               dir.file("x"), option, value}),
+                          2, option + ": expected");
+  }
   expect_one_line_error(run({"convert", "--recipe", "tcnn", "--model", kFixtures + "/resnet18_timm",
                              "--out", dir.file("x"), "--data", "fashion-mnist", "--recalibrate-bn", "4"}),
                         2, "--recalibrate-bn");

@@ -34,13 +34,17 @@ double eckart_young_relative(const at::Tensor& s, int64_t rank) {
 }
 
 int64_t rank_for_ratio(double ratio, int64_t m, int64_t n) {
-  RECAST_CHECK(ratio > 0 && ratio <= 1, "--rank-ratio: expected a value in (0, 1], found ", ratio);
+  if (!(ratio > 0 && ratio <= 1)) {
+    throw UsageError(msg("--rank-ratio: expected a value in (0, 1], found ", ratio));
+  }
   const auto full = static_cast<double>(std::min(m, n));
   return std::max<int64_t>(1, static_cast<int64_t>(std::llround(ratio * full)));
 }
 
 int64_t rank_for_energy(const at::Tensor& s, double energy) {
-  RECAST_CHECK(energy > 0 && energy <= 1, "--energy: expected a value in (0, 1], found ", energy);
+  if (!(energy > 0 && energy <= 1)) {
+    throw UsageError(msg("--energy: expected a value in (0, 1], found ", energy));
+  }
   const at::Tensor kept = s.to(at::kDouble).square().cumsum(0);
   const double total = kept[-1].item<double>();
   if (total <= 0) return 1;

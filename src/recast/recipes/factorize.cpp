@@ -108,8 +108,9 @@ int64_t weight_elements(const Layer& l, int64_t rank) {
 
 // Ranks for a whole-checkpoint budget of `fraction` of `total` numbers.
 void allocate_budget(std::vector<Layer>& ls, double fraction, int64_t total) {
-  RECAST_CHECK(fraction > 0 && fraction <= 1, "--params: expected a fraction in (0, 1], found ",
-               fraction);
+  if (!(fraction > 0 && fraction <= 1)) {
+    throw UsageError(msg("--params: expected a fraction in (0, 1], found ", fraction));
+  }
   int64_t fixed = total;
   for (const auto& l : ls) fixed -= l.m * l.n;
   const double budget = fraction * static_cast<double>(total);
@@ -325,9 +326,14 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   }
   if (probed) change = output_change(source, *model, o.probe);
   c.table = table;
+  nlohmann::json options = nlohmann::json::object();  // this recipe's, not every recipe's
+  for (const char* key : {"rank_ratio", "energy", "params", "dense_fallback"}) {
+    if (o.values.contains(key)) options[key] = o.values[key];
+  }
+  if (!o.calibration.empty()) options["recalibrate_bn"] = o.calibration.size();
   c.manifest = {{"recipe", "factorize"},
                 {"rule", rule},
-                {"options", o.values},
+                {"options", options},
                 {"layers", rows},
                 {"factorized", fc.to_json()},
                 {"params_before", total_before},
