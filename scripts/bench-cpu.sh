@@ -5,6 +5,8 @@
 #     file once (what a loader that touches the data would pay) and the
 #     start-up of a LibTorch-linked binary (recast-engine --version).
 #  2. fp32 matrix products through LibTorch with OpenBLAS vs reference BLAS.
+#  3. factorized vs dense Linear (bench_factorized linear: d 768 / 4096,
+#     1 / 128 / 8192 tokens, rank d/16..d/2), one JSON line per shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD:-build}
@@ -78,3 +80,7 @@ result=bench/results/$day-cpu-blas.md
   fi
 } > "$result"
 echo "wrote $result"; cat "$result"
+
+result=bench/results/$day-cpu-factorized-linear.jsonl
+"$build/bench/bench_factorized" linear --device cpu --dtype fp32 > "$result"
+echo "wrote $result (machine: $machine)"; cat "$result"
