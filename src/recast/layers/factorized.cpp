@@ -45,17 +45,25 @@ int64_t rank_for_energy(const at::Tensor& s, double energy) {
   if (!(energy > 0 && energy <= 1)) {
     throw UsageError(msg("--energy: expected a value in (0, 1], found ", energy));
   }
-  const at::Tensor kept = s.to(at::kDouble).square().cumsum(0);
-  const double total = kept[-1].item<double>();
-  if (total <= 0) return 1;
-  const auto* c = kept.contiguous().data_ptr<double>();
-  // Relative slack for the rounding of the cumulative sum: energy 1 keeps
+  return rank_keeping(energy_kept(s), energy);
+}
+
+std::vector<double> energy_kept(const at::Tensor& s) {
+  const at::Tensor cumulative = s.to(at::kCPU, at::kDouble).square().cumsum(0);
+  const double total = cumulative[-1].item<double>();
+  const at::Tensor fractions =
+      (total > 0 ? cumulative / total : at::ones_like(cumulative)).contiguous();
+  const double* f = fractions.data_ptr<double>();
+  return std::vector<double>(f, f + fractions.numel());
+}
+
+int64_t rank_keeping(const std::vector<double>& kept, double fraction) {
+  // Relative slack for the rounding of the cumulative sum: fraction 1 keeps
   // everything but exact zeros.
-  const double want = energy * total * (1 - 1e-12);
-  for (int64_t r = 0; r < s.size(0); ++r) {
-    if (c[r] >= want) return r + 1;
+  for (size_t r = 0; r < kept.size(); ++r) {
+    if (kept[r] >= fraction * (1 - 1e-12)) return static_cast<int64_t>(r + 1);
   }
-  return s.size(0);
+  return static_cast<int64_t>(kept.size());
 }
 
 at::Tensor frobenius_penalty(const at::Tensor& u, const at::Tensor& v) {

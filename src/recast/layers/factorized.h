@@ -54,6 +54,11 @@ double eckart_young_relative(const at::Tensor& s, int64_t rank);
 // smallest r whose leading singular values keep that fraction of sum s^2.
 int64_t rank_for_ratio(double ratio, int64_t m, int64_t n);
 int64_t rank_for_energy(const at::Tensor& s, double energy);
+// What both energy rules stand on: the fraction of sum s^2 the leading 1..k
+// singular values keep (all 1 for a zero matrix), and the smallest rank whose
+// fraction reaches `fraction` (1 for 0; no range check).
+std::vector<double> energy_kept(const at::Tensor& s);
+int64_t rank_keeping(const std::vector<double>& kept, double fraction);
 // Whether rank r stores fewer numbers than the dense m x n weight.
 inline bool saves_parameters(int64_t m, int64_t n, int64_t r) { return r * (m + n) < m * n; }
 

@@ -33,21 +33,14 @@ int64_t stored_elements(const models::Model& m) {
   return n;
 }
 
-std::map<std::string, at::Tensor> tensors_of(const models::Model& m) {
-  std::map<std::string, at::Tensor> out;
-  for (const auto& p : m.named_parameters(true)) out[p.key()] = p.value();
-  for (const auto& b : m.named_buffers(true)) out[b.key()] = b.value();
-  return out;
-}
-
 // Copies into `to` every tensor `provided` holds and every other one from
 // `from` by name; the tensors of `from` left over must be exactly `dropped`.
 void assemble(const models::Model& from, models::Model& to,
               const std::map<std::string, at::Tensor>& provided,
               const std::set<std::string>& dropped, const char* recipe) {
   torch::NoGradGuard no_grad;
-  std::map<std::string, at::Tensor> source = tensors_of(from);
-  for (auto& [name, target] : tensors_of(to)) {
+  std::map<std::string, at::Tensor> source = named_tensors(from);
+  for (auto& [name, target] : named_tensors(to)) {
     auto p = provided.find(name);
     const at::Tensor* value = nullptr;
     if (p != provided.end()) {
@@ -94,13 +87,6 @@ struct Layer {
   int64_t rank = 0;          // 0: stays dense
 };
 
-int64_t rank_for_kept(const Layer& l, double tau) {
-  for (size_t r = 0; r < l.kept.size(); ++r) {
-    if (l.kept[r] >= tau * (1 - 1e-12)) return static_cast<int64_t>(r + 1);
-  }
-  return static_cast<int64_t>(l.kept.size());
-}
-
 // The weight's numbers at `rank` (0: dense), with the dense fallback.
 int64_t weight_elements(const Layer& l, int64_t rank) {
   return rank > 0 && layers::saves_parameters(l.m, l.n, rank) ? rank * (l.m + l.n) : l.m * l.n;
@@ -116,7 +102,7 @@ void allocate_budget(std::vector<Layer>& ls, double fraction, int64_t total) {
   const double budget = fraction * static_cast<double>(total);
   auto count = [&](double tau) {
     int64_t n = fixed;
-    for (const auto& l : ls) n += weight_elements(l, rank_for_kept(l, tau));
+    for (const auto& l : ls) n += weight_elements(l, layers::rank_keeping(l.kept, tau));
     return n;
   };
   const int64_t smallest = count(0.0);  // rank 1 everywhere it saves
@@ -132,7 +118,7 @@ void allocate_budget(std::vector<Layer>& ls, double fraction, int64_t total) {
     const double mid = 0.5 * (lo + hi);
     (static_cast<double>(count(mid)) <= budget ? lo : hi) = mid;
   }
-  for (auto& l : ls) l.rank = rank_for_kept(l, lo);
+  for (auto& l : ls) l.rank = layers::rank_keeping(l.kept, lo);
 }
 
 std::string human(double v) {
@@ -171,7 +157,7 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   const bool dense_fallback = o.values.value("dense_fallback", true);
 
   // Each selected weight as the matrix out x (in * kh * kw), and its SVD.
-  const auto source_tensors = tensors_of(source);
+  const auto source_tensors = named_tensors(source);
   std::vector<Layer> ls;
   for (const auto& name : chosen) {
     Layer l;
@@ -186,10 +172,7 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
     auto b = source_tensors.find(name + ".bias");
     l.bias = b == source_tensors.end() ? 0 : b->second.numel();
     l.sp = layers::spectrum(matrix);
-    const at::Tensor kept = l.sp.s.square().cumsum(0);
-    const double total = kept[-1].item<double>();
-    const at::Tensor fractions = total > 0 ? kept / total : at::ones_like(kept);
-    l.kept.assign(fractions.data_ptr<double>(), fractions.data_ptr<double>() + fractions.numel());
+    l.kept = layers::energy_kept(l.sp.s);
     ls.push_back(std::move(l));
   }
   const int64_t total_before = stored_elements(source);
@@ -252,7 +235,7 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   std::snprintf(line, sizeof line, "%-30s %-9s %6s %9s %9s %9s %9s %10s %10s\n", "layer", "kind",
                 "rank", "of", "params", "->", "FLOPs/pos", "->", "rel error");
   table += line;
-  const auto tensors_after = tensors_of(*model);
+  const auto tensors_after = named_tensors(*model);
   for (const auto& l : ls) {
     const int64_t full = l.sp.full_rank();
     const int64_t before = l.m * l.n + l.bias;
@@ -389,8 +372,8 @@ Conversion merge(models::Model& source, const RecipeOptions& o) {
   }
   assemble(source, *model, dense, dropped, "merge");
   // The merged weights as stored against the product computed in fp64.
-  const auto merged = tensors_of(*model);
-  const auto factors = tensors_of(source);
+  const auto merged = named_tensors(*model);
+  const auto factors = named_tensors(source);
   for (auto& r : c.report) {
     const at::Tensor u = factors.at(r.module + ".weight_u").to(at::kCPU, at::kDouble);
     const at::Tensor v = factors.at(r.module + ".weight_v").to(at::kCPU, at::kDouble);

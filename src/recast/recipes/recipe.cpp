@@ -63,11 +63,16 @@ int64_t recalibrate_batchnorm(models::Model& model, const std::vector<models::Ba
   return static_cast<int64_t>(norms.size());
 }
 
+std::map<std::string, at::Tensor> named_tensors(const models::Model& m) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : m.named_parameters(true)) out[p.key()] = p.value();
+  for (const auto& b : m.named_buffers(true)) out[b.key()] = b.value();
+  return out;
+}
+
 std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to) {
   torch::NoGradGuard no_grad;
-  std::map<std::string, at::Tensor> target;
-  for (const auto& p : to.named_parameters(true)) target[p.key()] = p.value();
-  for (const auto& b : to.named_buffers(true)) target[b.key()] = b.value();
+  std::map<std::string, at::Tensor> target = named_tensors(to);
   auto copy = [&](const std::string& name, const at::Tensor& value) {
     auto it = target.find(name);
     if (it == target.end()) throw Error(msg("recipe: the converted model has no tensor ", quote(name)));

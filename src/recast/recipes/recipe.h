@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <functional>
+#include <map>
 #include <regex>
 #include <string>
 #include <vector>
@@ -51,6 +52,9 @@ Registry<Recipe>& recipe_registry();
 // what the names look like.
 std::vector<std::string> select_modules(const std::vector<std::string>& candidates,
                                         const std::string& pattern);
+
+// Every parameter and buffer of `m` by its checkpoint name.
+std::map<std::string, at::Tensor> named_tensors(const models::Model& m);
 
 // Copies every tensor of `from` into the same-named tensor of `to`; returns
 // the names of `to` that `from` lacks (the recipe's new parameters). Throws on
