@@ -513,6 +513,11 @@ TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
   for (const char* x : {"--fd-attention", "--out"}) no_lambda.push_back(x);
   no_lambda.push_back(t.file("x"));
   expect_one_line_error(run(no_lambda), 2, "--fd-attention");
+  expect_one_line_error(run({"finetune", "--model",
+                             std::string(RECAST_SOURCE_DIR) + "/tests/fixtures/resnet18_timm",
+                             "--data", "fashion-mnist", "--steps", "1", "--frobenius-decay", "0.01",
+                             "--fd-attention", "--out", t.file("x")}),
+                        2, "no dense multi-head attention");
   expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
                              "--out", t.file("x")}),
                         2, "exactly one of");

@@ -313,6 +313,11 @@ TrainResult train(models::Model& model, const Dataset& train_data, const Dataset
   if (o.fd_attention && o.frobenius_decay == 0) {
     throw UsageError("--fd-attention: needs --frobenius-decay LAMBDA > 0");
   }
+  if (o.fd_attention && model.attention_factors().empty()) {
+    throw UsageError(msg("--fd-attention: ", model.arch(),
+                         " has no dense multi-head attention to regularise (GPT-2 and Llama have; "
+                         "factorized attention gets Frobenius decay on its own factors)"));
+  }
   auto factor_pairs = [&] {
     std::vector<layers::FactorPair> pairs = layers::factorized_pairs(model);
     if (o.fd_attention) {
