@@ -6,7 +6,9 @@
 #   scripts/gpu-factorize.sh bench   FactorizedLinear vs dense Linear, bf16, d 768 / 4096,
 #                                    tokens 1 / 128 / 8192, rank d/16..d/2 (bench_factorized)
 #   scripts/gpu-factorize.sh gpt     the State of the Union GPT (the T2R teacher's shape)
-#   scripts/gpu-factorize.sh resnet  the Fashion-MNIST ResNet-18 (the T-CNN base's schedule)
+#   scripts/gpu-factorize.sh resnet  the Fashion-MNIST ResNet-18 (the T-CNN base's schedule);
+#                                    BatchNorm recalibrated after conversion (20 batches)
+#   scripts/gpu-factorize.sh fdsweep the GPT's Frobenius-decay coefficient, and --fd-attention
 # gpt / resnet: pretrain the dense model; factorize every Linear (GPT) / every
 # conv and the classifier (ResNet) to 75 / 50 / 25 % of the parameters (--params);
 # evaluate right after; fine-tune FT steps with Frobenius decay, with weight
@@ -74,9 +76,15 @@ experiment() {
     local c="$runs/$model-f$f"
     rm -rf "$c"
     "$recast" convert --recipe factorize --model "$runs/$model-base" --out "$c" --params "$f" \
-      --data "$data" --device cuda > "$res/$model-f$f-convert.txt" 2>&1
+      --data "$data" --device cuda "${convert_opts[@]}" > "$res/$model-f$f-convert.txt" 2>&1
     cp "$c/recast_manifest.json" "$res/$model-f$f-convert-manifest.json"
     evaluate "$model-f$f-converted" "$c"
+    if ((${#convert_opts[@]})); then  # what the conversion alone gives, for comparison
+      rm -rf "$c-plain"
+      "$recast" convert --recipe factorize --model "$runs/$model-base" --out "$c-plain" --params "$f" \
+        --data "$data" --device cuda > "$res/$model-f$f-convert-plain.txt" 2>&1
+      evaluate "$model-f$f-converted-plain" "$c-plain"
+    fi
     pack "$model"
     "$bench" model --model "$c" --device cuda "${bench_opts[@]}" >> "$res/$model-models.jsonl"
   done
@@ -110,6 +118,65 @@ experiment() {
   return $failed
 }
 
+gpt_setup() {  # the State of the Union GPT: 8 x 512, the T2R teacher's shape
+  model=gpt data=sotu
+  arch=(--arch gpt2 --set n_layer=8 --set n_embd=512 --set n_head=8)
+  train=(--data sotu --seq-len 512 --batch-size 64 --bf16 --device cuda --no-progress --eval-batches 20)
+  eval_data=(--data sotu --split test --batch-size 64)
+  BASE=${BASE:-1500} FT=${FT:-200} WD=0.1
+  base_opts=(--lr 1e-3 --warmup 200)
+  ft_opts=(--lr 5e-4 --warmup 20 --eval-every 100)
+  bench_opts=(--dtype bf16 --batch 32 --seq 512)
+  convert_opts=()
+}
+
+# The Frobenius-decay coefficient, swept: the GPT factorized to 50 % (and
+# 25 %) fine-tuned FT steps with each lambda in SWEEP (weight decay WD on
+# the rest, as in the experiment) beside weight decay alone and neither; and
+# the paper's attention result, the dense GPT fine-tuned with decay on its
+# per-head Q K^T / V O products (--fd-attention) against weight decay.
+fd_sweep() {
+  local sweep=${SWEEP:-"1e-6 1e-5 3e-5 1e-4 3e-4"} base=$runs/$model-base
+  rm -rf "$base"
+  timed "$model-base" "$recast" pretrain "${arch[@]}" "${train[@]}" --steps "$BASE" "${base_opts[@]}" \
+    --out "$base"
+  evaluate "$model-base" "$base"
+  for f in 0.5 0.25; do
+    local c=$runs/$model-f$f variants=(wd none)
+    rm -rf "$c"
+    "$recast" convert --recipe factorize --model "$base" --out "$c" --params "$f" \
+      --data "$data" --device cuda > "$res/$model-f$f-convert.txt" 2>&1
+    evaluate "$model-f$f-converted" "$c"
+    for l in $sweep; do
+      [[ $f == 0.25 && $l != 1e-5 && $l != 1e-4 ]] && continue
+      variants+=("fd$l")
+    done
+    for v in "${variants[@]}"; do
+      local reg=()
+      case $v in
+        fd*) reg=(--frobenius-decay "${v#fd}" --weight-decay "$WD") ;;
+        wd) reg=(--weight-decay "$WD") ;;
+        none) reg=(--weight-decay 0) ;;
+      esac
+      rm -rf "$c-$v"
+      timed "$model-f$f-ft-$v" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" \
+        "${ft_opts[@]}" "${reg[@]}" --out "$c-$v" || failed=1
+      [[ -f $c-$v/model.safetensors ]] && evaluate "$model-f$f-$v" "$c-$v"
+      pack fdsweep
+    done
+  done
+  for v in wd fdattn1e-5 fdattn1e-4; do
+    local reg=(--weight-decay "$WD")
+    [[ $v == fdattn* ]] && reg+=(--frobenius-decay "${v#fdattn}" --fd-attention)
+    rm -rf "$base-$v"
+    timed "$model-dense-ft-$v" "$recast" finetune --model "$base" "${train[@]}" --steps "$FT" \
+      "${ft_opts[@]}" "${reg[@]}" --out "$base-$v" || failed=1
+    [[ -f $base-$v/model.safetensors ]] && evaluate "$model-dense-$v" "$base-$v"
+    pack fdsweep
+  done
+  return $failed
+}
+
 for job in "$@"; do
   case $job in
     bench)
@@ -117,18 +184,16 @@ for job in "$@"; do
       pack bench
       ;;
     gpt)
-      model=gpt data=sotu
-      arch=(--arch gpt2 --set n_layer=8 --set n_embd=512 --set n_head=8)
-      train=(--data sotu --seq-len 512 --batch-size 64 --bf16 --device cuda --no-progress --eval-batches 20)
-      eval_data=(--data sotu --split test --batch-size 64)
-      BASE=${BASE:-1500} FT=${FT:-200} WD=0.1
-      base_opts=(--lr 1e-3 --warmup 200)
-      ft_opts=(--lr 5e-4 --warmup 20 --eval-every 100)
-      bench_opts=(--dtype bf16 --batch 32 --seq 512)
+      gpt_setup
       experiment
+      ;;
+    fdsweep)
+      gpt_setup
+      fd_sweep
       ;;
     resnet)
       model=resnet data=fashion-mnist
+      convert_opts=(--recalibrate-bn 20)
       arch=(--arch resnet18)
       train=(--data fashion-mnist --batch-size 256 --bf16 --device cuda --no-progress --eval-batches 24)
       eval_data=(--data fashion-mnist --split test --batch-size 500)
@@ -138,6 +203,6 @@ for job in "$@"; do
       bench_opts=(--dtype fp32 --batch 256)
       experiment
       ;;
-    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet)" >&2; exit 2 ;;
+    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet, fdsweep)" >&2; exit 2 ;;
   esac
 done
