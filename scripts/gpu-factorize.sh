@@ -9,6 +9,7 @@
 #   scripts/gpu-factorize.sh resnet  the Fashion-MNIST ResNet-18 (the T-CNN base's schedule);
 #                                    BatchNorm recalibrated after conversion (20 batches)
 #   scripts/gpu-factorize.sh fdsweep the GPT's Frobenius-decay coefficient, and --fd-attention
+#   scripts/gpu-factorize.sh seeds   the seed-to-seed spread of the fine-tunes and scratch runs
 # gpt / resnet: pretrain the dense model; factorize every Linear (GPT) / every
 # conv and the classifier (ResNet) to 75 / 50 / 25 % of the parameters (--params);
 # evaluate right after; fine-tune FT steps with Frobenius decay, with weight
@@ -123,11 +124,23 @@ gpt_setup() {  # the State of the Union GPT: 8 x 512, the T2R teacher's shape
   arch=(--arch gpt2 --set n_layer=8 --set n_embd=512 --set n_head=8)
   train=(--data sotu --seq-len 512 --batch-size 64 --bf16 --device cuda --no-progress --eval-batches 20)
   eval_data=(--data sotu --split test --batch-size 64)
-  BASE=${BASE:-1500} FT=${FT:-200} WD=0.1
+  BASE=${GPT_BASE:-1500} FT=${GPT_FT:-200} WD=0.1
   base_opts=(--lr 1e-3 --warmup 200)
   ft_opts=(--lr 5e-4 --warmup 20 --eval-every 100)
   bench_opts=(--dtype bf16 --batch 32 --seq 512)
   convert_opts=()
+}
+
+resnet_setup() {  # the Fashion-MNIST ResNet-18: the T-CNN base's schedule
+  model=resnet data=fashion-mnist
+  convert_opts=(--recalibrate-bn 20)
+  arch=(--arch resnet18)
+  train=(--data fashion-mnist --batch-size 256 --bf16 --device cuda --no-progress --eval-batches 24)
+  eval_data=(--data fashion-mnist --split test --batch-size 500)
+  BASE=${RESNET_BASE:-2100} FT=${RESNET_FT:-422} WD=0.05
+  base_opts=(--lr 2e-3 --weight-decay 0.05 --warmup 100 --eval-every 700)
+  ft_opts=(--lr 5e-4 --warmup 30 --eval-every 211)
+  bench_opts=(--dtype fp32 --batch 256)
 }
 
 # The Frobenius-decay coefficient, swept: the GPT factorized to 50 % (and
@@ -177,6 +190,46 @@ fd_sweep() {
   return $failed
 }
 
+# Seed spread: the differences above are a few tenths of a point, so the
+# same runs with other seeds (data order; for scratch also the initial
+# weights). At FRACTION (0.25 for ResNet, 0.5 for the GPT): the fine-tune
+# without decay (and, for the GPT, with Frobenius decay 1e-5) for seeds
+# 0..3 and, for ResNet, the same shape from scratch for seeds 1..2.
+seed_spread() {
+  local base=$runs/$model-base f=$1 c
+  c=$runs/$model-f$1
+  rm -rf "$base" "$c"
+  timed "$model-base" "$recast" pretrain "${arch[@]}" "${train[@]}" --steps "$BASE" "${base_opts[@]}" \
+    --out "$base"
+  evaluate "$model-base" "$base"
+  "$recast" convert --recipe factorize --model "$base" --out "$c" --params "$f" \
+    --data "$data" --device cuda "${convert_opts[@]}" > "$res/$model-f$f-convert.txt" 2>&1
+  evaluate "$model-f$f-converted" "$c"
+  local v s reg
+  for v in $2; do
+    for s in 0 1 2 3; do
+      reg=(--weight-decay 0)
+      [[ $v == fd* ]] && reg=(--frobenius-decay "${v#fd}" --weight-decay "$WD")
+      rm -rf "$c-$v-s$s"
+      timed "$model-f$f-ft-$v-s$s" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" \
+        "${ft_opts[@]}" "${reg[@]}" --seed "$s" --out "$c-$v-s$s" || failed=1
+      [[ -f $c-$v-s$s/model.safetensors ]] && evaluate "$model-f$f-$v-s$s" "$c-$v-s$s"
+      pack seeds
+    done
+  done
+  [[ $model == resnet ]] || return 0
+  local shape
+  shape=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['recast_factorized']))" \
+    "$c/config.json")
+  for s in 1 2; do
+    rm -rf "$c-scratch-s$s"
+    timed "$model-f$f-scratch-s$s" "$recast" pretrain "${arch[@]}" --set "recast_factorized=$shape" \
+      "${train[@]}" --steps $((BASE + FT)) "${base_opts[@]}" --seed "$s" --out "$c-scratch-s$s" || failed=1
+    [[ -f $c-scratch-s$s/model.safetensors ]] && evaluate "$model-f$f-scratch-s$s" "$c-scratch-s$s"
+    pack seeds
+  done
+}
+
 for job in "$@"; do
   case $job in
     bench)
@@ -191,18 +244,16 @@ for job in "$@"; do
       gpt_setup
       fd_sweep
       ;;
+    seeds)
+      resnet_setup
+      seed_spread 0.25 none
+      gpt_setup
+      seed_spread 0.5 "none fd1e-5"
+      ;;
     resnet)
-      model=resnet data=fashion-mnist
-      convert_opts=(--recalibrate-bn 20)
-      arch=(--arch resnet18)
-      train=(--data fashion-mnist --batch-size 256 --bf16 --device cuda --no-progress --eval-batches 24)
-      eval_data=(--data fashion-mnist --split test --batch-size 500)
-      BASE=${BASE:-2100} FT=${FT:-422} WD=0.05
-      base_opts=(--lr 2e-3 --weight-decay 0.05 --warmup 100 --eval-every 700)
-      ft_opts=(--lr 5e-4 --warmup 30 --eval-every 211)
-      bench_opts=(--dtype fp32 --batch 256)
+      resnet_setup
       experiment
       ;;
-    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet, fdsweep)" >&2; exit 2 ;;
+    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet, fdsweep, seeds)" >&2; exit 2 ;;
   esac
 done
