@@ -9,7 +9,8 @@
 #   scripts/gpu-factorize.sh resnet  the Fashion-MNIST ResNet-18 (the T-CNN base's schedule);
 #                                    BatchNorm recalibrated after conversion (20 batches)
 #   scripts/gpu-factorize.sh fdsweep the GPT's Frobenius-decay coefficient, and --fd-attention
-#   scripts/gpu-factorize.sh seeds   the seed-to-seed spread of the fine-tunes and scratch runs
+#   scripts/gpu-factorize.sh seeds-resnet / seeds-gpt
+#                                    the seed-to-seed spread of the fine-tunes (and scratch runs)
 # gpt / resnet: pretrain the dense model; factorize every Linear (GPT) / every
 # conv and the classifier (ResNet) to 75 / 50 / 25 % of the parameters (--params);
 # evaluate right after; fine-tune FT steps with Frobenius decay, with weight
@@ -214,7 +215,7 @@ seed_spread() {
       timed "$model-f$f-ft-$v-s$s" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" \
         "${ft_opts[@]}" "${reg[@]}" --seed "$s" --out "$c-$v-s$s" || failed=1
       [[ -f $c-$v-s$s/model.safetensors ]] && evaluate "$model-f$f-$v-s$s" "$c-$v-s$s"
-      pack seeds
+      pack "seeds-$model"
     done
   done
   [[ $model == resnet ]] || return 0
@@ -244,9 +245,11 @@ for job in "$@"; do
       gpt_setup
       fd_sweep
       ;;
-    seeds)
+    seeds-resnet)
       resnet_setup
       seed_spread 0.25 none
+      ;;
+    seeds-gpt)
       gpt_setup
       seed_spread 0.5 "none fd1e-5"
       ;;
@@ -254,6 +257,6 @@ for job in "$@"; do
       resnet_setup
       experiment
       ;;
-    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet, fdsweep, seeds)" >&2; exit 2 ;;
+    *) echo "gpu-factorize: unknown job '$job' (bench, gpt, resnet, fdsweep, seeds-resnet, seeds-gpt)" >&2; exit 2 ;;
   esac
 done

@@ -355,6 +355,59 @@ TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
                         "is a classifier");
 }
 
+// A fine-tune's --seed changes the data order, not the split: a new split
+// would train on the source model's held-out texts and evaluate on its
+// training texts.
+TEST_F(TrainCli, FinetuneKeepsTheSourceModelsSplitWhateverItsSeed) {
+  TempDir t;
+  const std::vector<std::string> ft = {"finetune", "--data", corpus(), "--seq-len", "32",
+                                       "--batch-size", "4", "--steps", "2", "--no-progress",
+                                       "--threads", "2"};
+  auto finetune = [&](const std::string& from, const std::string& out,
+                      std::vector<std::string> extra) {
+    std::vector<std::string> args = ft;
+    for (const std::string& a : {std::string("--model"), from, std::string("--out"), out}) {
+      args.push_back(a);
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run(args);
+  };
+  auto manifest = [&](const std::string& dir) {
+    return nlohmann::json::parse(read_bytes(dir + "/recast_manifest.json"));
+  };
+  Result r = finetune(dir_->file("reference"), t.file("s7"), {"--seed", "7"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(manifest(t.file("s7"))["seed"], 7);
+  EXPECT_EQ(manifest(t.file("s7"))["split_seed"], 0);
+  auto eval = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"eval", "--model", t.file("s7"), "--data", corpus(),
+                                     "--split", "test", "--json", "--threads", "2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Result e = run(args);
+    EXPECT_EQ(e.code, 0) << e.err;
+    return nlohmann::json::parse(e.out)["loss"].get<double>();
+  };
+  const double by_default = eval({});
+  EXPECT_EQ(by_default, eval({"--seed", "0"}));  // the split the source was trained on
+  EXPECT_NE(by_default, eval({"--seed", "7"}));
+  // An explicit --split-seed wins and is recorded.
+  r = finetune(dir_->file("reference"), t.file("split3"), {"--split-seed", "3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(manifest(t.file("split3"))["split_seed"], 3);
+  // A manifest from before split_seed existed: its seed was also its split's.
+  fs::copy(dir_->file("reference"), t.file("old"), fs::copy_options::recursive);
+  nlohmann::json old = manifest(t.file("old"));
+  old.erase("split_seed");
+  old["seed"] = 5;
+  std::ofstream(t.file("old/recast_manifest.json")) << old.dump();
+  r = finetune(t.file("old"), t.file("from-old"), {});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(manifest(t.file("from-old"))["split_seed"], 5);
+  expect_one_line_error(finetune(dir_->file("reference"), t.file("x"), {"--split-seed", "-1"}), 2,
+                        "--split-seed");
+  EXPECT_FALSE(fs::exists(t.file("x")));
+}
+
 // T-CNN end to end on images: convert with a report on the data, fine-tune
 // (gates and attention distances logged), evaluate under corruptions against
 // the CNN as baseline (CE per corruption, mCE).

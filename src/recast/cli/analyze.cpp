@@ -95,7 +95,7 @@ int run_analyze(const AnalyzeCli& o) {
     d.spec = o.data;
     d.split = o.split;
     d.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed)
-                         : static_cast<uint64_t>(manifest_int(manifest_of(o.model), "seed", 0));
+                         : split_seed_of(manifest_of(o.model));
     auto data = train::open_dataset(d, nullptr, &norm);
     if (data->kind() != train::DataKind::ImageClassification) {
       throw UsageError(msg("--data ", o.data, " is not an image data set"));

@@ -169,7 +169,7 @@ int run_convert(const ConvertCli& o) {
     // Test images for the equivalence report, normalised as the model was trained.
     const nlohmann::json manifest = manifest_of(o.model);
     train::Normalization norm = normalization_of(source->config());
-    train::DataOptions d{o.data, "test", static_cast<uint64_t>(manifest_int(manifest, "seed", 0)),
+    train::DataOptions d{o.data, "test", split_seed_of(manifest),
                          o.seq_len, "text"};
     auto test = train::open_dataset(d, nullptr, &norm);
     train::Loader probe_loader(test->size(), o.batch_size, 0, false, false);
@@ -189,7 +189,7 @@ int run_convert(const ConvertCli& o) {
     }
     if (!tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
     const nlohmann::json manifest = manifest_of(o.model);
-    train::DataOptions d{o.data, "train", static_cast<uint64_t>(manifest_int(manifest, "seed", 0)),
+    train::DataOptions d{o.data, "train", split_seed_of(manifest),
                          o.seq_len, "text"};
     data = train::open_dataset(d, tok.get());
     d.split = "val";
@@ -230,11 +230,13 @@ int run_convert(const ConvertCli& o) {
                                       {"data", o.data}, {"curve", curve},
                                       {"error_after", report_json(after)}};
   }
-  // Carry the source's training facts (seed, seq_len) so eval picks the same split.
+  // Carry the source's training facts (split, seq_len) so eval and finetune
+  // pick the same split.
   const nlohmann::json source_manifest = manifest_of(o.model);
   for (const char* key : {"seed", "seq_len", "data", "tokenizer"}) {
     if (source_manifest.contains(key)) manifest[key] = source_manifest[key];
   }
+  manifest["split_seed"] = split_seed_of(source_manifest);
   // Everything goes into a temporary directory renamed into place at the end.
   const fs::path out(o.out);
   const fs::path tmp = out.parent_path() / msg(".", out.filename().string(), ".tmp-", ::getpid());

@@ -166,7 +166,7 @@ int run_eval(const EvalCli& o) {
   d.spec = o.data;
   d.split = o.split;
   d.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed)
-                       : static_cast<uint64_t>(manifest_int(manifest, "seed", 0));
+                       : split_seed_of(manifest);
   d.seq_len = o.seq_len > 0 ? o.seq_len : manifest_int(manifest, "seq_len", 128);
   d.text_field = o.text_field;
   auto data = train::open_dataset(d, tok.get(), &norm);
@@ -211,7 +211,7 @@ Runner add_eval(CLI::App& app) {
   cmd->add_option("--batch-size", o->batch_size, "Examples per batch (default 16)");
   cmd->add_option("--seq-len", o->seq_len, "Window length (default: the model's training one)");
   cmd->add_option("--max-batches", o->max_batches, "Stop after N batches (default: all)");
-  cmd->add_option("--seed", o->seed, "Split seed (default: the model's training seed)");
+  cmd->add_option("--seed", o->seed, "Split seed (default: the model's, from recast_manifest.json)");
   cmd->add_option("--text-field", o->text_field, "JSON field holding the text (default text)");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_flag("--bf16", o->bf16, "bf16 autocast on CUDA");

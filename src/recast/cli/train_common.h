@@ -27,6 +27,7 @@ struct TrainCli {
   bool fd_attention = false;
   int keep = 2, threads = 0;
   uint64_t seed = 0;
+  int64_t split_seed = -1;  // -1: pretrain 0, finetune the source model's
   bool resume = false, bf16 = false, tf32 = false, no_progress = false;
 };
 
@@ -51,5 +52,10 @@ nlohmann::json manifest_of(const std::string& dir);
 
 // Parses --seq-len style integers from a manifest with a fallback.
 int64_t manifest_int(const nlohmann::json& manifest, const char* key, int64_t fallback);
+
+// The seed of the train / val / test split a model was trained on: the
+// manifest's split_seed; before that key existed, the run's seed was also the
+// split's; 0 without a manifest (the default split).
+uint64_t split_seed_of(const nlohmann::json& manifest);
 
 }  // namespace recast::cli

@@ -55,7 +55,11 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_option("--eval-every", o.eval_every, "Evaluate on the val split every N steps");
   cmd->add_option("--eval-batches", o.eval_batches, "Batches per evaluation (default 20)");
   cmd->add_option("--log-every", o.log_every, "Steps per metrics.jsonl line (default 10)");
-  cmd->add_option("--seed", o.seed, "Seed for initialisation, splits and shuffling (default 0)");
+  cmd->add_option("--seed", o.seed, "Seed for new weights and the data order (default 0)");
+  cmd->add_option("--split-seed", o.split_seed,
+                  "Seed of the train / val / test split (default: pretrain 0; finetune the "
+                  "source model's, so its test split stays unseen)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--resume", o.resume, "Continue from the newest checkpoint in OUT/checkpoints");
   cmd->add_option("--tokenizer", o.tokenizer,
                   "bytes, or a directory with vocab.json + merges.txt (GPT-2 BPE)");
@@ -136,6 +140,10 @@ int64_t manifest_int(const nlohmann::json& manifest, const char* key, int64_t fa
   return it != manifest.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
 }
 
+uint64_t split_seed_of(const nlohmann::json& manifest) {
+  return static_cast<uint64_t>(manifest_int(manifest, "split_seed", manifest_int(manifest, "seed", 0)));
+}
+
 namespace {
 
 bool is_vit(const std::string& arch) { return arch.rfind("vit", 0) == 0; }
@@ -211,7 +219,8 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
     p.tokenizer = tok ? std::move(tok) : tokenizer_from_option(o.tokenizer);
   }
   p.norm = std::move(norm);
-  train::DataOptions d{o.data, "train", o.seed, o.seq_len, o.text_field};
+  RECAST_CHECK(o.split_seed >= 0, "prepare_data: the split seed is resolved by the verb");
+  train::DataOptions d{o.data, "train", static_cast<uint64_t>(o.split_seed), o.seq_len, o.text_field};
   p.train = train::open_dataset(d, p.tokenizer.get(), &p.norm);
   d.split = "val";
   try {
@@ -243,6 +252,7 @@ train::TrainOptions trainer_options(const TrainCli& o) {
   t.train_regex = o.train_regex;
   t.resume = o.resume;
   t.seed = o.seed;
+  t.split_seed = static_cast<uint64_t>(o.split_seed);
   t.device = select_device(o.device);
   t.bf16 = o.bf16;
   t.progress = !o.no_progress;
@@ -266,6 +276,7 @@ nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const P
                       {"grad_accum", o.grad_accum},
                       {"lr", o.lr},
                       {"seed", o.seed},
+                      {"split_seed", o.split_seed},
                       {"train", o.train_regex.empty() ? ".*" : o.train_regex},
                       {"device", o.device},
                       {"bf16", o.bf16}};
@@ -278,6 +289,7 @@ int run_pretrain(TrainCli& o) {
   set_threads(o.threads);
   set_tf32(o.tf32);
   const auto& factory = models::model_registry().get(o.arch).factory;
+  if (o.split_seed < 0) o.split_seed = 0;
   Prepared p = prepare_data(o, nullptr, {});
   nlohmann::json config = nlohmann::json::object();
   config[factory.style == models::ConfigStyle::Transformers ? "model_type" : "architecture"] = o.arch;
@@ -312,6 +324,9 @@ int run_finetune(TrainCli& o) {
   const std::string arch = models::arch_from_config(config, config_path);
   std::unique_ptr<io::Tokenizer> tok =
       o.tokenizer.empty() ? tokenizer_of_checkpoint(o.model) : tokenizer_from_option(o.tokenizer);
+  // The source model's split, whatever --seed says: a new split would put
+  // its held-out texts into this run's training set.
+  if (o.split_seed < 0) o.split_seed = static_cast<int64_t>(split_seed_of(manifest_of(o.model)));
   Prepared p = prepare_data(o, std::move(tok), normalization_of(config));
   if (p.tokenizer) {
     const int64_t vocab = models::cfg_int(config, "vocab_size", 0);

@@ -119,7 +119,8 @@ nlohmann::json fingerprint(const TrainOptions& o, const Dataset& data) {
   return {{"batch_size", o.batch_size}, {"grad_accum", o.grad_accum}, {"lr", o.lr},
           {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"weight_decay", o.weight_decay},
           {"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"clip", o.clip},
-          {"train", o.train_regex}, {"seed", o.seed}, {"data", data.describe()},
+          {"train", o.train_regex}, {"seed", o.seed}, {"split_seed", o.split_seed},
+          {"data", data.describe()},
           {"distill", o.teacher != nullptr}, {"frobenius_decay", o.frobenius_decay},
           {"fd_attention", o.fd_attention}};
 }

@@ -52,6 +52,7 @@ struct TrainOptions {
   std::string train_regex;  // empty: every parameter
   bool resume = false;
   uint64_t seed = 0;
+  uint64_t split_seed = 0;  // the data's split (in the resume fingerprint)
   c10::Device device = c10::kCPU;
   bool bf16 = false;  // autocast (CUDA only)
   bool progress = true;
