@@ -227,7 +227,7 @@ seed_spread() {
     timed "$model-f$f-scratch-s$s" "$recast" pretrain "${arch[@]}" --set "recast_factorized=$shape" \
       "${train[@]}" --steps $((BASE + FT)) "${base_opts[@]}" --seed "$s" --out "$c-scratch-s$s" || failed=1
     [[ -f $c-scratch-s$s/model.safetensors ]] && evaluate "$model-f$f-scratch-s$s" "$c-scratch-s$s"
-    pack seeds
+    pack "seeds-$model"
   done
 }
 
