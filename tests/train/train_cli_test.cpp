@@ -388,7 +388,7 @@ TEST_F(TrainCli, FinetuneKeepsTheSourceModelsSplitWhateverItsSeed) {
     return nlohmann::json::parse(e.out)["loss"].get<double>();
   };
   const double by_default = eval({});
-  EXPECT_EQ(by_default, eval({"--seed", "0"}));  // the split the source was trained on
+  EXPECT_EQ(by_default, eval({"--split-seed", "0"}));  // the split the source was trained on
   EXPECT_NE(by_default, eval({"--seed", "7"}));
   // An explicit --split-seed wins and is recorded.
   r = finetune(dir_->file("reference"), t.file("split3"), {"--split-seed", "3"});

@@ -166,7 +166,7 @@ Runner add_analyze(CLI::App& app) {
   cmd->add_option("--index", o->index, "Image N of --data's split instead of --image");
   cmd->add_option("--data", o->data, "With --index: named data set or path");
   cmd->add_option("--split", o->split, "With --index: train, val, test or all (default test)");
-  cmd->add_option("--seed", o->seed, "With --index: split seed (default: the model's)");
+  cmd->add_option("--split-seed,--seed", o->seed, "With --index: split seed (default: the model's)");
   cmd->add_option("--query", o->query, "Query position ROW,COL in input pixels (default: centre)");
   cmd->add_option("--layers", o->layers, "Regex on layer names (default: every ConvAttention)");
   cmd->add_option("--out", o->out, "Draw the attention maps: FILE.png or FILE.svg");

@@ -211,7 +211,8 @@ Runner add_eval(CLI::App& app) {
   cmd->add_option("--batch-size", o->batch_size, "Examples per batch (default 16)");
   cmd->add_option("--seq-len", o->seq_len, "Window length (default: the model's training one)");
   cmd->add_option("--max-batches", o->max_batches, "Stop after N batches (default: all)");
-  cmd->add_option("--seed", o->seed, "Split seed (default: the model's, from recast_manifest.json)");
+  cmd->add_option("--split-seed,--seed", o->seed,
+                  "Split seed (default: the model's split_seed, from recast_manifest.json)");
   cmd->add_option("--text-field", o->text_field, "JSON field holding the text (default text)");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_flag("--bf16", o->bf16, "bf16 autocast on CUDA");
