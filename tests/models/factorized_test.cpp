@@ -98,6 +98,87 @@ TEST(Factorized, RankRErrorIsTheEckartYoungBound) {
   }
 }
 
+// Whitened (data-aware) factors: at full rank U V^T = W; at rank r the
+// output error on the inputs is exactly the Eckart-Young tail of W L's
+// spectrum and never above the plain SVD's at the same rank.
+TEST(Factorized, WhitenedFactorsKeepTheOutputsBest) {
+  torch::manual_seed(5);
+  const int64_t m = 12, n = 10, tokens = 200;
+  const at::Tensor w = torch::randn({m, n}, at::kDouble);
+  // Anisotropic, correlated inputs: channel scales from 0.01 to 10.
+  const at::Tensor mix = at::matmul(torch::randn({n, n}, at::kDouble),
+                                    at::diag(at::logspace(-2, 1, n, 10, at::kDouble)));
+  const at::Tensor x = at::matmul(mix, torch::randn({n, tokens}, at::kDouble));  // [n, tokens]
+  const at::Tensor gram = at::matmul(x, x.t()) / tokens;
+  const layers::Whitened wh = layers::whitened_spectrum(w, gram, 0.0);
+  EXPECT_EQ(wh.damp, 0.0);
+  const layers::Factors full = layers::whitened_factors(wh, n);
+  EXPECT_LT(rel(at::matmul(full.u, full.v.t()), w), 1e-9);
+  const layers::Spectrum plain = layers::spectrum(w);
+  for (int64_t r = 1; r < n; ++r) {
+    const layers::Factors f = layers::whitened_factors(wh, r);
+    // output_error is ||(W - U V^T) X|| / ||W X||, computed from G.
+    const double direct = ((at::matmul(w - at::matmul(f.u, f.v.t()), x)).norm() /
+                           at::matmul(w, x).norm()).item<double>();
+    const double err = layers::output_error(w, f, gram);
+    EXPECT_NEAR(err, direct, 1e-9) << "rank " << r;
+    EXPECT_NEAR(err, layers::eckart_young_relative(wh.sp.s, r), 1e-9) << "rank " << r;
+    const double plain_err = layers::output_error(w, layers::spectral_factors(plain, r), gram);
+    EXPECT_LE(err, plain_err + 1e-12) << "rank " << r;
+    if (r <= 3) {  // by a margin on these inputs
+      EXPECT_LT(err, 0.9 * plain_err) << "rank " << r;
+    }
+    // Balanced like the spectral init: U^T U = V^T V, diagonal.
+    const at::Tensor gu = at::matmul(f.u.t(), f.u), gv = at::matmul(f.v.t(), f.v);
+    EXPECT_LT((gu - gv).abs().max().item<double>(), 1e-9 * gu.abs().max().item<double>());
+    EXPECT_LT((gu - at::diag(gu.diagonal())).abs().max().item<double>(),
+              1e-9 * gu.abs().max().item<double>());
+  }
+  // Fewer inputs than channels: G is singular, the damping grows until the
+  // Cholesky succeeds, and full rank still gives W.
+  const at::Tensor few = x.narrow(1, 0, 4);
+  const layers::Whitened singular = layers::whitened_spectrum(w, at::matmul(few, few.t()), 0.0);
+  EXPECT_GT(singular.damp, 0.0);
+  const layers::Factors back = layers::whitened_factors(singular, n);
+  EXPECT_LT(rel(at::matmul(back.u, back.v.t()), w), 1e-8);
+  // A layer that saw only zeros whitens with I: the plain spectral factors' product.
+  const layers::Whitened zero = layers::whitened_spectrum(w, at::zeros({n, n}, at::kDouble), 0.01);
+  const layers::Factors z = layers::whitened_factors(zero, 4);
+  const layers::Factors p = layers::spectral_factors(plain, 4);
+  EXPECT_LT(rel(at::matmul(z.u, z.v.t()), at::matmul(p.u, p.v.t())), 1e-9);
+  EXPECT_THROW(layers::whitened_spectrum(w, at::eye(n + 1, at::kDouble), 0.0), Error);
+}
+
+// The layers record the rows their weight matrix multiplies: a Linear's
+// inputs; a conv's im2col patches in the weight's (i, a, b) order, checked
+// through any conv's output energy, sum ||M p||^2 = tr(M G M^T).
+TEST(Factorized, LayersRecordTheirInputGram) {
+  torch::manual_seed(6);
+  torch::NoGradGuard no_grad;
+  layers::FactorizedLinearOptions lo;
+  lo.in = 6, lo.out = 5, lo.rank = 3;
+  layers::FactorizedLinear lin(lo);
+  lin->record_inputs = std::make_shared<layers::InputGram>();
+  const at::Tensor x = torch::randn({2, 7, 6});
+  lin(x);
+  lin(x);
+  const at::Tensor rows = x.reshape({-1, 6}).to(at::kDouble);
+  EXPECT_EQ(lin->record_inputs->rows, 28);
+  EXPECT_LT(rel(lin->record_inputs->sum, 2 * at::matmul(rows.t(), rows)), 1e-12);
+  layers::FactorizedConv2dOptions co;
+  co.in = 3, co.out = 4, co.rank = 2, co.kernel = {3, 3}, co.stride = {2, 2}, co.padding = {1, 1};
+  layers::FactorizedConv2d conv(co);
+  conv->record_inputs = std::make_shared<layers::InputGram>();
+  const at::Tensor img = torch::randn({2, 3, 9, 8}, at::kDouble);
+  conv(img.to(at::kFloat));
+  const at::Tensor& g = conv->record_inputs->sum;
+  ASSERT_EQ(g.sizes(), (std::vector<int64_t>{27, 27}));
+  EXPECT_EQ(conv->record_inputs->rows, 2 * 5 * 4);
+  const at::Tensor mat = torch::randn({5, 27}, at::kDouble);
+  const double energy = at::conv2d(img, mat.reshape({5, 3, 3, 3}), {}, 2, 1).square().sum().item<double>();
+  EXPECT_NEAR((at::matmul(mat, g) * mat).sum().item<double>(), energy, 1e-5 * energy);
+}
+
 TEST(Factorized, FrobeniusPenaltyGradientIsAutogradOfTheExplicitPenalty) {
   torch::manual_seed(3);
   for (const std::vector<int64_t>& lead : {std::vector<int64_t>{}, std::vector<int64_t>{3}}) {
@@ -239,6 +320,37 @@ TEST(FactorizeRecipe, FullRankReproducesEveryFamily) {
     }
     EXPECT_THROW(run_recipe("merge", *source, mo), UsageError);
     EXPECT_THROW(run_recipe("factorize", *c.model, o), UsageError);
+  }
+}
+
+// --whiten through the recipe: every layer's output error on the
+// calibration inputs is at most the plain SVD's at the same rank (GPT-2's
+// Conv1D projections and ResNet's convs), and at full rank the model is
+// reproduced.
+TEST(FactorizeRecipe, WhitenedFactorsKeepEachLayersOutputs) {
+  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet()};
+  for (auto& source : sources) {
+    recipes::RecipeOptions o;
+    o.values = {{"rank_ratio", 0.5}};
+    o.probe = source->example_batch(3, 7);
+    o.whitening = {source->example_batch(4, 1), source->example_batch(4, 2)};
+    recipes::Conversion c = run_recipe("factorize", *source, o);
+    EXPECT_EQ(c.manifest["options"]["whiten"], 2);
+    EXPECT_NE(c.table.find("out error"), std::string::npos);
+    int better = 0;
+    for (const auto& row : c.manifest["layers"]) {
+      if (row["rank"] == "dense") continue;
+      const double out = row["output_error"].get<double>(), plain = row["output_error_plain_svd"].get<double>();
+      EXPECT_LE(out, plain * (1 + 1e-6) + 1e-12) << source->arch() << " " << row["module"];
+      better += out < 0.99 * plain;
+      EXPECT_GE(row["relative_error"].get<double>(), 0.0);
+    }
+    EXPECT_GT(better, 0) << source->arch();
+    o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
+    recipes::Conversion full = run_recipe("factorize", *source, o);
+    for (const auto& r : full.report) EXPECT_LT(r.relative_error, 1e-4) << r.module;
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(rel(full.model->forward(o.probe), source->forward(o.probe)), 1e-3) << source->arch();
   }
 }
 

@@ -44,6 +44,8 @@ struct ConvertCli {
   double rank_ratio = kUnset, energy = kUnset, params = kUnset;
   bool no_dense_fallback = false;
   int64_t recalibrate_bn = 0;
+  int64_t whiten = 0;
+  double whiten_damp = std::nan("");
   int64_t qk_dim = 0;
   uint64_t seed = 0;
   int threads = 0;
@@ -139,6 +141,13 @@ int run_convert(const ConvertCli& o) {
     throw UsageError(msg("--recalibrate-bn ", o.recalibrate_bn,
                          ": expected N >= 1 batches with --recipe factorize and --data (images)"));
   }
+  if (o.whiten != 0 && (o.recipe != "factorize" || o.data.empty() || o.whiten < 0)) {
+    throw UsageError(msg("--whiten ", o.whiten,
+                         ": expected N >= 1 batches with --recipe factorize and --data"));
+  }
+  if (!std::isnan(o.whiten_damp) && (o.whiten <= 0 || !(o.whiten_damp >= 0))) {
+    throw UsageError(msg("--whiten-damp ", o.whiten_damp, ": expected a value >= 0, with --whiten N"));
+  }
   if (o.transfer_steps > 0 && o.data.empty()) {
     throw UsageError("--transfer-steps needs --data (the text to match the attention on)");
   }
@@ -157,6 +166,14 @@ int run_convert(const ConvertCli& o) {
   if (given(o.energy)) ro.values["energy"] = o.energy;
   if (given(o.params)) ro.values["params"] = o.params;
   if (o.no_dense_fallback) ro.values["dense_fallback"] = false;
+  if (!std::isnan(o.whiten_damp)) ro.values["whiten_damp"] = o.whiten_damp;
+  // N shuffled training batches (the same for BatchNorm and whitening).
+  const auto training_batches = [&](train::Dataset& split, int64_t n) {
+    std::vector<models::Batch> out;
+    train::Loader loader(split.size(), o.batch_size, o.seed, /*shuffle=*/true, true);
+    for (int64_t i = 0; i < n; ++i) out.push_back(train::to_device(split.batch(loader.next()).inputs, device));
+    return out;
+  };
   if ((given(o.rank_ratio) || given(o.energy) || given(o.params)) && o.recipe != "factorize") {
     throw UsageError(msg("--rank-ratio / --energy / --params are options of --recipe factorize, not ",
                          o.recipe));
@@ -174,13 +191,11 @@ int run_convert(const ConvertCli& o) {
     auto test = train::open_dataset(d, nullptr, &norm);
     train::Loader probe_loader(test->size(), o.batch_size, 0, false, false);
     ro.probe = train::to_device(test->batch(probe_loader.next()).inputs, device);
-    if (o.recalibrate_bn > 0) {
+    if (o.recalibrate_bn > 0 || o.whiten > 0) {
       d.split = "train";
       auto train_split = train::open_dataset(d, nullptr, &norm);
-      train::Loader loader(train_split->size(), o.batch_size, o.seed, /*shuffle=*/true, true);
-      for (int64_t i = 0; i < o.recalibrate_bn; ++i) {
-        ro.calibration.push_back(train::to_device(train_split->batch(loader.next()).inputs, device));
-      }
+      ro.calibration = training_batches(*train_split, o.recalibrate_bn);
+      ro.whitening = training_batches(*train_split, o.whiten);
     }
   } else if (!o.data.empty()) {
     if (o.recalibrate_bn > 0) {
@@ -196,6 +211,7 @@ int run_convert(const ConvertCli& o) {
     auto val = train::open_dataset(d, tok.get());
     train::Loader probe_loader(val->size(), o.batch_size, 0, false, false);
     ro.probe = train::to_device(val->batch(probe_loader.next()).inputs, device);
+    ro.whitening = training_batches(*data, o.whiten);
   } else {
     ro.probe = train::to_device(source->example_batch(4, o.seed), device);
   }
@@ -290,6 +306,13 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--recalibrate-bn", o->recalibrate_bn,
                   "factorize: re-estimate BatchNorm statistics on N batches of --data's training "
                   "split after factorizing (no gradient steps)");
+  cmd->add_option("--whiten", o->whiten,
+                  "factorize: data-aware factors that keep each layer's outputs on N batches of "
+                  "--data's training split, not its weights (SVD-LLM whitening); the rank rules "
+                  "then read the output energy");
+  cmd->add_option("--whiten-damp", o->whiten_damp,
+                  "factorize: damping of the inputs' second moment, a fraction of its mean "
+                  "diagonal (default 0.01)");
   cmd->add_flag("--no-dense-fallback", o->no_dense_fallback,
                 "factorize: factorize every selected layer, also where the factors hold more "
                 "numbers than the dense weight (full-rank exactness checks)");

@@ -26,6 +26,79 @@ Factors spectral_factors(const Spectrum& sp, int64_t rank) {
   return {sp.a.narrow(1, 0, rank) * root, sp.b.narrow(1, 0, rank) * root};
 }
 
+Factors balanced(const Factors& f) {
+  torch::NoGradGuard no_grad;
+  auto [qu, ru] = at::linalg_qr(f.u.to(at::kDouble), "reduced");
+  auto [qv, rv] = at::linalg_qr(f.v.to(at::kDouble), "reduced");
+  auto [p, s, qh] = at::linalg_svd(at::matmul(ru, rv.t()), /*full_matrices=*/false);
+  const at::Tensor root = s.sqrt();
+  return {at::matmul(qu, p) * root, at::matmul(qv, qh.t()) * root};
+}
+
+Whitened whitened_spectrum(const at::Tensor& w, const at::Tensor& gram, double damp) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor m = w.detach().reshape({w.size(0), -1}).to(at::kCPU, at::kDouble);
+  const int64_t n = m.size(1);
+  RECAST_CHECK(gram.dim() == 2 && gram.size(0) == n && gram.size(1) == n,
+               "whitening: expected an input Gram [", n, ", ", n, "], found ",
+               shape_string(gram.sizes()));
+  RECAST_CHECK(damp >= 0, "whitening: damping expected >= 0, found ", damp);
+  const at::Tensor g = gram.to(at::kCPU, at::kDouble);
+  const double scale = g.diagonal().mean().item<double>();
+  const at::Tensor eye = at::eye(n, g.options());
+  Whitened wh;
+  if (!(scale > 0)) {  // the layer saw only zeros: no direction to prefer
+    wh.chol = eye;
+    wh.damp = 0;
+  } else {
+    double d = damp;
+    for (int attempt = 0;; ++attempt) {
+      auto [l, info] = at::linalg_cholesky_ex(g + (d * scale) * eye);
+      if (info.item<int64_t>() == 0) {
+        wh.chol = l;
+        wh.damp = d;
+        break;
+      }
+      RECAST_CHECK(d < 1, "whitening: the input Gram is not positive definite even with damping ",
+                   d, " (non-finite inputs?)");
+      d = std::min(1.0, std::max(d * 10, 1e-8));
+    }
+  }
+  auto [a, s, bh] = at::linalg_svd(at::matmul(m, wh.chol), /*full_matrices=*/false);
+  wh.sp = {a, s, bh.t().contiguous()};
+  return wh;
+}
+
+Factors whitened_factors(const Whitened& wh, int64_t rank) {
+  RECAST_CHECK(rank >= 1 && rank <= wh.sp.full_rank(), "whitened init: rank ", rank,
+               " outside 1..", wh.sp.full_rank());
+  torch::NoGradGuard no_grad;
+  // W' = (A_r S_r) (L^{-T} B_r)^T; L^T V = B_r by a triangular solve.
+  const at::Tensor u = wh.sp.a.narrow(1, 0, rank) * wh.sp.s.narrow(0, 0, rank);
+  const at::Tensor v = at::linalg_solve_triangular(wh.chol.t(), wh.sp.b.narrow(1, 0, rank),
+                                                   /*upper=*/true);
+  return balanced({u, v});
+}
+
+double output_error(const at::Tensor& w, const Factors& f, const at::Tensor& gram) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor m = w.detach().reshape({w.size(0), -1}).to(at::kCPU, at::kDouble);
+  const at::Tensor g = gram.to(at::kCPU, at::kDouble);
+  const at::Tensor e =
+      m - at::matmul(f.u.to(at::kCPU, at::kDouble), f.v.to(at::kCPU, at::kDouble).t());
+  const double total = (at::matmul(m, g) * m).sum().item<double>();
+  if (!(total > 0)) return 0.0;
+  return std::sqrt(std::max(0.0, (at::matmul(e, g) * e).sum().item<double>()) / total);
+}
+
+void InputGram::add(const at::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor rows_x = x.detach().to(at::kDouble);
+  const at::Tensor g = at::matmul(rows_x.t(), rows_x);
+  sum = sum.defined() ? sum + g : g;
+  rows += x.size(0);
+}
+
 double eckart_young_relative(const at::Tensor& s, int64_t rank) {
   const at::Tensor s2 = s.to(at::kDouble).square();
   const double total = s2.sum().item<double>();
@@ -124,6 +197,7 @@ void FactorizedLinearImpl::reset() {
 }
 
 at::Tensor FactorizedLinearImpl::forward(const at::Tensor& x) {
+  if (record_inputs) record_inputs->add(x.reshape({-1, options_.in}));
   const bool inference = !at::GradMode::is_enabled();
   bool dense = options_.dispatch == Dispatch::Dense;
   if (inference && options_.dispatch == Dispatch::Automatic) {
@@ -196,6 +270,12 @@ void FactorizedConv2dImpl::reset() {
 }
 
 at::Tensor FactorizedConv2dImpl::forward(const at::Tensor& x) {
+  if (record_inputs) {
+    // [B, I*kh*kw, L] in (i, a, b) order, the conv weight's own row layout.
+    const at::Tensor patches =
+        at::im2col(x, options_.kernel, options_.dilation, options_.padding, options_.stride);
+    record_inputs->add(patches.transpose(1, 2).reshape({-1, patches.size(1)}));
+  }
   const at::Tensor z =
       at::conv2d(x, weight_v, {}, options_.stride, options_.padding, options_.dilation);
   return at::conv2d(z, weight_u, bias);

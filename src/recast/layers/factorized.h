@@ -24,6 +24,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,6 +62,41 @@ std::vector<double> energy_kept(const at::Tensor& s);
 int64_t rank_keeping(const std::vector<double>& kept, double fraction);
 // Whether rank r stores fewer numbers than the dense m x n weight.
 inline bool saves_parameters(int64_t m, int64_t n, int64_t r) { return r * (m + n) < m * n; }
+
+// The balanced factorization of the same product: U' V'^T = U V^T with
+// U'^T U' = V'^T V' = the product's leading singular values (QR of each
+// factor, SVD of the r x r core), as the spectral init's factors are.
+Factors balanced(const Factors& f);
+
+// ---------------------------------------------------------------- data-aware init
+//
+// Truncation-aware whitening (SVD-LLM): with G the second moment of the
+// layer's inputs (n x n, sum of x x^T over the rows it sees), the rank-r W'
+// that keeps the outputs closest, min ||(W - W') X||_F, is
+// A_r S_r B_r^T L^{-1} from the SVD A S B^T of W L, L L^T = G (Cholesky),
+// and its output error is exactly sqrt(sum_{i>r} s_i^2) of that spectrum.
+// G is damped to G + damp * mean(diag G) * I: positive definite, and the
+// objective becomes ||(W - W') X||^2 + damp * mean(diag G) * ||W - W'||^2.
+// Where the Cholesky still fails the damping grows tenfold (up to 1); a G of
+// zeros (a layer that saw only zeros) whitens with I, the plain SVD.
+struct Whitened {
+  Spectrum sp;      // of W L: the rank rules read the output energy from it
+  at::Tensor chol;  // L [n, n], lower triangular, fp64 CPU
+  double damp = 0;  // the damping used
+};
+Whitened whitened_spectrum(const at::Tensor& w, const at::Tensor& gram, double damp);
+// Balanced factors of A_r S_r B_r^T L^{-1}; at full rank U V^T = W.
+Factors whitened_factors(const Whitened& wh, int64_t rank);
+// sqrt(tr(E G E^T) / tr(W G W^T)) for E = W - U V^T: the relative error of
+// the layer's outputs on inputs whose second moment is G (fp64).
+double output_error(const at::Tensor& w, const Factors& f, const at::Tensor& gram);
+
+// Sums x x^T over the rows of the inputs a layer sees (fp64, on their device).
+struct InputGram {
+  at::Tensor sum;  // [n, n]
+  int64_t rows = 0;
+  void add(const at::Tensor& x);  // x: [rows, n]
+};
 
 // (1/2) ||U V^T||_F^2 = (1/2) sum((U^T U) o (V^T V)) through the r x r Gram
 // matrices, never forming U V^T; summed over any leading batch dimensions
@@ -107,6 +143,8 @@ class FactorizedLinearImpl : public torch::nn::Cloneable<FactorizedLinearImpl> {
   const FactorizedLinearOptions& options() const { return options_; }
   FactorizedLinearOptions options_;
   at::Tensor weight_u, weight_v, bias;
+  // When set, forward adds its inputs ([..., in] as rows) to this Gram.
+  std::shared_ptr<InputGram> record_inputs;
 
  private:
   at::Tensor merged_;  // cached U V^T for Dispatch::Dense / Automatic
@@ -138,6 +176,9 @@ class FactorizedConv2dImpl : public torch::nn::Cloneable<FactorizedConv2dImpl> {
   const FactorizedConv2dOptions& options() const { return options_; }
   FactorizedConv2dOptions options_;
   at::Tensor weight_u, weight_v, bias;
+  // When set, forward adds its input patches (im2col: [positions, I*kh*kw],
+  // the rows the O x (I*kh*kw) matrix multiplies) to this Gram.
+  std::shared_ptr<InputGram> record_inputs;
 };
 TORCH_MODULE(FactorizedConv2d);
 

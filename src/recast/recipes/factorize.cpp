@@ -11,6 +11,12 @@
 // parameters (bisection; the count is monotone in tau). Layers with a flat
 // spectrum get more rank, layers with a steep one less, and every layer
 // loses the same fraction of its energy.
+//
+// With --whiten N the spectrum is that of W L, L L^T the (damped) second
+// moment of the layer's inputs on N training batches (SVD-LLM's
+// truncation-aware whitening, layers::whitened_spectrum): the factors keep the
+// layer's outputs rather than its weights, and every rule above reads the
+// output energy instead of the weight's.
 
 #include "recast/recipes/recipe.h"
 
@@ -21,6 +27,8 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 
 namespace recast::recipes {
@@ -82,10 +90,68 @@ struct Layer {
   std::vector<int64_t> shape;  // the stored dense weight's
   int64_t m = 0, n = 0;        // the matrix: out x (in * kh * kw)
   int64_t bias = 0;
-  layers::Spectrum sp;
-  std::vector<double> kept;  // cumulative energy fraction after 1..k singular values
-  int64_t rank = 0;          // 0: stays dense
+  at::Tensor matrix;            // the dense weight as out x (in * kh * kw)
+  layers::Spectrum sp;          // what the rank rules read: of W, or of W L when whitened
+  std::vector<double> kept;     // cumulative energy fraction after 1..k singular values
+  int64_t rank = 0;             // 0: stays dense
+  std::optional<layers::Spectrum> plain;    // the weight's own, when sp is whitened
+  std::optional<layers::Whitened> whitened;
+  at::Tensor gram;              // the inputs' second moment (whitened only)
+
+  layers::Factors factors(int64_t r) const {
+    return whitened ? layers::whitened_factors(*whitened, r) : layers::spectral_factors(sp, r);
+  }
 };
+
+// The checkpoint tensors of layer l's factors at rank r, in l's dtype.
+void put_factors(std::map<std::string, at::Tensor>& out, std::set<std::string>& dropped,
+                 const Layer& l, int64_t r, const layers::Factors& f, at::ScalarType dtype) {
+  out[l.name + ".weight_u"] = (l.conv ? f.u.reshape({l.m, r, 1, 1}) : f.u).to(dtype);
+  out[l.name + ".weight_v"] =
+      (l.conv ? f.v.t().reshape({r, l.shape[1], l.shape[2], l.shape[3]}) : f.v.t().contiguous())
+          .to(dtype);
+  dropped.insert(l.name + ".weight");
+}
+
+// Each layer's input second moment (sum x x^T / rows) on `batches`, through
+// a copy of the source with those layers factorized at full rank (which
+// computes what the dense layers do, to rounding) recording their inputs.
+std::map<std::string, at::Tensor> input_grams(const models::Model& source, const std::vector<Layer>& ls,
+                                              const std::vector<models::Batch>& batches) {
+  layers::FactorizedConfig fc;
+  std::map<std::string, at::Tensor> tensors;
+  std::set<std::string> dropped;
+  const auto source_tensors = named_tensors(source);
+  for (const auto& l : ls) {
+    const int64_t full = l.sp.full_rank();
+    fc.layers[l.name] = full;
+    put_factors(tensors, dropped, l, full, layers::spectral_factors(l.sp, full),
+                source_tensors.at(l.name + ".weight").scalar_type());
+  }
+  nlohmann::json config = source.config();
+  config["recast_factorized"] = fc.to_json();
+  models::ModelPtr recorder = models::create_model(source.arch(), config);
+  assemble(source, *recorder, tensors, dropped, "factorize");
+  recorder->to(source.device());
+  std::map<std::string, std::shared_ptr<layers::InputGram>> grams;
+  for (const auto& item : recorder->named_modules("", false)) {
+    if (!fc.layers.count(item.key())) continue;
+    auto g = std::make_shared<layers::InputGram>();
+    if (auto* lin = item.value()->as<layers::FactorizedLinear>()) lin->record_inputs = g;
+    if (auto* conv = item.value()->as<layers::FactorizedConv2d>()) conv->record_inputs = g;
+    grams[item.key()] = g;
+  }
+  torch::NoGradGuard no_grad;
+  recorder->eval();
+  for (const auto& b : batches) recorder->forward(b);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& l : ls) {
+    const auto& g = grams.at(l.name);
+    RECAST_CHECK(g->rows > 0, "--whiten: layer ", quote(l.name), " saw no inputs");
+    out[l.name] = (g->sum / static_cast<double>(g->rows)).to(at::kCPU);
+  }
+  return out;
+}
 
 // The weight's numbers at `rank` (0: dense), with the dense fallback.
 int64_t weight_elements(const Layer& l, int64_t rank) {
@@ -166,15 +232,26 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
     const at::Tensor& w = source_tensors.at(name + ".weight");
     l.shape = w.sizes().vec();
     l.conv = w.dim() == 4;
-    const at::Tensor matrix = l.transposed ? w.t() : w.reshape({w.size(0), -1});
-    l.m = matrix.size(0);
-    l.n = matrix.size(1);
+    l.matrix = (l.transposed ? w.t() : w.reshape({w.size(0), -1})).detach();
+    l.m = l.matrix.size(0);
+    l.n = l.matrix.size(1);
     auto b = source_tensors.find(name + ".bias");
     l.bias = b == source_tensors.end() ? 0 : b->second.numel();
-    l.sp = layers::spectrum(matrix);
-    l.kept = layers::energy_kept(l.sp.s);
+    l.sp = layers::spectrum(l.matrix);
     ls.push_back(std::move(l));
   }
+  const double damp = o.values.value("whiten_damp", 0.01);
+  if (!o.whitening.empty()) {
+    if (!(damp >= 0)) throw UsageError(msg("--whiten-damp: expected >= 0, found ", damp));
+    const auto grams = input_grams(source, ls, o.whitening);
+    for (auto& l : ls) {
+      l.gram = grams.at(l.name);
+      l.whitened = layers::whitened_spectrum(l.matrix, l.gram, damp);
+      l.plain = l.sp;
+      l.sp = l.whitened->sp;
+    }
+  }
+  for (auto& l : ls) l.kept = layers::energy_kept(l.sp.s);
   const int64_t total_before = stored_elements(source);
   std::string rule;
   if (o.values.contains("rank_ratio")) {
@@ -210,14 +287,8 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   std::set<std::string> dropped;
   for (const auto& l : ls) {
     if (l.rank == 0) continue;
-    const layers::Factors f = layers::spectral_factors(l.sp, l.rank);
-    const auto dtype = source_tensors.at(l.name + ".weight").scalar_type();
-    factors[l.name + ".weight_u"] =
-        (l.conv ? f.u.reshape({l.m, l.rank, 1, 1}) : f.u).to(dtype);
-    factors[l.name + ".weight_v"] =
-        (l.conv ? f.v.t().reshape({l.rank, l.shape[1], l.shape[2], l.shape[3]}) : f.v.t().contiguous())
-            .to(dtype);
-    dropped.insert(l.name + ".weight");
+    put_factors(factors, dropped, l, l.rank, l.factors(l.rank),
+                source_tensors.at(l.name + ".weight").scalar_type());
   }
   assemble(source, *model, factors, dropped, "factorize");
   model->set_metadata(source.metadata());
@@ -232,9 +303,13 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   std::string table = msg("factorize (", rule, "): ", fc.layers.size(), " of ", ls.size(),
                           " selected layers factorized\n");
   char line[256];
-  std::snprintf(line, sizeof line, "%-30s %-9s %6s %9s %9s %9s %9s %10s %10s\n", "layer", "kind",
+  const bool whitened = !o.whitening.empty();
+  std::snprintf(line, sizeof line, "%-30s %-9s %6s %9s %9s %9s %9s %10s %10s", "layer", "kind",
                 "rank", "of", "params", "->", "FLOPs/pos", "->", "rel error");
   table += line;
+  // Whitened: the outputs' error on the calibration inputs, and what the
+  // plain SVD at the same rank would give.
+  table += whitened ? msg("  ", "out error", "  ", "plain SVD", "\n") : std::string("\n");
   const auto tensors_after = named_tensors(*model);
   for (const auto& l : ls) {
     const int64_t full = l.sp.full_rank();
@@ -243,16 +318,19 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
     const int64_t fb = 2 * l.m * l.n, fa = l.rank > 0 ? 2 * l.rank * (l.m + l.n) : fb;
     flops_before += fb;
     flops_after += fa;
-    double error = 0.0, bound = 0.0;
+    double error = 0.0, bound = 0.0, out_error = 0.0, out_plain = 0.0;
     if (l.rank > 0) {
       // ||W - U V^T||_F / ||W||_F in fp64, from the factors as stored.
       torch::NoGradGuard no_grad;
       const at::Tensor u = tensors_after.at(l.name + ".weight_u").to(at::kCPU, at::kDouble).reshape({l.m, l.rank});
       const at::Tensor v = tensors_after.at(l.name + ".weight_v").to(at::kCPU, at::kDouble).reshape({l.rank, l.n});
-      const at::Tensor w = source_tensors.at(l.name + ".weight").to(at::kCPU, at::kDouble);
-      const at::Tensor dense = l.transposed ? w.t() : w.reshape({l.m, l.n});
+      const at::Tensor dense = l.matrix.to(at::kCPU, at::kDouble);
       error = ((dense - at::matmul(u, v)).norm() / dense.norm().clamp_min(1e-300)).item<double>();
       bound = layers::eckart_young_relative(l.sp.s, l.rank);
+      if (whitened) {
+        out_error = layers::output_error(dense, {u, v.t()}, l.gram);
+        out_plain = layers::output_error(dense, layers::spectral_factors(*l.plain, l.rank), l.gram);
+      }
     }
     const std::string kind =
         l.conv ? msg("conv", l.shape[2], "x", l.shape[3]) : std::string("linear");
@@ -268,13 +346,24 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
                     {"relative_error", error},
                     {"eckart_young_bound", bound},
                     {"energy_kept", l.rank > 0 ? l.kept[static_cast<size_t>(l.rank - 1)] : 1.0}});
-    std::snprintf(line, sizeof line, "%-30s %-9s %6s %9lld %9s %9s %9s %10s %10.3e\n",
+    if (whitened) {
+      // The bound and the energy above are the whitened spectrum's (outputs).
+      rows.back()["output_error"] = out_error;
+      rows.back()["output_error_plain_svd"] = out_plain;
+      rows.back()["whitening_damp"] = l.whitened->damp;
+    }
+    std::snprintf(line, sizeof line, "%-30s %-9s %6s %9lld %9s %9s %9s %10s %10.3e",
                   l.name.c_str(), kind.c_str(),
                   l.rank > 0 ? std::to_string(l.rank).c_str() : "dense",
                   static_cast<long long>(full), human(static_cast<double>(before)).c_str(),
                   human(static_cast<double>(after)).c_str(), human(static_cast<double>(fb)).c_str(),
                   human(static_cast<double>(fa)).c_str(), error);
     table += line;
+    if (whitened) {
+      std::snprintf(line, sizeof line, " %10.3e %10.3e", out_error, out_plain);
+      table += line;
+    }
+    table += "\n";
     LayerReport r;
     r.module = l.name;
     r.replaced = l.rank > 0 ? msg(kind, " ", l.m, "x", l.n, " -> rank ", l.rank, " factors")
@@ -312,6 +401,10 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   nlohmann::json options = nlohmann::json::object();  // this recipe's, not every recipe's
   for (const char* key : {"rank_ratio", "energy", "params", "dense_fallback"}) {
     if (o.values.contains(key)) options[key] = o.values[key];
+  }
+  if (whitened) {
+    options["whiten"] = o.whitening.size();
+    options["whiten_damp"] = damp;
   }
   if (!o.calibration.empty()) options["recalibrate_bn"] = o.calibration.size();
   c.manifest = {{"recipe", "factorize"},

@@ -26,6 +26,9 @@ struct RecipeOptions {
   // Training batches to re-estimate BatchNorm statistics on after the recast
   // (factorize --recalibrate-bn N); none: the statistics stay as they were.
   std::vector<models::Batch> calibration;
+  // Training batches whose layer inputs whiten the factorization (factorize
+  // --whiten N); none: the plain SVD of each weight.
+  std::vector<models::Batch> whitening;
 };
 
 struct LayerReport {
