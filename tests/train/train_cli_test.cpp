@@ -526,6 +526,29 @@ TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
   EXPECT_EQ(nlohmann::json::parse(inspect.out)["parameters"], conv["params_after"]);
   EXPECT_LE(conv["params_fraction"].get<double>(), 0.5);
   EXPECT_TRUE(std::isfinite(conv["logits_change"]["relative"].get<double>()));
+  // Data-aware factors on 2 training batches: each layer's outputs at most
+  // as far off as the plain SVD's at the same rank.
+  Result w = run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"), "--out",
+                  t.file("w50"), "--params", "0.5", "--data", corpus(), "--seq-len", "32",
+                  "--batch-size", "4", "--whiten", "2", "--threads", "2"});
+  ASSERT_EQ(w.code, 0) << w.err;
+  EXPECT_NE(w.out.find("out error"), std::string::npos) << w.out;
+  auto wm = nlohmann::json::parse(read_bytes(t.file("w50/recast_manifest.json")))["conversion"];
+  EXPECT_EQ(wm["options"]["whiten"], 2);
+  EXPECT_EQ(wm["options"]["whiten_damp"], 0.01);
+  EXPECT_LE(wm["params_fraction"].get<double>(), 0.5);
+  for (const auto& row : wm["layers"]) {
+    if (row["rank"] == "dense") continue;
+    EXPECT_LE(row["output_error"].get<double>(),
+              row["output_error_plain_svd"].get<double>() * (1 + 1e-6)) << row["module"];
+  }
+  expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
+                             "--out", t.file("x"), "--params", "0.5", "--whiten", "2"}),
+                        2, "--whiten");
+  expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
+                             "--out", t.file("x"), "--params", "0.5", "--whiten-damp", "0.1"}),
+                        2, "--whiten-damp");
+  EXPECT_FALSE(fs::exists(t.file("x")));
   const std::vector<std::string> ft = {"finetune", "--model", f, "--data", corpus(), "--seq-len", "32",
                                        "--batch-size", "4", "--steps", "3", "--log-every", "1",
                                        "--no-progress", "--threads", "2"};
