@@ -12,8 +12,9 @@
 #      so per layer), fine-tune briefly, accuracy before / after;
 #   5. factorize the GPT's Linear layers to low rank (spectral init) so that it
 #      keeps 50% of its parameters: the per-layer report (rank, numbers, FLOPs,
-#      reconstruction error), a short fine-tune with Frobenius decay, perplexity
-#      before / after;
+#      reconstruction error); the same with data-aware factors (--whiten, the
+#      output errors beside the plain SVD's), a short fine-tune with Frobenius
+#      decay, perplexity before / after;
 #   6. plot the training curves, inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
@@ -95,11 +96,15 @@ step "factorize: the GPT's Linear layers -> low-rank U V^T, 50% of the parameter
   --data sotu --batch-size 8
 "$recast" inspect "$out/gpt-sotu-f50" --summary
 
+step "factorize, data-aware: the same budget, factors that keep each layer's outputs on 16 training batches"
+"$recast" convert --recipe factorize --model "$out/gpt-sotu" --out "$out/gpt-sotu-w50" --params 0.5 \
+  --data sotu --batch-size 8 --whiten 16
+
 step "factorize: fine-tune $FACTORIZE_STEPS steps with Frobenius decay on the factors"
-"$recast" finetune --model "$out/gpt-sotu-f50" --data sotu --seq-len 128 --batch-size 16 \
-  --steps "$FACTORIZE_STEPS" --lr 1e-3 --frobenius-decay 1e-4 --eval-batches 10 \
-  --out "$out/gpt-sotu-f50-ft"
-for m in gpt-sotu gpt-sotu-f50 gpt-sotu-f50-ft; do
+"$recast" finetune --model "$out/gpt-sotu-w50" --data sotu --seq-len 128 --batch-size 16 \
+  --steps "$FACTORIZE_STEPS" --lr 1e-3 --frobenius-decay 1e-5 --eval-batches 10 \
+  --out "$out/gpt-sotu-w50-ft"
+for m in gpt-sotu gpt-sotu-f50 gpt-sotu-w50 gpt-sotu-w50-ft; do
   printf '%-18s ' "$m"
   "$recast" eval --model "$out/$m" --data sotu --split test --max-batches 50 -q
 done
