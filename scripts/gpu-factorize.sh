@@ -149,6 +149,19 @@ resnet_setup() {  # the Fashion-MNIST ResNet-18: the T-CNN base's schedule
 # the rest, as in the experiment) beside weight decay alone and neither; and
 # the paper's attention result, the dense GPT fine-tuned with decay on its
 # per-head Q K^T / V O products (--fd-attention) against weight decay.
+# One fine-tune of FT steps from FROM into OUT with the given options, run as
+# "$model-PREFIX-ft-SUFFIX", evaluated as "$model-PREFIX-SUFFIX", then packed
+# into factorize-TAG.tgz.
+finetune_eval() {  # prefix suffix from out tag options...
+  local prefix=$1 suffix=$2 from=$3 out=$4 tag=$5
+  shift 5
+  rm -rf "$out"
+  timed "$model-$prefix-ft-$suffix" "$recast" finetune --model "$from" "${train[@]}" --steps "$FT" \
+    "${ft_opts[@]}" "$@" --out "$out" || failed=1
+  [[ -f $out/model.safetensors ]] && evaluate "$model-$prefix-$suffix" "$out"
+  pack "$tag"
+}
+
 fd_sweep() {
   local sweep=${SWEEP:-"1e-6 1e-5 3e-5 1e-4 3e-4"} base=$runs/$model-base
   rm -rf "$base"
@@ -172,21 +185,13 @@ fd_sweep() {
         wd) reg=(--weight-decay "$WD") ;;
         none) reg=(--weight-decay 0) ;;
       esac
-      rm -rf "$c-$v"
-      timed "$model-f$f-ft-$v" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" \
-        "${ft_opts[@]}" "${reg[@]}" --out "$c-$v" || failed=1
-      [[ -f $c-$v/model.safetensors ]] && evaluate "$model-f$f-$v" "$c-$v"
-      pack fdsweep
+      finetune_eval "f$f" "$v" "$c" "$c-$v" fdsweep "${reg[@]}"
     done
   done
   for v in wd fdattn1e-5 fdattn1e-4; do
     local reg=(--weight-decay "$WD")
     [[ $v == fdattn* ]] && reg+=(--frobenius-decay "${v#fdattn}" --fd-attention)
-    rm -rf "$base-$v"
-    timed "$model-dense-ft-$v" "$recast" finetune --model "$base" "${train[@]}" --steps "$FT" \
-      "${ft_opts[@]}" "${reg[@]}" --out "$base-$v" || failed=1
-    [[ -f $base-$v/model.safetensors ]] && evaluate "$model-dense-$v" "$base-$v"
-    pack fdsweep
+    finetune_eval dense "$v" "$base" "$base-$v" fdsweep "${reg[@]}"
   done
   return $failed
 }
@@ -211,11 +216,7 @@ seed_spread() {
     for s in 0 1 2 3; do
       reg=(--weight-decay 0)
       [[ $v == fd* ]] && reg=(--frobenius-decay "${v#fd}" --weight-decay "$WD")
-      rm -rf "$c-$v-s$s"
-      timed "$model-f$f-ft-$v-s$s" "$recast" finetune --model "$c" "${train[@]}" --steps "$FT" \
-        "${ft_opts[@]}" "${reg[@]}" --seed "$s" --out "$c-$v-s$s" || failed=1
-      [[ -f $c-$v-s$s/model.safetensors ]] && evaluate "$model-f$f-$v-s$s" "$c-$v-s$s"
-      pack "seeds-$model"
+      finetune_eval "f$f" "$v-s$s" "$c" "$c-$v-s$s" "seeds-$model" "${reg[@]}" --seed "$s"
     done
   done
   [[ $model == resnet ]] || return 0

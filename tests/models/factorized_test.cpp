@@ -483,7 +483,9 @@ TEST(FactorizeRecipe, RecalibratesBatchNormOnTheCalibrationBatches) {
   EXPECT_LT(rel(t.at("bn1.running_var"), vars), 1e-4);
   // The source's statistics are untouched; a model without BatchNorm is refused.
   for (const auto& b : source->named_buffers(true)) {
-    if (b.key() == "bn1.running_mean") EXPECT_GT(rel(b.value(), means), 1e-2);
+    if (b.key() == "bn1.running_mean") {
+      EXPECT_GT(rel(b.value(), means), 1e-2);
+    }
   }
   auto gpt = tiny_gpt2();
   recipes::RecipeOptions g;
