@@ -325,10 +325,10 @@ TEST(FactorizeRecipe, FullRankReproducesEveryFamily) {
 
 // --whiten through the recipe: every layer's output error on the
 // calibration inputs is at most the plain SVD's at the same rank (GPT-2's
-// Conv1D projections and ResNet's convs), and at full rank the model is
-// reproduced.
+// Conv1D projections, ResNet's convs, Llama's and ViT's Linears), and at
+// full rank the model is reproduced.
 TEST(FactorizeRecipe, WhitenedFactorsKeepEachLayersOutputs) {
-  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet()};
+  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet(), tiny_llama(), tiny_vit()};
   for (auto& source : sources) {
     recipes::RecipeOptions o;
     o.values = {{"rank_ratio", 0.5}};
