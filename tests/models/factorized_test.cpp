@@ -343,7 +343,6 @@ TEST(FactorizeRecipe, WhitenedFactorsKeepEachLayersOutputs) {
       const double out = row["output_error"].get<double>(), plain = row["output_error_plain_svd"].get<double>();
       EXPECT_LE(out, plain * (1 + 1e-6) + 1e-12) << source->arch() << " " << row["module"];
       better += out < 0.99 * plain;
-      EXPECT_GE(row["relative_error"].get<double>(), 0.0);
     }
     EXPECT_GT(better, 0) << source->arch();
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};

@@ -152,6 +152,7 @@ int run_convert(const ConvertCli& o) {
     throw UsageError("--transfer-steps needs --data (the text to match the attention on)");
   }
   models::ModelPtr source = models::load_model(o.model);
+  const nlohmann::json source_manifest = manifest_of(o.model);  // its training facts
   source->to(device);
   std::unique_ptr<io::Tokenizer> tok = tokenizer_of_checkpoint(o.model);
   std::unique_ptr<train::Dataset> data;
@@ -184,9 +185,8 @@ int run_convert(const ConvertCli& o) {
   }
   if (!o.data.empty() && images) {
     // Test images for the equivalence report, normalised as the model was trained.
-    const nlohmann::json manifest = manifest_of(o.model);
     train::Normalization norm = normalization_of(source->config());
-    train::DataOptions d{o.data, "test", split_seed_of(manifest),
+    train::DataOptions d{o.data, "test", split_seed_of(source_manifest),
                          o.seq_len, "text"};
     auto test = train::open_dataset(d, nullptr, &norm);
     train::Loader probe_loader(test->size(), o.batch_size, 0, false, false);
@@ -203,8 +203,7 @@ int run_convert(const ConvertCli& o) {
                        "this model reads text");
     }
     if (!tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
-    const nlohmann::json manifest = manifest_of(o.model);
-    train::DataOptions d{o.data, "train", split_seed_of(manifest),
+    train::DataOptions d{o.data, "train", split_seed_of(source_manifest),
                          o.seq_len, "text"};
     data = train::open_dataset(d, tok.get());
     d.split = "val";
@@ -248,7 +247,6 @@ int run_convert(const ConvertCli& o) {
   }
   // Carry the source's training facts (split, seq_len) so eval and finetune
   // pick the same split.
-  const nlohmann::json source_manifest = manifest_of(o.model);
   for (const char* key : {"seed", "seq_len", "data", "tokenizer"}) {
     if (source_manifest.contains(key)) manifest[key] = source_manifest[key];
   }

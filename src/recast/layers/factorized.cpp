@@ -52,7 +52,7 @@ Whitened whitened_spectrum(const at::Tensor& w, const at::Tensor& gram, double d
     wh.damp = 0;
   } else {
     double d = damp;
-    for (int attempt = 0;; ++attempt) {
+    for (;;) {
       auto [l, info] = at::linalg_cholesky_ex(g + (d * scale) * eye);
       if (info.item<int64_t>() == 0) {
         wh.chol = l;

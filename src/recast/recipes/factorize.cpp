@@ -26,6 +26,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -113,26 +114,40 @@ void put_factors(std::map<std::string, at::Tensor>& out, std::set<std::string>& 
   dropped.insert(l.name + ".weight");
 }
 
-// Each layer's input second moment (sum x x^T / rows) on `batches`, through
-// a copy of the source with those layers factorized at full rank (which
-// computes what the dense layers do, to rounding) recording their inputs.
-std::map<std::string, at::Tensor> input_grams(const models::Model& source, const std::vector<Layer>& ls,
-                                              const std::vector<models::Batch>& batches) {
-  layers::FactorizedConfig fc;
+// A copy of `source` (on its device) whose layers named in `fc` hold
+// `factors(layer, rank)`; every other tensor is the source's.
+models::ModelPtr factorized_copy(
+    const models::Model& source, const std::vector<Layer>& ls, const layers::FactorizedConfig& fc,
+    const std::function<layers::Factors(const Layer&, int64_t)>& factors) {
+  const auto source_tensors = named_tensors(source);
   std::map<std::string, at::Tensor> tensors;
   std::set<std::string> dropped;
-  const auto source_tensors = named_tensors(source);
   for (const auto& l : ls) {
-    const int64_t full = l.sp.full_rank();
-    fc.layers[l.name] = full;
-    put_factors(tensors, dropped, l, full, layers::spectral_factors(l.sp, full),
+    auto r = fc.layers.find(l.name);
+    if (r == fc.layers.end()) continue;
+    put_factors(tensors, dropped, l, r->second, factors(l, r->second),
                 source_tensors.at(l.name + ".weight").scalar_type());
   }
   nlohmann::json config = source.config();
   config["recast_factorized"] = fc.to_json();
-  models::ModelPtr recorder = models::create_model(source.arch(), config);
-  assemble(source, *recorder, tensors, dropped, "factorize");
-  recorder->to(source.device());
+  models::ModelPtr model = models::create_model(source.arch(), config);
+  assemble(source, *model, tensors, dropped, "factorize");
+  model->set_metadata(source.metadata());
+  model->to(source.device());
+  return model;
+}
+
+// Each layer's input second moment (sum x x^T / rows) on `batches`, through
+// a copy of the source with those layers factorized at full rank from their
+// weights' spectra (which computes what the dense layers do, to rounding)
+// recording their inputs.
+std::map<std::string, at::Tensor> input_grams(const models::Model& source, const std::vector<Layer>& ls,
+                                              const std::vector<models::Batch>& batches) {
+  layers::FactorizedConfig fc;
+  for (const auto& l : ls) fc.layers[l.name] = l.sp.full_rank();
+  models::ModelPtr recorder = factorized_copy(source, ls, fc, [](const Layer& l, int64_t r) {
+    return layers::spectral_factors(l.sp, r);
+  });
   std::map<std::string, std::shared_ptr<layers::InputGram>> grams;
   for (const auto& item : recorder->named_modules("", false)) {
     if (!fc.layers.count(item.key())) continue;
@@ -280,19 +295,8 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
                          "its rank; nothing to factorize"));
   }
 
-  nlohmann::json config = source.config();
-  config["recast_factorized"] = fc.to_json();
-  models::ModelPtr model = models::create_model(source.arch(), config);
-  std::map<std::string, at::Tensor> factors;
-  std::set<std::string> dropped;
-  for (const auto& l : ls) {
-    if (l.rank == 0) continue;
-    put_factors(factors, dropped, l, l.rank, l.factors(l.rank),
-                source_tensors.at(l.name + ".weight").scalar_type());
-  }
-  assemble(source, *model, factors, dropped, "factorize");
-  model->set_metadata(source.metadata());
-  model->to(source.device());
+  models::ModelPtr model =
+      factorized_copy(source, ls, fc, [](const Layer& l, int64_t r) { return l.factors(r); });
 
   // The report: per layer rank, numbers and FLOPs before and after, and the
   // reconstruction error of the factors as stored against the dense weight.
