@@ -52,12 +52,11 @@ int run_bench_decode(const BenchDecodeCli& o) {
   }
   const nlohmann::json& c = model->config();
   const int64_t vocab = models::cfg_int(c, "vocab_size");
-  const int64_t positions = c.contains("n_positions") ? models::cfg_int(c, "n_positions")
-                                                      : models::cfg_int(c, "max_position_embeddings", 1 << 30);
+  const int64_t positions = model->context_length();
   if (o.context + o.new_tokens + 1 > positions) {
     throw UsageError(msg("--context ", o.context, " + --new-tokens ", o.new_tokens,
                          " exceeds the model's ", positions,
-                         " positions (pretrain with --set n_positions=... for long contexts)"));
+                         " positions (pretrain with a longer context for long prompts)"));
   }
   model->to(device, dtype);
   model->eval();

@@ -101,8 +101,7 @@ int run_generate(const GenerateCli& o) {
   g.max_tokens = o.max_tokens;
   g.eos = o.ignore_eos ? -1 : eos;
   g.pad = std::max<int64_t>(eos, 0);
-  g.context = c.contains("n_positions") ? models::cfg_int(c, "n_positions")
-                                        : models::cfg_int(c, "max_position_embeddings", 2048);
+  g.context = model->context_length();
   model->to(device);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
 

@@ -3,7 +3,7 @@
 #include "recast/cli/verbs.h"
 #include "recast/core/catalog.h"
 #include "recast/layers/linear_attention.h"
-#include "recast/recipes/recipe.h"
+#include "recast/recasts/recast.h"
 #include "recast/models/model.h"
 
 #include <nlohmann/json.hpp>
@@ -23,7 +23,7 @@ constexpr const char* kKinds[] = {"model", "recipe"};
 
 int run_list(const ListOptions& o) {
   models::model_registry();  // registers the model families in the catalog
-  recipes::recipe_registry();
+  recasts::registry();
   layers::feature_map_registry();
   auto entries = catalog();
   for (const char* kind : kKinds) entries[kind];

@@ -5,11 +5,13 @@
 
 #include "recast/io/tokenizer.h"
 #include "recast/models/model.h"
+#include "recast/recasts/recast.h"
 #include "recast/train/data.h"
 #include "recast/train/trainer.h"
 
 #include <CLI/CLI.hpp>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,16 +25,27 @@ struct TrainCli {
   int64_t steps = 1000, batch_size = 16, seq_len = 128, grad_accum = 1, warmup = -1;
   int64_t save_every = 0, eval_every = 0, eval_batches = 20, log_every = 10;
   double lr = 3e-4, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
-  double distill_alpha = 0.5, temperature = 2.0, frobenius_decay = 0;
-  bool fd_attention = false;
+  double distill_alpha = 0.5, temperature = 2.0;
+  // The registered recasts' training options as given, by recast then key.
+  std::map<std::string, nlohmann::json> recast_values;
   int keep = 2, threads = 0;
   uint64_t seed = 0;
   int64_t split_seed = -1;  // -1: pretrain 0, finetune the source model's
   bool resume = false, bf16 = false, tf32 = false, no_progress = false;
 };
 
-// Declares the options both verbs take.
+// Declares the options both verbs take (the registered recasts' training
+// options included).
 void add_train_options(CLI::App* cmd, TrainCli& o);
+
+// Adds each spec as an option of `app` storing its value under spec.key in
+// `values` (which must outlive the parse); returns the options.
+std::vector<CLI::Option*> add_option_specs(CLI::App* app, const std::vector<recasts::OptionSpec>& specs,
+                                           nlohmann::json& values);
+
+// The recasts' training hooks for `model` and the values of all their
+// training options (fallbacks for those not given), for the trainer.
+void add_recast_hooks(models::Model& model, const TrainCli& o, train::TrainOptions& t);
 
 // Sets LibTorch's intra-op threads: `threads`, or every core when 0 (LibTorch
 // counts physical cores and finds one on these 2-vCPU machines).

@@ -41,11 +41,6 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_option("--warmup", o.warmup, "Linear warmup steps (default min(100, steps/10))");
   cmd->add_option("--weight-decay", o.weight_decay,
                   "AdamW weight decay on matrices; none on biases, norms, embeddings (0.1)");
-  cmd->add_option("--frobenius-decay", o.frobenius_decay,
-                  "Add (lambda/2)||U V^T||_F^2 for every factorized layer (Gram form); its "
-                  "factors get no weight decay (default 0: off)");
-  cmd->add_flag("--fd-attention", o.fd_attention,
-                "Frobenius decay also on each head's W_Q W_K^T and W_V W_O (dense attention)");
   cmd->add_option("--clip", o.clip, "Clip the gradient norm to this (default 1; 0 = off)");
   cmd->add_option("--train", o.train_regex,
                   "Train only parameters whose names match this regex; freeze the rest");
@@ -73,6 +68,52 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
                   "Weight of the distillation loss against the task loss (0.5)");
   cmd->add_option("--temperature", o.temperature, "Distillation temperature (default 2)");
   cmd->add_flag("--no-progress", o.no_progress, "No progress bar (metrics.jsonl still written)");
+  for (const auto& [name, item] : recasts::registry().items()) {
+    const auto specs = item.factory->train_options();
+    if (!specs.empty()) add_option_specs(cmd, specs, o.recast_values[name]);
+  }
+}
+
+std::vector<CLI::Option*> add_option_specs(CLI::App* app, const std::vector<recasts::OptionSpec>& specs,
+                                           nlohmann::json& values) {
+  using T = recasts::OptionSpec::Type;
+  std::vector<CLI::Option*> out;
+  nlohmann::json* target = &values;
+  for (const auto& s : specs) {
+    const std::string key = s.key;
+    switch (s.type) {
+      case T::Int:
+        out.push_back(app->add_option_function<int64_t>(
+            s.flag, [target, key](const int64_t& v) { (*target)[key] = v; }, s.help));
+        break;
+      case T::Double:
+        out.push_back(app->add_option_function<double>(
+            s.flag, [target, key](const double& v) { (*target)[key] = v; }, s.help));
+        break;
+      case T::String:
+        out.push_back(app->add_option_function<std::string>(
+            s.flag, [target, key](const std::string& v) { (*target)[key] = v; }, s.help));
+        break;
+      case T::Flag: {
+        const nlohmann::json value = s.flag_value;
+        out.push_back(app->add_flag_callback(
+            s.flag, [target, key, value] { (*target)[key] = value; }, s.help));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+void add_recast_hooks(models::Model& model, const TrainCli& o, train::TrainOptions& t) {
+  for (const auto& [name, item] : recasts::registry().items()) {
+    const auto specs = item.factory->train_options();
+    auto given = o.recast_values.find(name);
+    const nlohmann::json values = recasts::with_fallbacks(
+        specs, given == o.recast_values.end() ? nlohmann::json::object() : given->second);
+    for (const auto& [key, value] : values.items()) t.hook_options[key] = value;
+    for (auto& hook : item.factory->train_hooks(model, values)) t.hooks.push_back(hook);
+  }
 }
 
 void set_threads(int threads) {
@@ -146,62 +187,61 @@ uint64_t split_seed_of(const nlohmann::json& manifest) {
 
 namespace {
 
-bool is_vit(const std::string& arch) { return arch.rfind("vit", 0) == 0; }
+// The facts of a data set a model is fitted to.
+models::DataFacts facts_of(train::DataKind kind, const io::Tokenizer* tok, const train::Dataset& data,
+                           int64_t seq_len) {
+  models::DataFacts f;
+  f.task = kind == train::DataKind::ImageClassification ? models::Task::ImageClassification
+           : kind == train::DataKind::TextClassification ? models::Task::SequenceClassification
+                                                         : models::Task::CausalLM;
+  f.classes = data.classes();
+  f.seq_len = seq_len;
+  if (tok) f.vocab = tok->vocab_size(), f.eos = tok->eos_id();
+  if (f.task == models::Task::ImageClassification) {
+    const at::Tensor px = data.batch({0}).inputs.pixel_values;
+    f.channels = px.size(1), f.height = px.size(2), f.width = px.size(3);
+  }
+  return f;
+}
+
+const char* task_name(models::Task t) {
+  switch (t) {
+    case models::Task::CausalLM: return "a language model";
+    case models::Task::ImageClassification: return "an image model";
+    case models::Task::SequenceClassification: return "a text classifier";
+  }
+  return "?";
+}
+
+// Fills what the data decides (vocabulary, classes, channels, context; with
+// head_only the task head's keys only) into a config unless --set gave it.
+void fit_config_to_data(nlohmann::json& config, const std::string& arch, const models::DataFacts& facts,
+                        const std::vector<std::string>& sets, bool head_only, const std::string& data) {
+  const models::ModelFactory& factory = models::factory_of(arch);
+  auto can = [&](const models::ModelFactory& f) {
+    return std::find(f.tasks.begin(), f.tasks.end(), facts.task) != f.tasks.end();
+  };
+  if (!can(factory)) {
+    std::string able;
+    for (const auto& [name, item] : models::model_registry().items()) {
+      if (can(item.factory)) able += (able.empty() ? "" : ", ") + name;
+    }
+    throw Error(msg("--data ", data, " needs ", task_name(facts.task), "; ", arch, " is not one (",
+                    able.empty() ? std::string("none is") : able + " can be", ")"));
+  }
+  std::set<std::string> given;
+  for (const auto& kv : sets) given.insert(kv.substr(0, kv.find('=')));
+  for (const auto& [key, value] : factory.fit(facts, head_only)) {
+    if (head_only || !given.count(key)) models::set_config_value(config, arch, key, value);
+  }
+}
 
 // Head parameters a change of task or class count replaces.
-bool is_head(const std::string& name) {
-  for (const char* prefix : {"fc.", "head.", "score.", "lm_head.", "classifier."}) {
+bool is_head(const std::string& arch, const std::string& name) {
+  for (const auto& prefix : models::factory_of(arch).heads) {
     if (name.rfind(prefix, 0) == 0) return true;
   }
   return false;
-}
-
-// transformers' GPT2ForSequenceClassification layout: the pooled "score" head.
-void make_sequence_classifier(nlohmann::json& config, const std::string& arch,
-                              const io::Tokenizer* tok, const train::Dataset& data) {
-  RECAST_CHECK(arch == "gpt2", "text classification needs a gpt2 backbone, found ", arch);
-  config["architectures"] = {"GPT2ForSequenceClassification"};
-  nlohmann::json id2label = nlohmann::json::object();
-  for (size_t i = 0; i < data.classes().size(); ++i) {
-    id2label[std::to_string(i)] = data.classes()[i];
-  }
-  config["id2label"] = id2label;
-  if (tok && tok->eos_id() >= 0) config["pad_token_id"] = tok->eos_id();
-}
-
-// Fills what the data decides (vocabulary, classes, channels, context) into a
-// config unless --set gave it.
-void fit_config_to_data(nlohmann::json& config, const std::string& arch,
-                        const models::ConfigStyle style, train::DataKind kind,
-                        const io::Tokenizer* tok, const train::Dataset& data,
-                        const std::vector<std::string>& sets, int64_t seq_len) {
-  std::set<std::string> given;
-  for (const auto& kv : sets) given.insert(kv.substr(0, kv.find('=')));
-  auto fill = [&](const std::string& key, const nlohmann::json& value) {
-    if (!given.count(key)) models::set_config_value(config, arch, key, value);
-  };
-  if (kind == train::DataKind::ImageClassification) {
-    RECAST_CHECK(style == models::ConfigStyle::Timm, "--data ", data.describe(),
-                 " is images; --arch ", arch, " is not an image model");
-    fill("num_classes", static_cast<int64_t>(data.classes().size()));
-    const at::Tensor px = data.batch({0}).inputs.pixel_values;
-    fill("in_chans", px.size(1));
-    if (is_vit(arch)) fill("img_size", nlohmann::json::array({px.size(2), px.size(3)}));
-    return;
-  }
-  RECAST_CHECK(style == models::ConfigStyle::Transformers, "--data is text; --arch ", arch,
-               " is not a language model");
-  fill("vocab_size", tok->vocab_size());
-  if (tok->eos_id() >= 0) {
-    fill("bos_token_id", tok->eos_id());
-    fill("eos_token_id", tok->eos_id());
-  }
-  if (arch == "gpt2") {
-    fill("n_positions", std::max<int64_t>(seq_len, 128));
-  } else {
-    fill("max_position_embeddings", std::max<int64_t>(seq_len, 128));
-  }
-  if (kind == train::DataKind::TextClassification) make_sequence_classifier(config, arch, tok, data);
 }
 
 struct Prepared {
@@ -242,8 +282,6 @@ train::TrainOptions trainer_options(const TrainCli& o) {
   t.warmup = o.warmup;
   t.weight_decay = o.weight_decay;
   t.clip = o.clip;
-  t.frobenius_decay = o.frobenius_decay;
-  t.fd_attention = o.fd_attention;
   t.save_every = o.save_every;
   t.eval_every = o.eval_every;
   t.eval_batches = o.eval_batches;
@@ -288,13 +326,13 @@ nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const P
 int run_pretrain(TrainCli& o) {
   set_threads(o.threads);
   set_tf32(o.tf32);
-  const auto& factory = models::model_registry().get(o.arch).factory;
+  const auto& factory = models::factory_of(o.arch);
   if (o.split_seed < 0) o.split_seed = 0;
   Prepared p = prepare_data(o, nullptr, {});
   nlohmann::json config = nlohmann::json::object();
   config[factory.style == models::ConfigStyle::Transformers ? "model_type" : "architecture"] = o.arch;
-  fit_config_to_data(config, o.arch, factory.style, p.kind, p.tokenizer.get(), *p.train, o.set,
-                     o.seq_len);
+  fit_config_to_data(config, o.arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len), o.set,
+                     false, o.data);
   models::apply_overrides(config, o.arch, o.set);
   if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
   at::manual_seed(o.seed);
@@ -302,6 +340,7 @@ int run_pretrain(TrainCli& o) {
   model->init_weights();
   model->set_metadata({{"format", "pt"}});
   train::TrainOptions t = trainer_options(o);
+  add_recast_hooks(*model, o, t);
   model->to(t.device);
   nlohmann::json manifest = base_manifest("pretrain", o, p);
   manifest["arch"] = o.arch;
@@ -336,13 +375,9 @@ int run_finetune(TrainCli& o) {
     }
   }
   // A classifier head sized for this data (timm num_classes / GPT-2 score).
-  if (p.kind == train::DataKind::ImageClassification) {
-    models::set_config_value(config, arch, "num_classes",
-                             static_cast<int64_t>(p.train->classes().size()));
-    record_normalization(config, p.norm);
-  } else if (p.kind == train::DataKind::TextClassification) {
-    make_sequence_classifier(config, arch, p.tokenizer.get(), *p.train);
-  }
+  fit_config_to_data(config, arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len), o.set,
+                     true, o.data);
+  if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
   models::apply_overrides(config, arch, o.set);
   at::manual_seed(o.seed);
   models::ModelPtr model = models::create_model(arch, config);
@@ -353,7 +388,7 @@ int run_finetune(TrainCli& o) {
   for (const auto* list : {&report.missing, &report.unexpected, &report.mismatched}) {
     for (const auto& entry : *list) {
       const std::string name = entry.substr(0, entry.find(':'));
-      if (!is_head(name)) {
+      if (!is_head(arch, name)) {
         throw Error(msg(o.model, ": weights do not fit ", arch, ": ", report.describe()));
       }
       if (list != &report.unexpected) fresh.push_back(name);
@@ -365,6 +400,7 @@ int run_finetune(TrainCli& o) {
   }
   model->set_metadata(store.metadata());
   train::TrainOptions t = trainer_options(o);
+  add_recast_hooks(*model, o, t);
   model->to(t.device);
   if (!o.teacher.empty()) {
     t.teacher = models::load_model(o.teacher);

@@ -230,8 +230,13 @@ nlohmann::json conv_attention_stats(torch::nn::Module& model,
 }
 
 std::optional<TcnnConfig> TcnnConfig::from(const nlohmann::json& config) {
-  auto it = config.find("recast_tcnn");
-  if (it == config.end()) return std::nullopt;
+  auto found = config.find("recast_tcnn");
+  if (found == config.end()) return std::nullopt;
+  return parse(*found);
+}
+
+TcnnConfig TcnnConfig::parse(const nlohmann::json& block) {
+  const nlohmann::json* it = &block;
   TcnnConfig c;
   try {
     for (const auto& l : it->at("layers")) c.layers.insert(l.get<std::string>());

@@ -126,6 +126,7 @@ struct TcnnConfig {
   std::optional<double> alpha;   // none: hard positional attention
   int64_t qk_dim = 0;            // 0: the default per layer
   static std::optional<TcnnConfig> from(const nlohmann::json& config);
+  static TcnnConfig parse(const nlohmann::json& block);  // the block itself
   nlohmann::json to_json() const;
   bool converted(const std::string& name) const { return layers.count(name) != 0; }
 };

@@ -318,6 +318,11 @@ Factors FactorizedConv2dImpl::factors() const {
 std::optional<FactorizedConfig> FactorizedConfig::from(const nlohmann::json& config) {
   auto it = config.find("recast_factorized");
   if (it == config.end() || it->is_null()) return std::nullopt;
+  return parse(*it);
+}
+
+FactorizedConfig FactorizedConfig::parse(const nlohmann::json& block) {
+  const nlohmann::json* it = &block;
   const auto bad = [&](const std::string& what) {
     return Error(msg("config key 'recast_factorized': ", what, ", found ", it->dump()));
   };
@@ -345,78 +350,6 @@ std::optional<int64_t> FactorizedConfig::rank(const std::string& name) const {
   auto it = layers.find(name);
   if (it == layers.end()) return std::nullopt;
   return it->second;
-}
-
-torch::nn::AnyModule linear_slot(const std::optional<FactorizedConfig>& config,
-                                 const std::string& name, int64_t in, int64_t out, bool bias) {
-  if (config) {
-    if (const auto r = config->rank(name)) {
-      FactorizedLinearOptions o;
-      o.in = in, o.out = out, o.rank = *r, o.bias = bias;
-      return torch::nn::AnyModule(FactorizedLinear(o));
-    }
-  }
-  return torch::nn::AnyModule(torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias)));
-}
-
-torch::nn::AnyModule conv_slot(const std::optional<FactorizedConfig>& config,
-                               const std::string& name, int64_t in, int64_t out, int64_t kernel,
-                               int64_t stride, int64_t padding, bool bias) {
-  if (config) {
-    if (const auto r = config->rank(name)) {
-      FactorizedConv2dOptions o;
-      o.in = in, o.out = out, o.rank = *r, o.bias = bias;
-      o.kernel = {kernel, kernel}, o.stride = {stride, stride}, o.padding = {padding, padding};
-      return torch::nn::AnyModule(FactorizedConv2d(o));
-    }
-  }
-  return torch::nn::AnyModule(torch::nn::Conv2d(
-      torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(bias)));
-}
-
-void check_factorized(const FactorizedConfig& config, torch::nn::Module& module,
-                      const std::string& arch) {
-  std::map<std::string, bool> built;
-  for (const auto& item : module.named_modules("", false)) {
-    built[item.key()] = item.value()->as<FactorizedLinear>() != nullptr ||
-                        item.value()->as<FactorizedConv2d>() != nullptr;
-  }
-  for (const auto& kv : config.layers) {
-    auto it = built.find(kv.first);
-    if (it == built.end()) {
-      throw Error(msg("config key 'recast_factorized': ", arch, " has no module ", quote(kv.first)));
-    }
-    if (!it->second) {
-      throw Error(msg("config key 'recast_factorized': ", arch, " cannot factorize ",
-                      quote(kv.first)));
-    }
-  }
-}
-
-void init_factorized_from_dense(
-    torch::nn::Module& module,
-    const std::function<at::Tensor(const std::string& name, at::IntArrayRef shape)>& dense_init) {
-  for (const auto& item : module.named_modules("", false)) {
-    if (auto* l = item.value()->as<FactorizedLinear>()) {
-      const auto& o = l->options();
-      l->set_from_dense(dense_init(item.key(), {o.out, o.in}));
-    } else if (auto* c = item.value()->as<FactorizedConv2d>()) {
-      const auto& o = c->options();
-      c->set_from_dense(dense_init(item.key(), {o.out, o.in, o.kernel[0], o.kernel[1]}));
-    }
-  }
-}
-
-std::vector<std::string> torch_dense_layers(torch::nn::Module& module) {
-  std::vector<std::string> out;
-  for (const auto& item : module.named_modules("", false)) {
-    auto* conv = item.value()->as<torch::nn::Conv2d>();
-    if (item.value()->as<torch::nn::Linear>() != nullptr ||
-        (conv != nullptr && conv->options.groups() == 1)) {
-      out.push_back(item.key());
-    }
-  }
-  return out;
 }
 
 std::vector<FactorPair> factorized_pairs(torch::nn::Module& module) {

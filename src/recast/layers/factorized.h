@@ -187,33 +187,10 @@ TORCH_MODULE(FactorizedConv2d);
 struct FactorizedConfig {
   std::map<std::string, int64_t> layers;
   static std::optional<FactorizedConfig> from(const nlohmann::json& config);
+  static FactorizedConfig parse(const nlohmann::json& block);  // the block itself
   nlohmann::json to_json() const;
   std::optional<int64_t> rank(const std::string& name) const;
 };
-
-// A model's slot for a dense layer: torch::nn::Linear / Conv2d, or the
-// factorized layer where `config` names `name` (square kernel, zero padding).
-torch::nn::AnyModule linear_slot(const std::optional<FactorizedConfig>& config,
-                                 const std::string& name, int64_t in, int64_t out, bool bias);
-torch::nn::AnyModule conv_slot(const std::optional<FactorizedConfig>& config,
-                               const std::string& name, int64_t in, int64_t out, int64_t kernel,
-                               int64_t stride, int64_t padding, bool bias);
-
-// Throws unless every module the config names exists under `module` and was
-// built factorized (a name the model has no factorized slot for is an error).
-void check_factorized(const FactorizedConfig& config, torch::nn::Module& module,
-                      const std::string& arch);
-
-// Spectral init of every factorized layer under `module` from the dense
-// weight `dense_init(name, shape)` draws (the model's own init of the layer
-// it stands for); their biases are left to the caller.
-void init_factorized_from_dense(
-    torch::nn::Module& module,
-    const std::function<at::Tensor(const std::string& name, at::IntArrayRef shape)>& dense_init);
-
-// The torch::nn::Linear and Conv2d (groups 1) modules under `module`, by name:
-// what a model whose dense layers are all torch's offers --recipe factorize.
-std::vector<std::string> torch_dense_layers(torch::nn::Module& module);
 
 // A factor pair the Frobenius decay acts on: U [..., m, r], V [..., n, r]
 // (views of the parameters named in `params`).

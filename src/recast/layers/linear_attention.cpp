@@ -63,7 +63,10 @@ at::Tensor FeatureMapImpl::forward(const at::Tensor& x) {
 std::optional<T2RConfig> T2RConfig::from(const nlohmann::json& config) {
   auto it = config.find("recast_t2r");
   if (it == config.end()) return std::nullopt;
-  const nlohmann::json& j = *it;
+  return parse(*it);
+}
+
+T2RConfig T2RConfig::parse(const nlohmann::json& j) {
   T2RConfig c;
   try {
     c.feature_map = j.at("feature_map").get<std::string>();
@@ -77,6 +80,8 @@ std::optional<T2RConfig> T2RConfig::from(const nlohmann::json& config) {
   feature_map_registry().get(c.feature_map);
   RECAST_CHECK(c.eps > 0, "config 'recast_t2r': eps must be > 0, found ", c.eps);
   RECAST_CHECK(c.chunk >= 1, "config 'recast_t2r': chunk must be >= 1, found ", c.chunk);
+  RECAST_CHECK(c.feature_map == "elu1" || (c.features >= 1 && c.features <= 65536),
+               "config 'recast_t2r': feature_dim must be in [1, 65536], found ", c.features);
   return c;
 }
 
@@ -106,6 +111,34 @@ at::Tensor TransferProbe::compare(const at::Tensor& y_lin, const at::Tensor& y_s
   mse = diff.pow(2).mean();
   relative = (diff.detach().norm() / target.norm().clamp_min(1e-12)).item<double>();
   return y_soft;
+}
+
+T2RAttentionImpl::T2RAttentionImpl(AttentionSpec spec, T2RConfig config)
+    : AttentionCoreImpl(spec), config_(std::move(config)) {
+  feature_map = register_module(
+      "feature_map", FeatureMap(config_.feature_map, spec.heads, spec.head_dim, config_.features));
+}
+
+at::Tensor T2RAttentionImpl::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const ops::AttentionMask& mask, KVCache* cache) {
+  const int64_t t = q.size(2), groups = q.size(1) / k.size(1);
+  at::Tensor padding;
+  if (mask.key_padding.defined()) padding = mask.key_padding.narrow(1, mask.query_offset, t);
+  ops::LinearState* state =
+      cache ? &cache->linear_state(static_cast<size_t>(spec().layer)) : nullptr;
+  at::Tensor y = t2r_attention(feature_map, q, groups > 1 ? ops::repeat_kv(k, groups) : k,
+                               groups > 1 ? ops::repeat_kv(v, groups) : v, padding, config_, state);
+  if (probe.on) {
+    RECAST_CHECK(cache == nullptr, "attention transfer runs without a KV cache");
+    y = probe.compare(y, softmax(q, k, v, mask, nullptr));
+  }
+  return y;
+}
+
+std::string T2RAttentionImpl::describe() const {
+  return msg(config_.feature_map, " linear attention (",
+             config_.feature_map == "elu1" ? std::string("head_dim") : std::to_string(config_.features),
+             " features, eps ", config_.eps, ")");
 }
 
 }  // namespace recast::layers

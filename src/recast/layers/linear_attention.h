@@ -14,6 +14,7 @@
 //   hedgehog  softmax([W_h x, -W_h x]) per head, k/2 projections (LoLCATs)
 
 #include "recast/core/registry.h"
+#include "recast/layers/attention_core.h"
 #include "recast/ops/linear_attention.h"
 
 #include <nlohmann/json.hpp>
@@ -56,6 +57,7 @@ struct T2RConfig {
   int64_t chunk = 64;
   std::set<int64_t> layers;  // decoder layer indices that use linear attention
   static std::optional<T2RConfig> from(const nlohmann::json& config);
+  static T2RConfig parse(const nlohmann::json& block);  // the block itself
   nlohmann::json to_json() const;
   bool linear(int64_t layer) const { return layers.count(layer) != 0; }
 };
@@ -69,7 +71,10 @@ at::Tensor t2r_attention(FeatureMap& phi, const at::Tensor& q, const at::Tensor&
                          const at::Tensor& v, const at::Tensor& key_padding,
                          const T2RConfig& config, ops::LinearState* state);
 
-// Attention transfer bookkeeping for one layer (see Model::set_attention_transfer).
+// Attention transfer bookkeeping for one layer: while on, the layer also
+// computes the softmax attention it replaces from the same q, k, v, records
+// the mismatch, and passes the softmax output on, so each layer is measured
+// (and trained) on the teacher's inputs.
 struct TransferProbe {
   bool on = false;
   at::Tensor mse;
@@ -77,6 +82,24 @@ struct TransferProbe {
   // Records the mismatch of y_lin against y_soft ([B, H, T, d]) and returns
   // what the layer passes on: y_soft while transferring.
   at::Tensor compare(const at::Tensor& y_lin, const at::Tensor& y_soft);
+};
+
+// T2R's attention core: the feature map (registered as "feature_map" on the
+// attention module) and the linear attention over phi(q), phi(k); grouped
+// key / value heads are repeated to the query heads first. On a rotary model
+// q and k arrive rotated, so phi sees the rotated vectors (as LoLCATs does).
+class T2RAttentionImpl : public AttentionCoreImpl {
+ public:
+  T2RAttentionImpl(AttentionSpec spec, T2RConfig config);
+  at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const ops::AttentionMask& mask, KVCache* cache) override;
+  std::string describe() const override;
+  FeatureMap feature_map{nullptr};
+  TransferProbe probe;
+  const T2RConfig& config() const { return config_; }
+
+ private:
+  T2RConfig config_;
 };
 
 }  // namespace recast::layers

@@ -59,19 +59,6 @@ at::Tensor decoder_positions(const Batch& batch, const at::Tensor& ids, int64_t 
   return p.to(ids.device(), at::kLong);
 }
 
-std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
-                                            const at::Tensor& v) {
-  if (static_cast<int64_t>(cache.keys.size()) <= layer) {
-    cache.keys.resize(layer + 1);
-    cache.values.resize(layer + 1);
-  }
-  at::Tensor& ck = cache.keys[layer];
-  at::Tensor& cv = cache.values[layer];
-  ck = ck.defined() ? at::cat({ck, k}, 2) : k;
-  cv = cv.defined() ? at::cat({cv, v}, 2) : v;
-  return {ck, cv};
-}
-
 void LmHead::init(torch::nn::Module& owner, int64_t width, int64_t vocab, bool tied) {
   tied_ = tied;
   if (!tied) {

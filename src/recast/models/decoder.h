@@ -24,11 +24,6 @@ ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64
 at::Tensor decoder_positions(const Batch& batch, const at::Tensor& ids, int64_t offset,
                              int64_t max_positions);
 
-// Appends this step's keys and values to layer `layer` of the cache and
-// returns the whole history.
-std::pair<at::Tensor, at::Tensor> append_kv(KVCache& cache, int64_t layer, const at::Tensor& k,
-                                            const at::Tensor& v);
-
 // Number of labels when `config` describes a sequence classifier (its
 // "architectures" names `architecture`): len(id2label), else num_labels; 0 for a
 // language model.

@@ -4,7 +4,6 @@
 
 #include "recast/core/error.h"
 #include "recast/models/decoder.h"
-#include "recast/layers/linear_attention.h"
 #include "recast/ops/attention.h"
 
 #include <torch/torch.h>
@@ -29,28 +28,20 @@ struct Conv1DImpl : torch::nn::Module {
 };
 TORCH_MODULE(Conv1D);
 
-// A projection: Conv1D, or a FactorizedLinear ([out, in] factors, the usual
-// Linear layout) where the config's recast_factorized names it.
-torch::nn::AnyModule projection(const std::optional<layers::FactorizedConfig>& factorized,
-                                const std::string& name, int64_t in, int64_t out) {
-  if (factorized) {
-    if (const auto r = factorized->rank(name)) {
-      layers::FactorizedLinearOptions o;
-      o.in = in, o.out = out, o.rank = *r;
-      return torch::nn::AnyModule(layers::FactorizedLinear(o));
-    }
-  }
-  return torch::nn::AnyModule(Conv1D(in, out));
-}
-
 struct Gpt2Config {
   int64_t vocab, positions, width, layers, heads, inner;
   double eps;
   std::string activation;
   bool tied, scale_by_layer;
-  std::optional<layers::T2RConfig> t2r;  // layers recast to linear attention (T2R)
-  std::optional<layers::FactorizedConfig> factorized;  // low-rank projections
 };
+
+// A projection slot (Conv1D's [in, out] layout unless a recast builds it).
+torch::nn::AnyModule projection(Slots& slots, torch::nn::Module& parent, const std::string& prefix,
+                                const char* local, int64_t in, int64_t out) {
+  Slot s;
+  s.name = prefix + local, s.in = in, s.out = out, s.bias = true, s.transposed = true;
+  return slots.layer(parent, local, s, [&] { return torch::nn::AnyModule(Conv1D(in, out)); });
+}
 
 at::Tensor activate(const std::string& name, const at::Tensor& x) {
   if (name == "gelu_new" || name == "gelu_pytorch_tanh") return at::gelu(x, "tanh");
@@ -62,76 +53,57 @@ at::Tensor activate(const std::string& name, const at::Tensor& x) {
 }
 
 struct AttentionImpl : torch::nn::Module {
-  AttentionImpl(const Gpt2Config& c, int64_t layer_index) : heads(c.heads), layer(layer_index) {
-    const std::string name = msg("transformer.h.", layer_index, ".attn.");
-    c_attn = projection(c.factorized, name + "c_attn", c.width, 3 * c.width);
-    c_proj = projection(c.factorized, name + "c_proj", c.width, c.width);
-    register_module("c_attn", c_attn.ptr());
-    register_module("c_proj", c_proj.ptr());
-    scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
-    if (c.scale_by_layer) scale /= static_cast<double>(layer_index + 1);
-    if (c.t2r && c.t2r->linear(layer_index)) {
-      t2r = *c.t2r;
-      feature_map = register_module(
-          "feature_map",
-          layers::FeatureMap(t2r->feature_map, c.heads, c.width / c.heads, t2r->features));
-    }
+  AttentionImpl(const Gpt2Config& c, int64_t layer, Slots& slots) : heads(c.heads) {
+    const std::string name = msg("transformer.h.", layer, ".attn");
+    c_attn = projection(slots, *this, name + ".", "c_attn", c.width, 3 * c.width);
+    c_proj = projection(slots, *this, name + ".", "c_proj", c.width, c.width);
+    Slot s;
+    s.name = name;
+    s.attention.layer = layer, s.attention.heads = s.attention.kv_heads = c.heads;
+    s.attention.head_dim = c.width / c.heads, s.attention.causal = true;
+    s.attention.scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
+    if (c.scale_by_layer) s.attention.scale /= static_cast<double>(layer + 1);
+    s.query = {name + ".c_attn", 0}, s.key = {name + ".c_attn", c.width};
+    s.value = {name + ".c_attn", 2 * c.width}, s.output = name + ".c_proj";
+    core = slots.attention(*this, s);
   }
-  at::Tensor forward(const at::Tensor& x, ops::AttentionMask mask, KVCache* cache) {
+  at::Tensor forward(const at::Tensor& x, const ops::AttentionMask& mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1), w = x.size(2), d = w / heads;
     auto qkv = c_attn.forward(x).split(w, -1);
     auto split_heads = [&](const at::Tensor& y) {
       return y.view({b, t, heads, d}).transpose(1, 2);
     };
-    at::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
-    at::Tensor y;
-    if (t2r) {
-      at::Tensor padding;
-      if (mask.key_padding.defined()) padding = mask.key_padding.narrow(1, mask.query_offset, t);
-      y = layers::t2r_attention(feature_map, q, k, v, padding, *t2r,
-                                cache ? &cache->linear_state(static_cast<size_t>(layer)) : nullptr);
-      if (probe.on) {
-        RECAST_CHECK(cache == nullptr, "attention transfer runs without a KV cache");
-        y = probe.compare(y, ops::attention(q, k, v, mask, scale));
-      }
-    } else {
-      if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
-      y = ops::attention(q, k, v, mask, scale);
-    }
+    at::Tensor y = core->forward(split_heads(qkv[0]), split_heads(qkv[1]), split_heads(qkv[2]),
+                                 mask, cache);
     return c_proj.forward(y.transpose(1, 2).reshape({b, t, w}));
   }
-  int64_t heads, layer;
-  double scale;
-  torch::nn::AnyModule c_attn, c_proj;  // Conv1D or layers::FactorizedLinear
-  std::optional<layers::T2RConfig> t2r;
-  layers::FeatureMap feature_map{nullptr};
-  layers::TransferProbe probe;
+  int64_t heads;
+  torch::nn::AnyModule c_attn, c_proj;  // Conv1D, or a recast's layer
+  std::shared_ptr<layers::AttentionCoreImpl> core;
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
-  MlpImpl(const Gpt2Config& c, int64_t layer) : activation(c.activation) {
+  MlpImpl(const Gpt2Config& c, int64_t layer, Slots& slots) : activation(c.activation) {
     const std::string name = msg("transformer.h.", layer, ".mlp.");
-    c_fc = projection(c.factorized, name + "c_fc", c.width, c.inner);
-    c_proj = projection(c.factorized, name + "c_proj", c.inner, c.width);
-    register_module("c_fc", c_fc.ptr());
-    register_module("c_proj", c_proj.ptr());
+    c_fc = projection(slots, *this, name, "c_fc", c.width, c.inner);
+    c_proj = projection(slots, *this, name, "c_proj", c.inner, c.width);
   }
   at::Tensor forward(const at::Tensor& x) {
     return c_proj.forward(activate(activation, c_fc.forward(x)));
   }
   std::string activation;
-  torch::nn::AnyModule c_fc, c_proj;  // Conv1D or layers::FactorizedLinear
+  torch::nn::AnyModule c_fc, c_proj;  // Conv1D, or a recast's layer
 };
 TORCH_MODULE(Mlp);
 
 struct BlockImpl : torch::nn::Module {
-  BlockImpl(const Gpt2Config& c, int64_t layer) {
+  BlockImpl(const Gpt2Config& c, int64_t layer, Slots& slots) {
     auto ln = torch::nn::LayerNormOptions({c.width}).eps(c.eps);
     ln_1 = register_module("ln_1", torch::nn::LayerNorm(ln));
-    attn = register_module("attn", Attention(c, layer));
+    attn = register_module("attn", Attention(c, layer, slots));
     ln_2 = register_module("ln_2", torch::nn::LayerNorm(ln));
-    mlp = register_module("mlp", Mlp(c, layer));
+    mlp = register_module("mlp", Mlp(c, layer, slots));
   }
   at::Tensor forward(at::Tensor x, const ops::AttentionMask& mask, KVCache* cache) {
     x = x + attn(ln_1(x), mask, cache);
@@ -144,11 +116,11 @@ struct BlockImpl : torch::nn::Module {
 TORCH_MODULE(Block);
 
 struct TransformerImpl : torch::nn::Module {
-  explicit TransformerImpl(const Gpt2Config& c) {
+  TransformerImpl(const Gpt2Config& c, Slots& slots) {
     wte = register_module("wte", torch::nn::Embedding(c.vocab, c.width));
     wpe = register_module("wpe", torch::nn::Embedding(c.positions, c.width));
     h = register_module("h", torch::nn::ModuleList());
-    for (int64_t i = 0; i < c.layers; ++i) h->push_back(Block(c, i));
+    for (int64_t i = 0; i < c.layers; ++i) h->push_back(Block(c, i, slots));
     ln_f = register_module("ln_f",
                            torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.width}).eps(c.eps)));
   }
@@ -160,33 +132,21 @@ TORCH_MODULE(Transformer);
 
 class Gpt2 : public Model {
  public:
-  Gpt2(const std::string& arch, const nlohmann::json& config) : Model(arch, config) {
-    c_.vocab = cfg_int(config, "vocab_size", 50257);
-    c_.positions = cfg_int(config, "n_positions", 1024);
-    c_.width = cfg_int(config, "n_embd", 768);
-    c_.layers = cfg_int(config, "n_layer", 12);
-    c_.heads = cfg_int(config, "n_head", 12);
-    c_.inner = cfg_int(config, "n_inner", 4 * c_.width);
-    c_.eps = cfg_double(config, "layer_norm_epsilon", 1e-5);
-    c_.activation = cfg_string(config, "activation_function", "gelu_new");
-    c_.tied = cfg_bool(config, "tie_word_embeddings", true);
-    c_.scale_by_layer = cfg_bool(config, "scale_attn_by_inverse_layer_idx", false);
-    if (!cfg_bool(config, "scale_attn_weights", true)) {
-      throw Error("config key 'scale_attn_weights': false is not supported");
-    }
-    RECAST_CHECK(c_.width % c_.heads == 0, "config: n_embd ", c_.width,
-                 " is not a multiple of n_head ", c_.heads);
-    c_.t2r = layers::T2RConfig::from(config);
-    c_.factorized = layers::FactorizedConfig::from(config);
-    if (c_.t2r) {
-      for (int64_t l : c_.t2r->layers) {
-        RECAST_CHECK(l >= 0 && l < c_.layers, "config 'recast_t2r': layer ", l,
-                     " out of range for n_layer ", c_.layers);
-      }
-    }
-    activate(c_.activation, at::zeros({1}));  // rejects unknown activations now
-    transformer_ = register_module("transformer", Transformer(c_));
-    if (c_.factorized) layers::check_factorized(*c_.factorized, *this, arch);
+  Gpt2(const std::string& arch, const nlohmann::json& config, const ConfigSpec& spec)
+      : Model(arch, config) {
+    const ConfigView v(config, spec);
+    c_.vocab = v.i("vocab_size");
+    c_.positions = v.i("n_positions");
+    c_.width = v.i("n_embd");
+    c_.layers = v.i("n_layer");
+    c_.heads = v.i("n_head");
+    c_.inner = v.has("n_inner") ? v.i("n_inner") : 4 * c_.width;
+    c_.eps = v.d("layer_norm_epsilon");
+    c_.activation = v.s("activation_function");
+    c_.tied = v.b("tie_word_embeddings");
+    c_.scale_by_layer = v.b("scale_attn_by_inverse_layer_idx");
+    init_std_ = v.d("initializer_range");
+    transformer_ = register_module("transformer", Transformer(c_, slots()));
     labels_ = sequence_classification_labels(config, "GPT2ForSequenceClassification");
     if (labels_ > 0) {
       // transformers' GPT2ForSequenceClassification: a bias-free "score" head on
@@ -207,63 +167,32 @@ class Gpt2 : public Model {
 
   void init_weights() override {
     torch::NoGradGuard no_grad;
-    const double std = cfg_double(config(), "initializer_range", 0.02);
+    const double std = init_std_;
+    // GPT-2's scaled init of the projections that feed the residual stream.
+    const double residual = std / std::sqrt(2.0 * static_cast<double>(c_.layers));
     for (auto& item : named_parameters(true)) {
       const std::string& name = item.key();
       at::Tensor p = item.value();
-      if (name.find(".feature_map.") != std::string::npos) continue;  // below
+      if (slots().recast_owned(name)) continue;  // below
       if (ends_with(name, ".bias")) {
         p.zero_();
       } else if (name.find(".ln_") != std::string::npos || name.find("ln_f") != std::string::npos) {
         p.fill_(1.0);
       } else if (ends_with(name, "c_proj.weight")) {
-        // GPT-2's scaled init of the projections that feed the residual stream.
-        p.normal_(0.0, std / std::sqrt(2.0 * static_cast<double>(c_.layers)));
+        p.normal_(0.0, residual);
       } else {
         p.normal_(0.0, std);
       }
     }
-    for (size_t i = 0; i < transformer_->h->size(); ++i) {
-      auto& attn = transformer_->h[i]->as<Block>()->attn;
-      if (attn->feature_map) attn->feature_map->reset_parameters();
-    }
-    // Factorized projections: the spectral factors of the dense init.
-    layers::init_factorized_from_dense(*this, [&](const std::string& name, at::IntArrayRef shape) {
-      const double s = ends_with(name, "c_proj") ? std / std::sqrt(2.0 * static_cast<double>(c_.layers))
-                                                 : std;
-      return torch::randn(shape) * s;
+    // Layers a recast built start from what the dense layer would have drawn.
+    slots().init_recast_layers([&](const Slot& s) {
+      const double sd = ends_with(s.name, "c_proj") ? residual : std;
+      return DenseInit{torch::randn({s.out, s.in}) * sd, torch::zeros({s.out})};
     });
   }
 
-  std::vector<DenseLayer> factorizable_layers() override {
-    std::vector<DenseLayer> out;
-    for (const auto& item : named_modules("", false)) {
-      if (item.value()->as<Conv1D>() != nullptr) out.push_back({item.key(), /*transposed=*/true});
-    }
-    return out;
-  }
+  int64_t context_length() const override { return c_.positions; }
 
-  // Per head h: W_Q^h, W_K^h, W_V^h are column blocks of c_attn's [w, 3w]
-  // weight (x @ W), W_O^h the rows h*d..(h+1)*d of c_proj's [w, w] weight.
-  std::vector<layers::FactorPair> attention_factors() override {
-    std::vector<layers::FactorPair> out;
-    const int64_t w = c_.width, heads = c_.heads, d = w / heads;
-    for (size_t i = 0; i < transformer_->h->size(); ++i) {
-      auto& attn = transformer_->h[i]->as<Block>()->attn;
-      auto* qkv = attn->c_attn.ptr()->as<Conv1D>();
-      auto* proj = attn->c_proj.ptr()->as<Conv1D>();
-      if (qkv == nullptr || proj == nullptr) continue;  // factorized: its own pairs
-      const std::string name = msg("transformer.h.", i, ".attn");
-      auto head_columns = [&](int64_t part) {
-        return qkv->weight.narrow(1, part * w, w).reshape({w, heads, d}).permute({1, 0, 2});
-      };
-      const at::Tensor o = proj->weight.reshape({heads, d, w}).transpose(1, 2);
-      out.push_back({name + " (QK^T)", head_columns(0), head_columns(1), {name + ".c_attn.weight"}});
-      out.push_back({name + " (VO)", head_columns(2), o,
-                     {name + ".c_attn.weight", name + ".c_proj.weight"}});
-    }
-    return out;
-  }
   bool ignorable(const std::string& name) const override {
     // old transformers saved their causal-mask buffers
     return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias");
@@ -286,22 +215,6 @@ class Gpt2 : public Model {
     return lm_head_(x, transformer_->wte->weight);
   }
 
-  void set_attention_transfer(bool on) override {
-    for (size_t i = 0; i < transformer_->h->size(); ++i) {
-      transformer_->h[i]->as<Block>()->attn->probe.on = on;
-    }
-  }
-  std::vector<TransferError> attention_transfer_errors() override {
-    std::vector<TransferError> out;
-    for (size_t i = 0; i < transformer_->h->size(); ++i) {
-      const auto& attn = transformer_->h[i]->as<Block>()->attn;
-      if (attn->t2r && attn->probe.mse.defined()) {
-        out.push_back({msg("transformer.h.", i, ".attn"), attn->probe.mse, attn->probe.relative});
-      }
-    }
-    return out;
-  }
-
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
     auto gen = at::detail::createCPUGenerator(seed);
     return {
@@ -313,18 +226,79 @@ class Gpt2 : public Model {
 
  private:
   Gpt2Config c_;
+  double init_std_ = 0.02;
   Transformer transformer_{nullptr};
   LmHead lm_head_;
   int64_t labels_ = 0;
   torch::nn::Linear score_{nullptr};
 };
 
+
+ConfigSpec gpt2_spec() {
+  ConfigSpec spec;
+  spec.style = ConfigStyle::Transformers;
+  spec.keys = {
+      int_key("vocab_size", 50257, 1, 1 << 24),
+      int_key("n_positions", 1024, 1, 1 << 24),
+      int_key("n_embd", 768, 1, 1 << 17),
+      int_key("n_layer", 12, 1, 4096),
+      int_key("n_head", 12, 1, 4096),
+      int_key("n_inner", nullptr, 1, 1 << 20),
+      double_key("layer_norm_epsilon", 1e-5, 0, 1),
+      string_key("activation_function", "gelu_new",
+                 {"gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "silu", "swish"}),
+      bool_key("tie_word_embeddings", true),
+      bool_key("scale_attn_by_inverse_layer_idx", false),
+      bool_key("scale_attn_weights", true),
+      double_key("initializer_range", 0.02, 0, 10),
+      // Accepted, not used: recast trains without dropout; the summary head
+      // and old context key are GPT2DoubleHeads' / GPT-2 1.x's.
+      ignored_key("n_ctx"), ignored_key("resid_pdrop"), ignored_key("embd_pdrop"),
+      ignored_key("attn_pdrop"), ignored_key("summary_type"), ignored_key("summary_use_proj"),
+      ignored_key("summary_activation"), ignored_key("summary_proj_to_labels"),
+      ignored_key("summary_first_dropout"), ignored_key("reorder_and_upcast_attn"),
+      ignored_key("gradient_checkpointing"), ignored_key("n_special")};
+  spec.checks.push_back([](const ConfigView& v) {
+    RECAST_CHECK(v.i("n_embd") % v.i("n_head") == 0, "config key 'n_head': n_embd ", v.i("n_embd"),
+                 " is not a multiple of n_head ", v.i("n_head"));
+    if (!v.b("scale_attn_weights")) throw Error("config key 'scale_attn_weights': false is not supported");
+  });
+  spec.parameters = [](const ConfigView& v) {
+    const double w = static_cast<double>(v.i("n_embd"));
+    const double inner = v.has("n_inner") ? static_cast<double>(v.i("n_inner")) : 4 * w;
+    return (static_cast<double>(v.i("vocab_size")) + static_cast<double>(v.i("n_positions"))) * w +
+           static_cast<double>(v.i("n_layer")) * (4 * w * w + 2 * w * inner);
+  };
+  return spec;
+}
+
 }  // namespace
 
-void register_gpt2(Registry<ModelFactory>& r) {
-  r.add("gpt2", "GPT-2 (transformers GPT2LMHeadModel: Conv1D weights, tied lm_head, gelu_new)",
-        {ConfigStyle::Transformers,
-         [](const nlohmann::json& c) { return std::make_shared<Gpt2>("gpt2", c); }});
+RECAST_REGISTER_MODEL(gpt2) {
+  ModelFactory f;
+  f.style = ConfigStyle::Transformers;
+  f.spec = gpt2_spec();
+  f.make = [spec = f.spec](const nlohmann::json& c) { return std::make_shared<Gpt2>("gpt2", c, spec); };
+  f.tasks = {Task::CausalLM, Task::SequenceClassification};
+  f.heads = {"lm_head.", "score."};
+  f.fit = [](const DataFacts& d, bool head_only) {
+    std::vector<std::pair<std::string, nlohmann::json>> out;
+    if (d.task == Task::SequenceClassification) {
+      // transformers' GPT2ForSequenceClassification layout: the pooled "score" head.
+      nlohmann::json id2label = nlohmann::json::object();
+      for (size_t i = 0; i < d.classes.size(); ++i) id2label[std::to_string(i)] = d.classes[i];
+      out.emplace_back("architectures", nlohmann::json::array({"GPT2ForSequenceClassification"}));
+      out.emplace_back("id2label", id2label);
+      if (d.eos >= 0) out.emplace_back("pad_token_id", d.eos);
+    }
+    if (head_only) return out;
+    out.emplace_back("vocab_size", d.vocab);
+    if (d.eos >= 0) out.emplace_back("bos_token_id", d.eos), out.emplace_back("eos_token_id", d.eos);
+    out.emplace_back("n_positions", std::max<int64_t>(d.seq_len, 128));
+    return out;
+  };
+  f.tiny = {{"n_layer", 2}, {"n_embd", 32}, {"n_head", 4}, {"n_positions", 64}, {"vocab_size", 50}};
+  r.add("gpt2", "GPT-2 (transformers GPT2LMHeadModel: Conv1D weights, tied lm_head, gelu_new)", f);
 }
 
 }  // namespace recast::models

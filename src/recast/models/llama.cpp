@@ -6,8 +6,6 @@
 
 #include "recast/core/error.h"
 #include "recast/models/decoder.h"
-#include "recast/layers/factorized.h"
-#include "recast/layers/linear_attention.h"
 #include "recast/ops/attention.h"
 
 #include <torch/torch.h>
@@ -21,9 +19,17 @@ struct LlamaConfig {
   int64_t vocab, width, inner, layers, heads, kv_heads, head_dim, positions;
   double eps, rope_theta;
   bool tied, attention_bias, mlp_bias;
-  std::optional<layers::T2RConfig> t2r;  // layers recast to linear attention (T2R)
-  std::optional<layers::FactorizedConfig> factorized;  // low-rank projections
 };
+
+// A projection slot: torch::nn::Linear unless a recast builds it.
+torch::nn::AnyModule projection(Slots& slots, torch::nn::Module& parent, const std::string& prefix,
+                                const char* local, int64_t in, int64_t out, bool bias) {
+  Slot s;
+  s.name = prefix + local, s.in = in, s.out = out, s.bias = bias;
+  return slots.layer(parent, local, s, [&] {
+    return torch::nn::AnyModule(torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias)));
+  });
+}
 
 // rope_theta sits at the top level (transformers 4.x) or in rope_parameters (5.x).
 double read_rope_theta(const nlohmann::json& config) {
@@ -61,21 +67,25 @@ at::Tensor rotate_half(const at::Tensor& x) {
 }
 
 struct AttentionImpl : torch::nn::Module {
-  AttentionImpl(const LlamaConfig& config, int64_t layer_index) : c(config), layer(layer_index) {
-    auto lin = [&](const char* name, int64_t in, int64_t out) {
-      torch::nn::AnyModule m = layers::linear_slot(
-          c.factorized, msg("model.layers.", layer_index, ".self_attn.", name), in, out, c.attention_bias);
-      register_module(name, m.ptr());
-      return m;
+  AttentionImpl(const LlamaConfig& config, int64_t layer, Slots& slots) : c(config) {
+    const std::string name = msg("model.layers.", layer, ".self_attn");
+    auto lin = [&](const char* local, int64_t in, int64_t out) {
+      return projection(slots, *this, name + ".", local, in, out, c.attention_bias);
     };
     q_proj = lin("q_proj", c.width, c.heads * c.head_dim);
     k_proj = lin("k_proj", c.width, c.kv_heads * c.head_dim);
     v_proj = lin("v_proj", c.width, c.kv_heads * c.head_dim);
     o_proj = lin("o_proj", c.heads * c.head_dim, c.width);
-    if (c.t2r && c.t2r->linear(layer_index)) {
-      feature_map = register_module(
-          "feature_map", layers::FeatureMap(c.t2r->feature_map, c.heads, c.head_dim, c.t2r->features));
-    }
+    Slot s;
+    s.name = name;
+    s.attention.layer = layer, s.attention.heads = c.heads, s.attention.kv_heads = c.kv_heads;
+    s.attention.head_dim = c.head_dim, s.attention.causal = true;
+    s.attention.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+    s.query = {name + ".q_proj", 0}, s.key = {name + ".k_proj", 0};
+    s.value = {name + ".v_proj", 0}, s.output = name + ".o_proj";
+    // A recast's core sees q and k after the rotary embedding (as LoLCATs'
+    // linear attention does).
+    core = slots.attention(*this, s);
   }
   // cos, sin: [B or 1, 1, T, head_dim]
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -86,43 +96,20 @@ struct AttentionImpl : torch::nn::Module {
     at::Tensor v = v_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
-    at::Tensor y;
-    if (feature_map) {
-      // T2R on a rotary model: RoPE is applied to q and k before the feature
-      // map (as LoLCATs does), so phi sees the rotated vectors; grouped key /
-      // value heads are repeated to the query heads first.
-      const int64_t groups = c.heads / c.kv_heads;
-      at::Tensor padding;
-      if (mask.key_padding.defined()) padding = mask.key_padding.narrow(1, mask.query_offset, t);
-      y = layers::t2r_attention(feature_map, q, ops::repeat_kv(k, groups), ops::repeat_kv(v, groups),
-                                padding, *c.t2r,
-                                cache ? &cache->linear_state(static_cast<size_t>(layer)) : nullptr);
-      if (probe.on) {
-        RECAST_CHECK(cache == nullptr, "attention transfer runs without a KV cache");
-        y = probe.compare(y, ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim))));
-      }
-    } else {
-      if (cache != nullptr) std::tie(k, v) = append_kv(*cache, layer, k, v);
-      y = ops::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-    }
+    const at::Tensor y = core->forward(q, k, v, mask, cache);
     return o_proj.forward(y.transpose(1, 2).reshape({b, t, c.heads * c.head_dim}));
   }
   LlamaConfig c;
-  int64_t layer;
-  // torch::nn::Linear or layers::FactorizedLinear
+  // torch::nn::Linear, or a recast's layer
   torch::nn::AnyModule q_proj, k_proj, v_proj, o_proj;
-  layers::FeatureMap feature_map{nullptr};
-  layers::TransferProbe probe;
+  std::shared_ptr<layers::AttentionCoreImpl> core;
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
-  MlpImpl(const LlamaConfig& c, int64_t layer) {
-    auto lin = [&](const char* name, int64_t in, int64_t out) {
-      torch::nn::AnyModule m = layers::linear_slot(
-          c.factorized, msg("model.layers.", layer, ".mlp.", name), in, out, c.mlp_bias);
-      register_module(name, m.ptr());
-      return m;
+  MlpImpl(const LlamaConfig& c, int64_t layer, Slots& slots) {
+    auto lin = [&](const char* local, int64_t in, int64_t out) {
+      return projection(slots, *this, msg("model.layers.", layer, ".mlp."), local, in, out, c.mlp_bias);
     };
     gate_proj = lin("gate_proj", c.width, c.inner);
     up_proj = lin("up_proj", c.width, c.inner);
@@ -136,9 +123,9 @@ struct MlpImpl : torch::nn::Module {
 TORCH_MODULE(Mlp);
 
 struct LayerImpl : torch::nn::Module {
-  LayerImpl(const LlamaConfig& c, int64_t layer) {
-    self_attn = register_module("self_attn", Attention(c, layer));
-    mlp = register_module("mlp", Mlp(c, layer));
+  LayerImpl(const LlamaConfig& c, int64_t layer, Slots& slots) {
+    self_attn = register_module("self_attn", Attention(c, layer, slots));
+    mlp = register_module("mlp", Mlp(c, layer, slots));
     input_layernorm = register_module("input_layernorm", RMSNorm(c.width, c.eps));
     post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.width, c.eps));
   }
@@ -154,10 +141,10 @@ struct LayerImpl : torch::nn::Module {
 TORCH_MODULE(Layer);
 
 struct BodyImpl : torch::nn::Module {
-  explicit BodyImpl(const LlamaConfig& c) {
+  BodyImpl(const LlamaConfig& c, Slots& slots) {
     embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab, c.width));
     layers = register_module("layers", torch::nn::ModuleList());
-    for (int64_t i = 0; i < c.layers; ++i) layers->push_back(Layer(c, i));
+    for (int64_t i = 0; i < c.layers; ++i) layers->push_back(Layer(c, i, slots));
     norm = register_module("norm", RMSNorm(c.width, c.eps));
   }
   torch::nn::Embedding embed_tokens{nullptr};
@@ -168,76 +155,24 @@ TORCH_MODULE(Body);
 
 class Llama : public Model {
  public:
-  explicit Llama(const nlohmann::json& config) : Model("llama", config) {
-    c_.vocab = cfg_int(config, "vocab_size", 32000);
-    c_.width = cfg_int(config, "hidden_size", 4096);
-    c_.inner = cfg_int(config, "intermediate_size", 11008);
-    c_.layers = cfg_int(config, "num_hidden_layers", 32);
-    c_.heads = cfg_int(config, "num_attention_heads", 32);
-    c_.kv_heads = cfg_int(config, "num_key_value_heads", c_.heads);
-    RECAST_CHECK(c_.heads > 0 && c_.kv_heads > 0 && c_.heads % c_.kv_heads == 0,
-                 "config: num_attention_heads ", c_.heads,
-                 " is not a multiple of num_key_value_heads ", c_.kv_heads);
-    c_.head_dim = cfg_int(config, "head_dim", c_.width / c_.heads);
-    c_.positions = cfg_int(config, "max_position_embeddings", 2048);
-    c_.eps = cfg_double(config, "rms_norm_eps", 1e-6);
+  Llama(const nlohmann::json& config, const ConfigSpec& spec) : Model("llama", config) {
+    const ConfigView v(config, spec);
+    c_.vocab = v.i("vocab_size");
+    c_.width = v.i("hidden_size");
+    c_.inner = v.i("intermediate_size");
+    c_.layers = v.i("num_hidden_layers");
+    c_.heads = v.i("num_attention_heads");
+    c_.kv_heads = v.has("num_key_value_heads") ? v.i("num_key_value_heads") : c_.heads;
+    c_.head_dim = v.has("head_dim") ? v.i("head_dim") : c_.width / c_.heads;
+    c_.positions = v.i("max_position_embeddings");
+    c_.eps = v.d("rms_norm_eps");
     c_.rope_theta = read_rope_theta(config);
-    c_.tied = cfg_bool(config, "tie_word_embeddings", false);
-    c_.attention_bias = cfg_bool(config, "attention_bias", false);
-    c_.mlp_bias = cfg_bool(config, "mlp_bias", false);
-    std::string act = cfg_string(config, "hidden_act", "silu");
-    if (act != "silu")
-      throw Error(msg("config key 'hidden_act': unsupported ", quote(act), " (supported: silu)"));
-    RECAST_CHECK(c_.head_dim % 2 == 0, "config: head_dim ", c_.head_dim,
-                 " must be even for rotary embeddings");
-    c_.t2r = layers::T2RConfig::from(config);
-    if (c_.t2r) {
-      for (int64_t l : c_.t2r->layers) {
-        RECAST_CHECK(l >= 0 && l < c_.layers, "config 'recast_t2r': layer ", l,
-                     " out of range for num_hidden_layers ", c_.layers);
-      }
-    }
-    c_.factorized = layers::FactorizedConfig::from(config);
-    model_ = register_module("model", Body(c_));
+    c_.tied = v.b("tie_word_embeddings");
+    c_.attention_bias = v.b("attention_bias");
+    c_.mlp_bias = v.b("mlp_bias");
+    init_std_ = v.d("initializer_range");
+    model_ = register_module("model", Body(c_, slots()));
     lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
-    if (c_.factorized) layers::check_factorized(*c_.factorized, *this, "llama");
-  }
-
-  // The seven projections of every layer (not the lm_head).
-  std::vector<DenseLayer> factorizable_layers() override {
-    std::vector<DenseLayer> out;
-    for (const auto& name : layers::torch_dense_layers(*this)) {
-      if (name.rfind("model.layers.", 0) == 0) out.push_back({name, false});
-    }
-    return out;
-  }
-
-  // Per query head h: W_Q^h = rows h*d..(h+1)*d of q_proj (transposed), W_K^h
-  // those of its key / value group's k_proj (grouped-query attention: the
-  // group's K is shared by its query heads), W_O^h the columns h*d..(h+1)*d of
-  // o_proj. Rotary embeddings make q.k depend on the positions too; the
-  // penalty is on the weight products, as the paper's.
-  std::vector<layers::FactorPair> attention_factors() override {
-    std::vector<layers::FactorPair> out;
-    const int64_t d = c_.head_dim;
-    for (size_t i = 0; i < model_->layers->size(); ++i) {
-      auto& attn = model_->layers[i]->as<Layer>()->self_attn;
-      auto* q = attn->q_proj.ptr()->as<torch::nn::Linear>();
-      auto* k = attn->k_proj.ptr()->as<torch::nn::Linear>();
-      auto* v = attn->v_proj.ptr()->as<torch::nn::Linear>();
-      auto* o = attn->o_proj.ptr()->as<torch::nn::Linear>();
-      if (!q || !k || !v || !o) continue;  // factorized: its own pairs
-      const std::string name = msg("model.layers.", i, ".self_attn");
-      auto heads_of = [&](const at::Tensor& w, int64_t n) {  // [n*d, width] -> [heads, width, d]
-        return w.reshape({n, d, c_.width}).transpose(1, 2).repeat_interleave(c_.heads / n, 0);
-      };
-      const at::Tensor wo = o->weight.reshape({c_.width, c_.heads, d}).permute({1, 0, 2});
-      out.push_back({name + " (QK^T)", heads_of(q->weight, c_.heads), heads_of(k->weight, c_.kv_heads),
-                     {name + ".q_proj.weight", name + ".k_proj.weight"}});
-      out.push_back({name + " (VO)", heads_of(v->weight, c_.kv_heads), wo,
-                     {name + ".v_proj.weight", name + ".o_proj.weight"}});
-    }
-    return out;
   }
 
   Task task() const override { return Task::CausalLM; }
@@ -246,9 +181,9 @@ class Llama : public Model {
   // Linear and Embedding weight, RMSNorm weights 1.
   void init_weights() override {
     torch::NoGradGuard no_grad;
-    const double std = cfg_double(config(), "initializer_range", 0.02);
+    const double std = init_std_;
     for (auto& item : named_parameters(true)) {
-      if (item.key().find(".feature_map.") != std::string::npos) continue;  // below
+      if (slots().recast_owned(item.key())) continue;  // below
       if (item.key().find("norm") != std::string::npos) {
         item.value().fill_(1.0);
       } else if (ends_with(item.key(), ".bias")) {
@@ -257,14 +192,12 @@ class Llama : public Model {
         item.value().normal_(0.0, std);
       }
     }
-    for (size_t i = 0; i < model_->layers->size(); ++i) {
-      auto& attn = model_->layers[i]->as<Layer>()->self_attn;
-      if (attn->feature_map) attn->feature_map->reset_parameters();
-    }
-    // Factorized projections: the spectral factors of N(0, std).
-    layers::init_factorized_from_dense(
-        *this, [&](const std::string&, at::IntArrayRef shape) { return torch::randn(shape) * std; });
+    // Layers a recast built start from what the dense layer would have drawn.
+    slots().init_recast_layers([&](const Slot& s) {
+      return DenseInit{torch::randn({s.out, s.in}) * std, s.bias ? torch::zeros({s.out}) : at::Tensor()};
+    });
   }
+  int64_t context_length() const override { return c_.positions; }
   std::vector<std::string> tied_names() const override { return lm_head_.tied_names(); }
   bool ignorable(const std::string& name) const override {
     return name.find(".rotary_emb.inv_freq") != std::string::npos;
@@ -288,22 +221,6 @@ class Llama : public Model {
     return lm_head_(x, model_->embed_tokens->weight);
   }
 
-  void set_attention_transfer(bool on) override {
-    for (size_t i = 0; i < model_->layers->size(); ++i) {
-      model_->layers[i]->as<Layer>()->self_attn->probe.on = on;
-    }
-  }
-  std::vector<TransferError> attention_transfer_errors() override {
-    std::vector<TransferError> out;
-    for (size_t i = 0; i < model_->layers->size(); ++i) {
-      const auto& attn = model_->layers[i]->as<Layer>()->self_attn;
-      if (attn->feature_map && attn->probe.mse.defined()) {
-        out.push_back({msg("model.layers.", i, ".self_attn"), attn->probe.mse, attn->probe.relative});
-      }
-    }
-    return out;
-  }
-
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
     auto gen = at::detail::createCPUGenerator(seed);
     return {at::randint(c_.vocab, {batch_size, 16}, gen, at::kLong), {}, {}, {}};
@@ -324,16 +241,82 @@ class Llama : public Model {
   }
 
   LlamaConfig c_;
+  double init_std_ = 0.02;
   Body model_{nullptr};
   LmHead lm_head_;
 };
 
+ConfigSpec llama_spec() {
+  ConfigSpec spec;
+  spec.style = ConfigStyle::Transformers;
+  spec.keys = {
+      int_key("vocab_size", 32000, 1, 1 << 24),
+      int_key("hidden_size", 4096, 1, 1 << 17),
+      int_key("intermediate_size", 11008, 1, 1 << 20),
+      int_key("num_hidden_layers", 32, 1, 4096),
+      int_key("num_attention_heads", 32, 1, 4096),
+      int_key("num_key_value_heads", nullptr, 1, 4096),
+      int_key("head_dim", nullptr, 2, 4096),
+      int_key("max_position_embeddings", 2048, 1, 1 << 24),
+      double_key("rms_norm_eps", 1e-6, 0, 1),
+      double_key("rope_theta", 10000.0, 1e-12, 1e12),
+      {"rope_scaling", KeyType::Any, nullptr},
+      {"rope_parameters", KeyType::Any, nullptr},
+      bool_key("tie_word_embeddings", false),
+      bool_key("attention_bias", false),
+      bool_key("mlp_bias", false),
+      string_key("hidden_act", "silu", {"silu"}),
+      double_key("initializer_range", 0.02, 0, 10),
+      // Accepted, not used (no dropout; pretraining_tp only splits matmuls).
+      ignored_key("attention_dropout"), ignored_key("pretraining_tp"),
+      ignored_key("gradient_checkpointing")};
+  spec.checks.push_back([](const ConfigView& v) {
+    const int64_t heads = v.i("num_attention_heads");
+    const int64_t kv = v.has("num_key_value_heads") ? v.i("num_key_value_heads") : heads;
+    RECAST_CHECK(heads % kv == 0, "config key 'num_key_value_heads': num_attention_heads ", heads,
+                 " is not a multiple of num_key_value_heads ", kv);
+    if (!v.has("head_dim")) {
+      RECAST_CHECK(v.i("hidden_size") % heads == 0, "config key 'num_attention_heads': hidden_size ",
+                   v.i("hidden_size"), " is not a multiple of num_attention_heads ", heads);
+    }
+    const int64_t head_dim = v.has("head_dim") ? v.i("head_dim") : v.i("hidden_size") / heads;
+    RECAST_CHECK(head_dim % 2 == 0, "config key 'head_dim': ", head_dim,
+                 " must be even for rotary embeddings");
+    read_rope_theta(v.json());
+  });
+  spec.parameters = [](const ConfigView& v) {
+    const double w = static_cast<double>(v.i("hidden_size"));
+    const double heads = static_cast<double>(v.i("num_attention_heads"));
+    const double kv = v.has("num_key_value_heads") ? static_cast<double>(v.i("num_key_value_heads")) : heads;
+    const double d = v.has("head_dim") ? static_cast<double>(v.i("head_dim")) : w / heads;
+    const double per_layer = w * d * (2 * heads + 2 * kv) + 3 * w * static_cast<double>(v.i("intermediate_size"));
+    return 2 * static_cast<double>(v.i("vocab_size")) * w +
+           static_cast<double>(v.i("num_hidden_layers")) * per_layer;
+  };
+  return spec;
+}
+
 }  // namespace
 
-void register_llama(Registry<ModelFactory>& r) {
-  r.add("llama", "Llama-style decoder (transformers LlamaForCausalLM: RMSNorm, RoPE, SwiGLU, GQA)",
-        {ConfigStyle::Transformers,
-         [](const nlohmann::json& c) { return std::make_shared<Llama>(c); }});
+RECAST_REGISTER_MODEL(llama) {
+  ModelFactory f;
+  f.style = ConfigStyle::Transformers;
+  f.spec = llama_spec();
+  f.make = [spec = f.spec](const nlohmann::json& c) { return std::make_shared<Llama>(c, spec); };
+  f.tasks = {Task::CausalLM};
+  f.heads = {"lm_head."};
+  f.fit = [](const DataFacts& d, bool head_only) {
+    std::vector<std::pair<std::string, nlohmann::json>> out;
+    if (head_only) return out;
+    out.emplace_back("vocab_size", d.vocab);
+    if (d.eos >= 0) out.emplace_back("bos_token_id", d.eos), out.emplace_back("eos_token_id", d.eos);
+    out.emplace_back("max_position_embeddings", std::max<int64_t>(d.seq_len, 128));
+    return out;
+  };
+  f.tiny = {{"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 2},
+            {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 50},
+            {"max_position_embeddings", 64}};
+  r.add("llama", "Llama-style decoder (transformers LlamaForCausalLM: RMSNorm, RoPE, SwiGLU, GQA)", f);
 }
 
 }  // namespace recast::models

@@ -31,45 +31,34 @@ void Recorder::record(const std::string& name, const at::Tensor& value) {
 
 Registry<ModelFactory>& model_registry() {
   static Registry<ModelFactory> registry("model");
-  static std::once_flag once;
-  std::call_once(once, [] {
-    register_gpt2(registry);
-    register_llama(registry);
-    register_resnet(registry);
-    register_vit(registry);
-  });
   return registry;
 }
 
+const ModelFactory& factory_of(const std::string& arch) { return model_registry().get(arch).factory; }
+
 namespace {
 
-ConfigStyle style_of(const std::string& arch) {
-  return model_registry().get(arch).factory.style;
-}
+ConfigStyle style_of(const std::string& arch) { return factory_of(arch).style; }
 
-// recast's own blocks ("recast_tcnn", "recast_factorized", ...) sit at the top
-// level of every config, whatever the family's layout.
-bool top_level(const std::string& arch, const std::string& key) {
-  return style_of(arch) == ConfigStyle::Transformers || key.rfind("recast_", 0) == 0;
+// Validates, builds, and checks that every recast block found its layers.
+ModelPtr build(const std::string& arch, const nlohmann::json& config) {
+  const ModelFactory& factory = factory_of(arch);
+  validate_config(config, factory.spec);
+  ModelPtr model = factory.make(config);
+  model->slots().finish();
+  return model;
 }
 
 }  // namespace
 
 void set_config_value(nlohmann::json& config, const std::string& arch, const std::string& key,
                       const nlohmann::json& value) {
-  if (top_level(arch, key)) {
-    config[key] = value;
-  } else {
-    config["model_args"][key] = value;
-    if (key == "num_classes") config[key] = value;
-  }
+  set_config_value(config, style_of(arch), key, value);
 }
 
 bool has_config_value(const nlohmann::json& config, const std::string& arch,
                       const std::string& key) {
-  if (top_level(arch, key)) return config.contains(key);
-  return config.contains("model_args") && config["model_args"].is_object() &&
-         config["model_args"].contains(key);
+  return has_config_value(config, style_of(arch), key);
 }
 
 // "key=value": the value is read as JSON when it parses, else as a string.
@@ -194,7 +183,7 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
 
   ModelPtr model;
   try {
-    model = factory.make(config);
+    model = build(arch, config);
   } catch (const Error& e) {
     throw e.with_context(dir ? config_path : path);
   }
@@ -214,7 +203,7 @@ ModelPtr create_model(const std::string& arch, const nlohmann::json& overrides) 
   nlohmann::json config = overrides.is_object() ? overrides : nlohmann::json::object();
   const auto& factory = model_registry().get(arch).factory;
   config[factory.style == ConfigStyle::Transformers ? "model_type" : "architecture"] = arch;
-  ModelPtr model = factory.make(config);
+  ModelPtr model = build(arch, config);
   model->eval();
   return model;
 }

@@ -7,8 +7,8 @@
 
 #include "recast/core/registry.h"
 #include "recast/io/checkpoint.h"
-#include "recast/layers/factorized.h"
-#include "recast/ops/linear_attention.h"
+#include "recast/models/config.h"
+#include "recast/models/slots.h"
 
 #include <torch/nn/module.h>
 #include <nlohmann/json.hpp>
@@ -49,26 +49,16 @@ class Recorder {
   io::NamedTensors tensors_;
 };
 
-// What a decoder remembers between calls: past keys and values of its softmax
-// layers ([B, Hkv, T, d] per layer) and the constant-size state of its linear
-// (T2R) layers. The model advances `tokens` after each forward.
-struct KVCache {
-  std::vector<at::Tensor> keys, values;
-  std::vector<ops::LinearState> linear;
-  int64_t tokens = 0;
-  int64_t length() const { return tokens; }
-  ops::LinearState& linear_state(size_t layer) {
-    if (linear.size() <= layer) linear.resize(layer + 1);
-    return linear[layer];
-  }
-};
+// What a decoder remembers between calls (layers/attention_core.h).
+using KVCache = layers::KVCache;
 
 class Model : public torch::nn::Module {
  public:
   // `config` is the checkpoint's config.json (or one built from --arch);
   // `arch` the registered architecture name.
+  // Parses the config's recast_* blocks into the model's slots.
   Model(std::string arch, nlohmann::json config)
-      : arch_(std::move(arch)), config_(std::move(config)) {}
+      : arch_(std::move(arch)), config_(std::move(config)), slots_(config_) {}
 
   const std::string& arch() const { return arch_; }
   const nlohmann::json& config() const { return config_; }
@@ -90,34 +80,12 @@ class Model : public torch::nn::Module {
   // default generator (seed it first).
   virtual void init_weights() = 0;
 
-  // Attention transfer (T2R, LoLCATs): while on, every linear-attention layer
-  // also computes the softmax attention it replaces from the same q, k, v,
-  // records the mismatch, and passes the softmax output on, so each layer is
-  // measured (and trained) on the teacher's inputs. Models without linear
-  // layers ignore it.
-  virtual void set_attention_transfer(bool /*on*/) {}
-  // Per linear layer: (module name, mean squared error, relative error
-  // ||y_lin - y_soft|| / ||y_soft||) of the last forward in transfer mode.
-  struct TransferError {
-    std::string module;
-    at::Tensor mse;  // scalar, differentiable w.r.t. the feature maps
-    double relative = 0;
-  };
-  virtual std::vector<TransferError> attention_transfer_errors() { return {}; }
+  // Positions a sequence model takes (its context); 0 for other models.
+  virtual int64_t context_length() const { return 0; }
 
-  // Dense projections and convolutions that `--recipe factorize` may hold as
-  // low-rank products, by module name; `transposed` when the stored weight is
-  // [in, out] (transformers' Conv1D) rather than [out, in, ...]. Modules
-  // already factorized (config "recast_factorized") are not listed.
-  struct DenseLayer {
-    std::string name;
-    bool transposed = false;
-  };
-  virtual std::vector<DenseLayer> factorizable_layers() { return {}; }
-  // Multi-head attention as factorized products (Khodak et al.): per layer the
-  // per-head pairs (W_Q^h, W_K^h) and (W_V^h, W_O^h^T), each [heads, d_model,
-  // d_head], views of the dense weights, for Frobenius decay (--fd-attention).
-  virtual std::vector<layers::FactorPair> attention_factors() { return {}; }
+  // The swappable layers the family built (models/slots.h): what recipes walk.
+  Slots& slots() { return slots_; }
+  const Slots& slots() const { return slots_; }
 
   // Checkpoint names that may be absent because they alias another tensor
   // (a tied lm_head); they are not saved either.
@@ -134,20 +102,44 @@ class Model : public torch::nn::Module {
   std::string arch_;
   nlohmann::json config_;
   io::Metadata metadata_;
+  Slots slots_;
 };
 
 using ModelPtr = std::shared_ptr<Model>;
-// How a family's config.json is laid out: transformers' (model_type + top-level
-// keys) or timm's (architecture + defaults + model_args).
-enum class ConfigStyle { Transformers, Timm };
 
+// What a data set says about the model that fits it (recast pretrain / finetune).
+struct DataFacts {
+  Task task = Task::CausalLM;
+  int64_t vocab = 0, eos = -1, seq_len = 0;  // text
+  std::vector<std::string> classes;          // classifiers
+  int64_t channels = 0, height = 0, width = 0;  // images
+};
+
+// One registration per family: how to build it, its declared config, and the
+// facts the CLI asks instead of testing family names.
 struct ModelFactory {
-  ConfigStyle style;
+  ConfigStyle style = ConfigStyle::Transformers;
   std::function<ModelPtr(const nlohmann::json& config)> make;
+  ConfigSpec spec;              // the config keys it reads or accepts
+  std::vector<Task> tasks;      // what it can be trained for
+  // Config values that fit it to a data set: every size the data decides
+  // (pretrain), or with head_only only the task head's (finetune).
+  std::function<std::vector<std::pair<std::string, nlohmann::json>>(const DataFacts&, bool head_only)> fit;
+  std::vector<std::string> heads;  // module-name prefixes of its task heads ("lm_head.", "fc.")
+  nlohmann::json tiny;             // a config small enough for smoke tests
 };
 
 // Registered architectures ("gpt2", "llama", "resnet50", "vit_tiny_patch16_224", ...).
 Registry<ModelFactory>& model_registry();
+const ModelFactory& factory_of(const std::string& arch);
+// Registers a family at start-up: RECAST_REGISTER_MODEL(gpt2) { r.add(...); }
+struct ModelRegistration {
+  explicit ModelRegistration(void (*add)(Registry<ModelFactory>&)) { add(model_registry()); }
+};
+#define RECAST_REGISTER_MODEL(name)                                        \
+  static void register_##name(::recast::Registry<::recast::models::ModelFactory>& r); \
+  static const ::recast::models::ModelRegistration model_registration_##name(&register_##name); \
+  static void register_##name(::recast::Registry<::recast::models::ModelFactory>& r)
 
 // Which registered architecture a config.json describes: transformers'
 // model_type, or timm's architecture.
@@ -184,7 +176,9 @@ bool has_config_value(const nlohmann::json& config, const std::string& arch,
 void apply_overrides(nlohmann::json& config, const std::string& arch,
                      const std::vector<std::string>& sets);
 
-// Builds a model with random weights (smoke tests, benchmarks).
+// Builds a model with random weights (smoke tests, benchmarks): the config is
+// validated against the family's declaration before anything is allocated,
+// and the slots' recast blocks are checked once the model is built.
 ModelPtr create_model(const std::string& arch,
                       const nlohmann::json& config = nlohmann::json::object());
 
@@ -201,11 +195,5 @@ double cfg_double(const nlohmann::json& c, const char* key, std::optional<double
 bool cfg_bool(const nlohmann::json& c, const char* key, std::optional<bool> fallback = {});
 std::string cfg_string(const nlohmann::json& c, const char* key,
                        std::optional<std::string> fallback = {});
-
-// Family registration (called once by model_registry()).
-void register_gpt2(Registry<ModelFactory>& r);
-void register_llama(Registry<ModelFactory>& r);
-void register_resnet(Registry<ModelFactory>& r);
-void register_vit(Registry<ModelFactory>& r);
 
 }  // namespace recast::models

@@ -3,14 +3,10 @@
 // statistics; any input channels and image size. timm's architecture names carry
 // their defaults (resnet18/34: BasicBlock; resnet50/101/152: Bottleneck), which
 // model_args override (num_classes, in_chans, channels, layers).
-// A T-CNN conversion (config "recast_tcnn") puts a ConvAttention in the place
-// of the named block convolutions, under the same name and weight layout; a
-// factorization (config "recast_factorized") puts FactorizedConv2d /
-// FactorizedLinear in the place of the named convolutions and classifier.
+// Every convolution and the classifier are slots (models/slots.h) a recast
+// may fill; the blocks' own convolutions carry the role "block".
 
 #include "recast/core/error.h"
-#include "recast/layers/conv_attention.h"
-#include "recast/layers/factorized.h"
 #include "recast/models/model.h"
 
 #include <torch/torch.h>
@@ -26,46 +22,30 @@ struct ResNetConfig {
   int64_t num_classes, in_chans;
 };
 
-// The recasts a ResNet's layers may carry (from its config).
-struct Recasts {
-  std::optional<layers::TcnnConfig> tcnn;
-  std::optional<layers::FactorizedConfig> factorized;
-};
-
-// A convolution without bias, padded to keep the size at stride 1:
-// nn::Conv2d, or FactorizedConv2d where the config factorizes it.
-nn::AnyModule conv(const Recasts& r, const std::string& name, int64_t in, int64_t out, int64_t k,
-                   int64_t stride) {
-  return layers::conv_slot(r.factorized, name, in, out, k, stride, k / 2, false);
+// A convolution slot without bias, padded to keep the size at stride 1.
+nn::AnyModule conv(Slots& slots, const std::string& name, int64_t in, int64_t out, int64_t k,
+                   int64_t stride, const char* role = "") {
+  Slot s;
+  s.kind = SlotKind::Conv2d, s.name = name, s.role = role, s.in = in, s.out = out;
+  s.kernel = k, s.stride = stride, s.padding = k / 2;
+  return slots.build(s, [&] {
+    return nn::AnyModule(
+        nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false)));
+  });
 }
 
-// A block convolution: as conv(), or ConvAttention where the T-CNN config
-// names it.
-nn::AnyModule block_conv(const Recasts& r, const std::string& name, int64_t in, int64_t out,
-                         int64_t k, int64_t stride) {
-  const auto& tcnn = r.tcnn;
-  if (tcnn && tcnn->converted(name)) {
-    RECAST_CHECK(!(r.factorized && r.factorized->rank(name)), "config: ", quote(name),
-                 " is both recast_tcnn and recast_factorized");
-    layers::ConvAttentionOptions o;
-    o.in = in, o.out = out, o.kernel = k, o.stride = stride, o.alpha = tcnn->alpha,
-    o.qk_dim = tcnn->qk_dim;
-    return nn::AnyModule(layers::ConvAttention(o));
-  }
-  return conv(r, name, in, out, k, stride);
-}
 nn::BatchNorm2d bn(int64_t c) {
   return nn::BatchNorm2d(nn::BatchNorm2dOptions(c).eps(1e-5));
 }
 
 struct BlockImpl : nn::Module {
   BlockImpl(bool is_bottleneck, int64_t in, int64_t planes, int64_t stride, const std::string& name,
-            const Recasts& recasts)
+            Slots& slots)
       : bottleneck(is_bottleneck) {
     const int64_t out = bottleneck ? planes * 4 : planes;
     auto slot = [&](const char* conv_name, nn::AnyModule& into, int64_t i, int64_t o, int64_t k,
                     int64_t s) {
-      into = block_conv(recasts, name + "." + conv_name, i, o, k, s);
+      into = conv(slots, name + "." + conv_name, i, o, k, s, "block");
       register_module(conv_name, into.ptr());
     };
     if (bottleneck) {
@@ -83,7 +63,7 @@ struct BlockImpl : nn::Module {
     }
     if (stride != 1 || in != out) {
       downsample = register_module(
-          "downsample", nn::Sequential(conv(recasts, name + ".downsample.0", in, out, 1, stride), bn(out)));
+          "downsample", nn::Sequential(conv(slots, name + ".downsample.0", in, out, 1, stride), bn(out)));
     }
   }
   at::Tensor forward(const at::Tensor& x) {
@@ -93,56 +73,24 @@ struct BlockImpl : nn::Module {
     return at::relu(y + (downsample ? downsample->forward(x) : x));
   }
   bool bottleneck;
-  nn::AnyModule conv1, conv2, conv3;  // nn::Conv2d or layers::ConvAttention
+  nn::AnyModule conv1, conv2, conv3;  // nn::Conv2d, or a recast's layer
   nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   nn::Sequential downsample{nullptr};
 };
 TORCH_MODULE(Block);
 
-std::vector<int64_t> int_list(const nlohmann::json& args, const char* key,
-                              std::vector<int64_t> fallback, size_t size) {
-  auto it = args.find(key);
-  if (it == args.end() || it->is_null()) return fallback;
-  std::vector<int64_t> out;
-  if (it->is_array()) {
-    for (const auto& v : *it) {
-      if (!v.is_number_integer() || v.get<int64_t>() <= 0) break;
-      out.push_back(v.get<int64_t>());
-    }
-  }
-  if (out.size() != size || out.size() != it->size()) {
-    throw Error(
-        msg("config key '", key, "': expected ", size, " positive integers, found ", it->dump()));
-  }
-  return out;
-}
-
 class ResNet : public Model {
  public:
-  ResNet(const std::string& arch, const nlohmann::json& config, bool bottleneck,
-         std::vector<int64_t> layers)
+  ResNet(const std::string& arch, const nlohmann::json& config, const ConfigSpec& spec,
+         bool bottleneck)
       : Model(arch, config) {
-    const nlohmann::json args = config.value("model_args", nlohmann::json::object());
+    const ConfigView v(config, spec);
     c_.bottleneck = bottleneck;
-    c_.layers = int_list(args, "layers", std::move(layers), 4);
-    c_.channels = int_list(args, "channels", {64, 128, 256, 512}, 4);
-    c_.num_classes = cfg_int(args, "num_classes", cfg_int(config, "num_classes", 1000));
-    c_.in_chans = cfg_int(args, "in_chans", 3);
-    for (const char* key :
-         {"stem_type", "output_stride", "cardinality", "base_width", "avg_down"}) {
-      const auto it = args.find(key);
-      const bool default_value = it == args.end() || it->is_null() ||
-                                 (key == std::string("stem_type") && *it == "") ||
-                                 (key == std::string("output_stride") && *it == 32) ||
-                                 (key == std::string("cardinality") && *it == 1) ||
-                                 (key == std::string("base_width") && *it == 64) ||
-                                 (key == std::string("avg_down") && *it == false);
-      if (!default_value)
-        throw Error(
-            msg("config key '", key, "': only timm's default is supported, found ", it->dump()));
-    }
-    const Recasts recasts{layers::TcnnConfig::from(config), layers::FactorizedConfig::from(config)};
-    conv1 = conv(recasts, "conv1", c_.in_chans, 64, 7, 2);
+    c_.layers = v.ints("layers");
+    c_.channels = v.ints("channels");
+    c_.num_classes = v.i("num_classes");
+    c_.in_chans = v.i("in_chans");
+    conv1 = conv(slots(), "conv1", c_.in_chans, 64, 7, 2);
     register_module("conv1", conv1.ptr());
     bn1 = register_module("bn1", bn(64));
     int64_t in = 64;
@@ -151,20 +99,16 @@ class ResNet : public Model {
       for (int64_t b = 0; b < c_.layers[s]; ++b) {
         const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
         stage->push_back(
-            Block(c_.bottleneck, in, c_.channels[s], stride, msg("layer", s + 1, ".", b), recasts));
+            Block(c_.bottleneck, in, c_.channels[s], stride, msg("layer", s + 1, ".", b), slots()));
         in = c_.bottleneck ? c_.channels[s] * 4 : c_.channels[s];
       }
       stages_.push_back(register_module(msg("layer", s + 1), stage));
     }
-    fc = layers::linear_slot(recasts.factorized, "fc", in, c_.num_classes, true);
-    register_module("fc", fc.ptr());
-    if (recasts.factorized) layers::check_factorized(*recasts.factorized, *this, arch);
-  }
-
-  std::vector<DenseLayer> factorizable_layers() override {
-    std::vector<DenseLayer> out;
-    for (const auto& name : layers::torch_dense_layers(*this)) out.push_back({name, false});
-    return out;
+    Slot head;
+    head.name = "fc", head.in = in, head.out = c_.num_classes, head.bias = true;
+    fc = slots().layer(*this, "fc", head, [&] {
+      return nn::AnyModule(nn::Linear(nn::LinearOptions(head.in, head.out)));
+    });
   }
 
   Task task() const override { return Task::ImageClassification; }
@@ -177,33 +121,27 @@ class ResNet : public Model {
     for (auto& item : named_modules("", false)) {
       if (auto* conv = item.value()->as<nn::Conv2d>()) {
         nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
-      } else if (auto* ca = item.value()->as<layers::ConvAttention>()) {
-        // As the convolution it stands for; the content branch closed.
-        nn::init::kaiming_normal_(ca->weight, 0.0, torch::kFanOut, torch::kReLU);
-        ca->gate.zero_();
-        ca->qk->weight.normal_(0.0, 0.02);
       } else if (auto* norm = item.value()->as<nn::BatchNorm2d>()) {
         const bool last = ends_with(item.key(), c_.bottleneck ? ".bn3" : ".bn2");
         norm->weight.fill_(last ? 0.0 : 1.0);
         norm->bias.zero_();
       } else if (auto* linear = item.value()->as<nn::Linear>()) {
         linear->reset_parameters();
-      } else if (auto* fl = item.value()->as<layers::FactorizedLinear>()) {
-        const double bound = 1.0 / std::sqrt(static_cast<double>(fl->options().in));
-        fl->bias.uniform_(-bound, bound);  // as torch.nn.Linear's
       }
     }
-    // Factorized layers: the spectral factors of the dense layer's init
-    // (Kaiming-normal fan-out convolutions; torch.nn.Linear's uniform).
-    layers::init_factorized_from_dense(*this, [](const std::string&, at::IntArrayRef shape) {
-      at::Tensor w = torch::empty(shape);
-      if (shape.size() == 4) {
-        nn::init::kaiming_normal_(w, 0.0, torch::kFanOut, torch::kReLU);
+    // Layers a recast built start from the dense layer's init:
+    // Kaiming-normal (fan-out) convolutions, torch.nn.Linear's uniform.
+    slots().init_recast_layers([](const Slot& s) {
+      DenseInit d;
+      if (s.kind == SlotKind::Conv2d) {
+        d.weight = torch::empty({s.out, s.in, s.kernel, s.kernel});
+        nn::init::kaiming_normal_(d.weight, 0.0, torch::kFanOut, torch::kReLU);
       } else {
-        const double bound = 1.0 / std::sqrt(static_cast<double>(shape[1]));
-        w.uniform_(-bound, bound);
+        const double bound = 1.0 / std::sqrt(static_cast<double>(s.in));
+        d.weight = torch::empty({s.out, s.in}).uniform_(-bound, bound);
+        d.bias = torch::empty({s.out}).uniform_(-bound, bound);
       }
-      return w;
+      return d;
     });
   }
 
@@ -230,15 +168,65 @@ class ResNet : public Model {
 
  private:
   ResNetConfig c_;
-  nn::AnyModule conv1;  // nn::Conv2d or layers::FactorizedConv2d
+  nn::AnyModule conv1;  // nn::Conv2d, or a recast's layer
   nn::BatchNorm2d bn1{nullptr};
   std::vector<nn::Sequential> stages_;
-  nn::AnyModule fc;  // nn::Linear or layers::FactorizedLinear
+  nn::AnyModule fc;  // nn::Linear, or a recast's layer
 };
+
+// Only timm's default is supported for these model_args keys.
+void check_default(const ConfigView& v, const char* key, const nlohmann::json& expected) {
+  const auto& value = v.raw(key);
+  if (!value.is_null() && value != expected) {
+    throw Error(msg("config key '", key, "': only timm's default is supported, found ", value.dump()));
+  }
+}
+
+ConfigSpec resnet_spec(const std::vector<int64_t>& layers) {
+  ConfigSpec spec;
+  spec.style = ConfigStyle::Timm;
+  ConfigKey list = int_key("layers", layers, 1, 1024);
+  list.type = KeyType::IntList;
+  ConfigKey channels = int_key("channels", std::vector<int64_t>{64, 128, 256, 512}, 1, 1 << 16);
+  channels.type = KeyType::IntList;
+  spec.keys = {list, channels, int_key("num_classes", 1000, 1, 1 << 22), int_key("in_chans", 3, 1, 4096),
+               {"stem_type", KeyType::Any, nullptr}, {"output_stride", KeyType::Any, nullptr},
+               {"cardinality", KeyType::Any, nullptr}, {"base_width", KeyType::Any, nullptr},
+               {"avg_down", KeyType::Any, nullptr},
+               // Accepted, not used: stem_width only shapes timm's deep stems
+               // (refused above); recast trains without dropout.
+               ignored_key("stem_width"), ignored_key("drop_rate"), ignored_key("drop_path_rate"),
+               ignored_key("drop_block_rate"), ignored_key("zero_init_last"),
+               ignored_key("global_pool")};
+  spec.checks.push_back([](const ConfigView& v) {
+    for (const char* key : {"layers", "channels"}) {
+      const auto& value = v.raw(key);
+      if (!value.is_null() && value.size() != 4) {
+        throw Error(msg("config key '", key, "': expected 4 positive integers, found ", value.dump()));
+      }
+    }
+    check_default(v, "stem_type", "");
+    check_default(v, "output_stride", 32);
+    check_default(v, "cardinality", 1);
+    check_default(v, "base_width", 64);
+    check_default(v, "avg_down", false);
+  });
+  spec.parameters = [](const ConfigView& v) {
+    double n = 0, in = 64;
+    const auto ls = v.ints("layers"), cs = v.ints("channels");
+    for (size_t s = 0; s < 4; ++s) {
+      const double c = static_cast<double>(cs[s]);
+      n += static_cast<double>(ls[s]) * (in * c * 9 + c * c * 9 + 4 * c * c);  // bounds both blocks
+      in = 4 * c;
+    }
+    return n + in * static_cast<double>(v.i("num_classes"));
+  };
+  return spec;
+}
 
 }  // namespace
 
-void register_resnet(Registry<ModelFactory>& r) {
+RECAST_REGISTER_MODEL(resnet) {
   struct Arch {
     const char* name;
     bool bottleneck;
@@ -251,9 +239,22 @@ void register_resnet(Registry<ModelFactory>& r) {
     std::string summary =
         msg("ResNet (timm/torchvision layout), ", a.bottleneck ? "Bottleneck" : "BasicBlock",
             " blocks [", a.layers[0], ", ", a.layers[1], ", ", a.layers[2], ", ", a.layers[3], "]");
-    r.add(a.name, summary, {ConfigStyle::Timm, [a](const nlohmann::json& c) {
-                              return std::make_shared<ResNet>(a.name, c, a.bottleneck, a.layers);
-                            }});
+    ModelFactory f;
+    f.style = ConfigStyle::Timm;
+    f.spec = resnet_spec(a.layers);
+    f.make = [a, spec = f.spec](const nlohmann::json& c) {
+      return std::make_shared<ResNet>(a.name, c, spec, a.bottleneck);
+    };
+    f.tasks = {Task::ImageClassification};
+    f.heads = {"fc."};
+    f.fit = [](const DataFacts& d, bool head_only) {
+      std::vector<std::pair<std::string, nlohmann::json>> out = {
+          {"num_classes", static_cast<int64_t>(d.classes.size())}};
+      if (!head_only) out.emplace_back("in_chans", d.channels);
+      return out;
+    };
+    f.tiny = {{"model_args", {{"channels", {4, 8, 8, 8}}, {"num_classes", 3}}}};
+    r.add(a.name, summary, f);
   }
 }
 

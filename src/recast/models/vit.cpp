@@ -5,7 +5,6 @@
 // depth, embed_dim, num_heads, in_chans, num_classes, mlp_ratio, qkv_bias).
 
 #include "recast/core/error.h"
-#include "recast/layers/factorized.h"
 #include "recast/models/model.h"
 #include "recast/ops/attention.h"
 
@@ -22,54 +21,65 @@ struct VitConfig {
   int64_t img_h, img_w, patch, in_chans, num_classes, width, depth, heads, hidden;
   bool qkv_bias;
   double eps = 1e-6;
-  std::optional<layers::FactorizedConfig> factorized;  // low-rank projections
 };
 
 nn::LayerNorm layer_norm(const VitConfig& c) {
   return nn::LayerNorm(nn::LayerNormOptions({c.width}).eps(c.eps));
 }
 
-// A Linear (or FactorizedLinear where the config names it) registered as `name`.
-nn::AnyModule linear(nn::Module& parent, const VitConfig& c, const std::string& prefix,
-                     const char* name, int64_t in, int64_t out, bool bias) {
-  nn::AnyModule m = layers::linear_slot(c.factorized, prefix + name, in, out, bias);
-  parent.register_module(name, m.ptr());
-  return m;
+// A Linear slot registered on `parent` as `local`.
+nn::AnyModule linear(Slots& slots, nn::Module& parent, const std::string& prefix,
+                     const char* local, int64_t in, int64_t out, bool bias) {
+  Slot s;
+  s.name = prefix + local, s.in = in, s.out = out, s.bias = bias;
+  return slots.layer(parent, local, s, [&] {
+    return nn::AnyModule(nn::Linear(nn::LinearOptions(in, out).bias(bias)));
+  });
 }
 
 struct AttentionImpl : nn::Module {
-  AttentionImpl(const VitConfig& c, const std::string& prefix) : heads(c.heads) {
-    qkv = linear(*this, c, prefix, "qkv", c.width, 3 * c.width, c.qkv_bias);
-    proj = linear(*this, c, prefix, "proj", c.width, c.width, true);
+  AttentionImpl(const VitConfig& c, const std::string& prefix, int64_t layer, Slots& slots)
+      : heads(c.heads) {
+    qkv = linear(slots, *this, prefix, "qkv", c.width, 3 * c.width, c.qkv_bias);
+    proj = linear(slots, *this, prefix, "proj", c.width, c.width, true);
+    Slot s;
+    s.name = prefix.substr(0, prefix.size() - 1);  // "blocks.N.attn"
+    s.attention.layer = layer, s.attention.heads = s.attention.kv_heads = c.heads;
+    s.attention.head_dim = c.width / c.heads;
+    s.attention.scale = 1.0 / std::sqrt(static_cast<double>(c.width / c.heads));
+    s.query = {prefix + "qkv", 0}, s.key = {prefix + "qkv", c.width};
+    s.value = {prefix + "qkv", 2 * c.width}, s.output = prefix + "proj";
+    core = slots.attention(*this, s);
   }
   at::Tensor forward(const at::Tensor& x) {
     const int64_t b = x.size(0), n = x.size(1), w = x.size(2), d = w / heads;
     at::Tensor t = qkv.forward(x).reshape({b, n, 3, heads, d}).permute({2, 0, 3, 1, 4});
-    at::Tensor y = ops::attention(t[0], t[1], t[2], ops::AttentionMask{});
+    at::Tensor y = core->forward(t[0], t[1], t[2], ops::AttentionMask{}, nullptr);
     return proj.forward(y.transpose(1, 2).reshape({b, n, w}));
   }
   int64_t heads;
-  nn::AnyModule qkv, proj;  // nn::Linear or layers::FactorizedLinear
+  nn::AnyModule qkv, proj;  // nn::Linear, or a recast's layer
+  std::shared_ptr<layers::AttentionCoreImpl> core;
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : nn::Module {
-  MlpImpl(const VitConfig& c, const std::string& prefix) {
-    fc1 = linear(*this, c, prefix, "fc1", c.width, c.hidden, true);
-    fc2 = linear(*this, c, prefix, "fc2", c.hidden, c.width, true);
+  MlpImpl(const VitConfig& c, const std::string& prefix, Slots& slots) {
+    fc1 = linear(slots, *this, prefix, "fc1", c.width, c.hidden, true);
+    fc2 = linear(slots, *this, prefix, "fc2", c.hidden, c.width, true);
   }
   at::Tensor forward(const at::Tensor& x) { return fc2.forward(at::gelu(fc1.forward(x))); }
-  nn::AnyModule fc1, fc2;  // nn::Linear or layers::FactorizedLinear
+  nn::AnyModule fc1, fc2;  // nn::Linear, or a recast's layer
 };
 TORCH_MODULE(Mlp);
 
 struct BlockImpl : nn::Module {
-  BlockImpl(const VitConfig& c, int64_t index) {
+  BlockImpl(const VitConfig& c, int64_t index, Slots& slots) {
     const std::string prefix = msg("blocks.", index, ".");
     norm1 = register_module("norm1", layer_norm(c));
-    attn = register_module("attn", Attention(c, prefix + "attn."));
+    attn = register_module("attn", Attention(c, prefix + "attn.", index, slots));
     norm2 = register_module("norm2", layer_norm(c));
-    mlp = register_module("mlp", Mlp(c, prefix + "mlp."));
+    mlp = register_module("mlp", Mlp(c, prefix + "mlp.", slots));
   }
   at::Tensor forward(at::Tensor x) {
     x = x + attn(norm1(x));
@@ -95,67 +105,52 @@ struct Defaults {
   int64_t width, depth, heads;
 };
 
+// Resample outside [-2, 2] (absolute, as timm's trunc_normal_ defaults).
+void trunc_normal(at::Tensor t, double std) {
+  t.normal_(0.0, std);
+  for (at::Tensor bad = t.abs() > 2.0; bad.any().item<bool>(); bad = t.abs() > 2.0) {
+    t.masked_scatter_(bad, at::empty_like(t).normal_(0.0, std).masked_select(bad));
+  }
+}
+
+// img_size: an integer or [H, W] (default 224).
+std::pair<int64_t, int64_t> image_size(const ConfigView& v) {
+  const auto& size = v.raw("img_size");
+  if (size.is_null()) return {224, 224};
+  if (size.is_number_integer() && size.get<int64_t>() > 0 && size.get<int64_t>() <= (1 << 16)) {
+    return {size.get<int64_t>(), size.get<int64_t>()};
+  }
+  if (size.is_array() && size.size() == 2 && size[0].is_number_integer() &&
+      size[1].is_number_integer() && size[0].get<int64_t>() > 0 && size[1].get<int64_t>() > 0 &&
+      size[0].get<int64_t>() <= (1 << 16) && size[1].get<int64_t>() <= (1 << 16)) {
+    return {size[0].get<int64_t>(), size[1].get<int64_t>()};
+  }
+  throw Error(msg("config key 'img_size': expected an integer or [H, W] in [1, 65536], found ",
+                  size.dump()));
+}
+
 class Vit : public Model {
  public:
-  Vit(const Defaults& d, const nlohmann::json& config) : Model(d.name, config) {
-    const nlohmann::json args = config.value("model_args", nlohmann::json::object());
-    auto size = args.find("img_size");
-    if (size == args.end() || size->is_null()) {
-      c_.img_h = c_.img_w = 224;
-    } else if (size->is_number_integer() && size->get<int64_t>() > 0) {
-      c_.img_h = c_.img_w = size->get<int64_t>();
-    } else if (size->is_array() && size->size() == 2 && (*size)[0].is_number_integer() &&
-               (*size)[1].is_number_integer() && (*size)[0].get<int64_t>() > 0 &&
-               (*size)[1].get<int64_t>() > 0) {
-      c_.img_h = (*size)[0].get<int64_t>();
-      c_.img_w = (*size)[1].get<int64_t>();
-    } else {
-      throw Error(
-          msg("config key 'img_size': expected an integer or [H, W], found ", size->dump()));
-    }
-    c_.patch = cfg_int(args, "patch_size", 16);
-    c_.in_chans = cfg_int(args, "in_chans", 3);
-    c_.num_classes = cfg_int(args, "num_classes", cfg_int(config, "num_classes", 1000));
-    c_.width = cfg_int(args, "embed_dim", d.width);
-    c_.depth = cfg_int(args, "depth", d.depth);
-    c_.heads = cfg_int(args, "num_heads", d.heads);
-    c_.hidden =
-        static_cast<int64_t>(static_cast<double>(c_.width) * cfg_double(args, "mlp_ratio", 4.0));
-    c_.qkv_bias = cfg_bool(args, "qkv_bias", true);
-    c_.factorized = layers::FactorizedConfig::from(config);
-    RECAST_CHECK(c_.width % c_.heads == 0, "config: embed_dim ", c_.width,
-                 " is not a multiple of num_heads ", c_.heads);
-    RECAST_CHECK(c_.img_h % c_.patch == 0 && c_.img_w % c_.patch == 0, "config: img_size ",
-                 c_.img_h, "x", c_.img_w, " is not a multiple of patch_size ", c_.patch);
-    for (const char* key : {"class_token", "no_embed_class", "pre_norm", "dynamic_img_size"}) {
-      bool expected = key == std::string("class_token");
-      if (cfg_bool(args, key, expected) != expected) {
-        throw Error(msg("config key '", key, "': only timm's default (",
-                        expected ? "true" : "false", ") is supported"));
-      }
-    }
-    std::string pool = cfg_string(args, "global_pool", cfg_string(config, "global_pool", "token"));
-    if (pool != "token")
-      throw Error(msg("config key 'global_pool': only 'token' is supported, found ", quote(pool)));
+  Vit(const Defaults& d, const nlohmann::json& config, const ConfigSpec& spec)
+      : Model(d.name, config) {
+    const ConfigView v(config, spec);
+    std::tie(c_.img_h, c_.img_w) = image_size(v);
+    c_.patch = v.i("patch_size");
+    c_.in_chans = v.i("in_chans");
+    c_.num_classes = v.i("num_classes");
+    c_.width = v.i("embed_dim");
+    c_.depth = v.i("depth");
+    c_.heads = v.i("num_heads");
+    c_.hidden = static_cast<int64_t>(static_cast<double>(c_.width) * v.d("mlp_ratio"));
+    c_.qkv_bias = v.b("qkv_bias");
     const int64_t patches = (c_.img_h / c_.patch) * (c_.img_w / c_.patch);
     patch_embed = register_module("patch_embed", PatchEmbed(c_));
     cls_token = register_parameter("cls_token", torch::zeros({1, 1, c_.width}));
     pos_embed = register_parameter("pos_embed", torch::randn({1, patches + 1, c_.width}) * 0.02);
     blocks = register_module("blocks", nn::ModuleList());
-    for (int64_t i = 0; i < c_.depth; ++i) blocks->push_back(Block(c_, i));
+    for (int64_t i = 0; i < c_.depth; ++i) blocks->push_back(Block(c_, i, slots()));
     norm = register_module("norm", layer_norm(c_));
-    head = layers::linear_slot(c_.factorized, "head", c_.width, c_.num_classes, true);
-    register_module("head", head.ptr());
-    if (c_.factorized) layers::check_factorized(*c_.factorized, *this, d.name);
-  }
-
-  // The blocks' four projections and the classifier (not the patch embedding).
-  std::vector<DenseLayer> factorizable_layers() override {
-    std::vector<DenseLayer> out;
-    for (const auto& name : layers::torch_dense_layers(*this)) {
-      if (name.rfind("patch_embed.", 0) != 0) out.push_back({name, false});
-    }
-    return out;
+    head = linear(slots(), *this, "", "head", c_.width, c_.num_classes, true);
   }
 
   Task task() const override { return Task::ImageClassification; }
@@ -165,13 +160,6 @@ class Vit : public Model {
   // embedding keeps torch's Conv2d init.
   void init_weights() override {
     torch::NoGradGuard no_grad;
-    auto trunc_normal = [](at::Tensor t, double std) {
-      // Resample outside [-2, 2] (absolute, as timm's trunc_normal_ defaults).
-      t.normal_(0.0, std);
-      for (at::Tensor bad = t.abs() > 2.0; bad.any().item<bool>(); bad = t.abs() > 2.0) {
-        t.masked_scatter_(bad, at::empty_like(t).normal_(0.0, std).masked_select(bad));
-      }
-    };
     for (auto& item : named_modules("", false)) {
       if (auto* linear = item.value()->as<nn::Linear>()) {
         trunc_normal(linear->weight, 0.02);
@@ -181,15 +169,13 @@ class Vit : public Model {
         ln->bias.zero_();
       } else if (auto* conv = item.value()->as<nn::Conv2d>()) {
         conv->reset_parameters();
-      } else if (auto* fl = item.value()->as<layers::FactorizedLinear>()) {
-        if (fl->bias.defined()) fl->bias.zero_();
       }
     }
-    // Factorized projections: the spectral factors of the dense init.
-    layers::init_factorized_from_dense(*this, [&](const std::string&, at::IntArrayRef shape) {
-      at::Tensor w = torch::empty(shape);
+    // Layers a recast built start from the dense init.
+    slots().init_recast_layers([](const Slot& s) {
+      at::Tensor w = torch::empty({s.out, s.in});
       trunc_normal(w, 0.02);
-      return w;
+      return DenseInit{w, s.bias ? torch::zeros({s.out}) : at::Tensor()};
     });
     trunc_normal(pos_embed, 0.02);
     cls_token.normal_(0.0, 1e-6);
@@ -225,21 +211,82 @@ class Vit : public Model {
   at::Tensor cls_token, pos_embed;
   nn::ModuleList blocks{nullptr};
   nn::LayerNorm norm{nullptr};
-  nn::AnyModule head;  // nn::Linear or layers::FactorizedLinear
+  nn::AnyModule head;  // nn::Linear, or a recast's layer
 };
+
+ConfigSpec vit_spec(const Defaults& d) {
+  ConfigSpec spec;
+  spec.style = ConfigStyle::Timm;
+  spec.keys = {{"img_size", KeyType::Any, nullptr},
+               int_key("patch_size", 16, 1, 1 << 16),
+               int_key("in_chans", 3, 1, 4096),
+               int_key("num_classes", 1000, 1, 1 << 22),
+               int_key("embed_dim", d.width, 1, 1 << 16),
+               int_key("depth", d.depth, 1, 4096),
+               int_key("num_heads", d.heads, 1, 4096),
+               double_key("mlp_ratio", 4.0, 1e-3, 64),
+               bool_key("qkv_bias", true),
+               bool_key("class_token", true),
+               bool_key("no_embed_class", false),
+               bool_key("pre_norm", false),
+               bool_key("dynamic_img_size", false),
+               string_key("global_pool", "token", {"token"}),
+               // Accepted, not used: recast trains without dropout.
+               ignored_key("drop_rate"), ignored_key("pos_drop_rate"),
+               ignored_key("patch_drop_rate"), ignored_key("proj_drop_rate"),
+               ignored_key("attn_drop_rate"), ignored_key("drop_path_rate")};
+  spec.checks.push_back([](const ConfigView& v) {
+    RECAST_CHECK(v.i("embed_dim") % v.i("num_heads") == 0, "config key 'num_heads': embed_dim ",
+                 v.i("embed_dim"), " is not a multiple of num_heads ", v.i("num_heads"));
+    const auto [h, w] = image_size(v);
+    RECAST_CHECK(h % v.i("patch_size") == 0 && w % v.i("patch_size") == 0,
+                 "config key 'img_size': ", h, "x", w, " is not a multiple of patch_size ",
+                 v.i("patch_size"));
+    for (const char* key : {"class_token", "no_embed_class", "pre_norm", "dynamic_img_size"}) {
+      const bool expected = key == std::string("class_token");
+      if (v.b(key) != expected) {
+        throw Error(msg("config key '", key, "': only timm's default (", expected ? "true" : "false",
+                        ") is supported"));
+      }
+    }
+  });
+  spec.parameters = [](const ConfigView& v) {
+    const double w = static_cast<double>(v.i("embed_dim"));
+    const auto [h, wd] = image_size(v);
+    const double patches = static_cast<double>(h / v.i("patch_size")) * static_cast<double>(wd / v.i("patch_size"));
+    return static_cast<double>(v.i("depth")) * (4 * w * w + 2 * w * w * v.d("mlp_ratio")) +
+           (patches + 1) * w + w * static_cast<double>(v.i("num_classes"));
+  };
+  return spec;
+}
 
 }  // namespace
 
-void register_vit(Registry<ModelFactory>& r) {
+RECAST_REGISTER_MODEL(vit) {
   for (const Defaults& d :
        {Defaults{"vit_tiny_patch16_224", 192, 12, 3}, Defaults{"vit_small_patch16_224", 384, 12, 6},
         Defaults{"vit_base_patch16_224", 768, 12, 12},
         Defaults{"vit_large_patch16_224", 1024, 24, 16}}) {
-    r.add(
-        d.name,
-        msg("ViT (timm layout), ", d.width, " wide, ", d.depth, " blocks, ", d.heads,
-            " heads, patch 16"),
-        {ConfigStyle::Timm, [d](const nlohmann::json& c) { return std::make_shared<Vit>(d, c); }});
+    ModelFactory f;
+    f.style = ConfigStyle::Timm;
+    f.spec = vit_spec(d);
+    f.make = [d, spec = f.spec](const nlohmann::json& c) { return std::make_shared<Vit>(d, c, spec); };
+    f.tasks = {Task::ImageClassification};
+    f.heads = {"head."};
+    f.fit = [](const DataFacts& data, bool head_only) {
+      std::vector<std::pair<std::string, nlohmann::json>> out = {
+          {"num_classes", static_cast<int64_t>(data.classes.size())}};
+      if (head_only) return out;
+      out.emplace_back("in_chans", data.channels);
+      out.emplace_back("img_size", nlohmann::json::array({data.height, data.width}));
+      return out;
+    };
+    f.tiny = {{"model_args",
+               {{"img_size", 32}, {"depth", 2}, {"embed_dim", 32}, {"num_heads", 4}, {"num_classes", 3}}}};
+    r.add(d.name,
+          msg("ViT (timm layout), ", d.width, " wide, ", d.depth, " blocks, ", d.heads,
+              " heads, patch 16"),
+          f);
   }
 }
 

@@ -44,16 +44,20 @@ at::Tensor distillation_kl(const at::Tensor& student_logits, const at::Tensor& t
   return kl * (temperature * temperature);
 }
 
-at::Tensor Objective::operator()(const at::Tensor& logits, const Example& ex) const {
-  at::Tensor task_loss = task == models::Task::CausalLM ? causal_lm_loss(logits, ex.labels)
-                                                        : classification_loss(logits, ex.labels);
-  if (!teacher) return task_loss;
+at::Tensor TaskObjective::operator()(const at::Tensor& logits, const Example& ex) const {
+  at::Tensor task_loss = task_ == models::Task::CausalLM ? causal_lm_loss(logits, ex.labels)
+                                                         : classification_loss(logits, ex.labels);
+  if (!teacher_) return task_loss;
   at::Tensor teacher_logits;
   {
     torch::NoGradGuard no_grad;
-    teacher_logits = teacher->forward(ex.inputs);
+    teacher_logits = teacher_->forward(ex.inputs);
   }
-  return alpha * distillation_kl(logits, teacher_logits, temperature) + (1.0 - alpha) * task_loss;
+  return alpha_ * distillation_kl(logits, teacher_logits, temperature_) + (1.0 - alpha_) * task_loss;
+}
+
+at::Tensor TaskObjective::loss(models::Model& model, const Example& ex) {
+  return (*this)(model.forward(ex.inputs), ex);
 }
 
 nlohmann::json EvalResult::to_json() const {

@@ -26,13 +26,29 @@ at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& label
 at::Tensor distillation_kl(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                            double temperature);
 
-// The training loss for a batch: the task's loss, and with a teacher
+// What a training run minimises. An objective runs the model's forward on a
+// batch and returns the loss; the trainer knows no particular one.
+class Objective {
+ public:
+  virtual ~Objective() = default;
+  virtual at::Tensor loss(models::Model& model, const Example& ex) = 0;
+};
+
+// The task's loss (causal LM or classification), and with a teacher
 // alpha * distillation + (1 - alpha) * task loss.
-struct Objective {
-  models::Task task = models::Task::CausalLM;
-  models::Model* teacher = nullptr;
-  double alpha = 0.5, temperature = 2.0;
+class TaskObjective : public Objective {
+ public:
+  TaskObjective(models::Task task, models::Model* teacher = nullptr, double alpha = 0.5,
+                double temperature = 2.0)
+      : task_(task), teacher_(teacher), alpha_(alpha), temperature_(temperature) {}
+  at::Tensor loss(models::Model& model, const Example& ex) override;
+  // The loss of logits the caller computed.
   at::Tensor operator()(const at::Tensor& logits, const Example& ex) const;
+
+ private:
+  models::Task task_;
+  models::Model* teacher_;
+  double alpha_, temperature_;
 };
 
 struct EvalOptions {

@@ -1,9 +1,13 @@
 #pragma once
 
 // The training loop every verb shares (pretrain, finetune, and the recasts'
-// fine-tuning): AdamW with parameter groups, cosine schedule with warmup,
-// clipping, gradient accumulation, bf16 autocast on CUDA, freezing by name,
-// periodic evaluation, and atomic checkpoints that make --resume exact.
+// own training, such as T2R's attention transfer): AdamW with parameter
+// groups, cosine schedule with warmup, clipping, gradient accumulation, bf16
+// autocast on CUDA, freezing by name, periodic evaluation, and atomic
+// checkpoints (train/checkpoint.h) that make --resume exact. What it
+// minimises is an Objective (train/objectives.h); what recasts add
+// (penalties, parameter groups, statistics) comes through TrainHooks
+// (train/hooks.h); the ranks talk through a Communicator (train/comm.h).
 //
 // OUT/
 //   config.json, model.safetensors, tokenizer, recast_manifest.json   (at the end)
@@ -17,14 +21,19 @@
 
 #include "recast/io/tokenizer.h"
 #include "recast/models/model.h"
+#include "recast/train/checkpoint.h"
+#include "recast/train/comm.h"
 #include "recast/train/data.h"
+#include "recast/train/hooks.h"
 #include "recast/train/objectives.h"
 
 #include <c10/core/Device.h>
 #include <nlohmann/json.hpp>
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace recast::train {
 
@@ -37,11 +46,6 @@ struct TrainOptions {
   double min_lr_ratio = 0.1;
   int64_t warmup = -1;  // -1: min(100, steps / 10)
   double weight_decay = 0.1;
-  // Frobenius decay (Khodak et al.): (lambda/2) ||U V^T||_F^2 on every
-  // factorized layer, through the r x r Gram form; with fd_attention also on
-  // each head's W_Q W_K^T and W_V W_O. Those factors get no weight decay.
-  double frobenius_decay = 0;
-  bool fd_attention = false;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double clip = 1.0;  // <= 0: no clipping
   int64_t save_every = 0;  // 0: only at the end (and on a signal)
@@ -56,9 +60,18 @@ struct TrainOptions {
   c10::Device device = c10::kCPU;
   bool bf16 = false;  // autocast (CUDA only)
   bool progress = true;
-  // Distillation from a teacher's logits.
+  // Distillation from a teacher's logits (with the default objective).
   models::ModelPtr teacher;
   double distill_alpha = 0.5, temperature = 2.0;
+  // What the run minimises; null: the model's task loss (with the teacher's
+  // distillation when there is one).
+  std::shared_ptr<Objective> objective;
+  // What recasts add to the run, and the values of their training options
+  // (part of the resume fingerprint, under their keys).
+  std::vector<std::shared_ptr<TrainHook>> hooks;
+  nlohmann::json hook_options = nlohmann::json::object();
+  std::string label = "train";  // the progress bar's
+  std::shared_ptr<Communicator> comm;  // null: from the environment (dist_env)
 };
 
 struct TrainRun {
@@ -75,17 +88,5 @@ struct TrainResult {
 
 TrainResult train(models::Model& model, const Dataset& train_data, const Dataset* val_data,
                   const TrainOptions& options, const TrainRun& run);
-
-// The process group torchrun describes: RANK, WORLD_SIZE, LOCAL_RANK,
-// MASTER_ADDR, MASTER_PORT (absent: a single process). Malformed values are
-// errors naming the variable.
-struct DistEnv {
-  int rank = 0, world_size = 1, local_rank = 0;
-  std::string master_addr, master_port;
-};
-DistEnv dist_env();
-
-// The newest complete checkpoint under OUT/checkpoints ("" when none).
-std::string latest_checkpoint(const std::string& out);
 
 }  // namespace recast::train

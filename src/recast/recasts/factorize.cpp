@@ -18,7 +18,9 @@
 // layer's outputs rather than its weights, and every rule above reads the
 // output energy instead of the weight's.
 
-#include "recast/recipes/recipe.h"
+#include "recast/recasts/factorize.h"
+#include "recast/recasts/recast.h"
+#include "recast/train/hooks.h"
 
 #include "recast/core/error.h"
 
@@ -32,8 +34,10 @@
 #include <optional>
 #include <set>
 
-namespace recast::recipes {
+namespace recast::recasts {
 namespace {
+
+constexpr const char* kKey = "recast_factorized";
 
 // Numbers as `recast inspect` counts them: every stored tensor's elements.
 int64_t stored_elements(const models::Model& m) {
@@ -69,20 +73,6 @@ void assemble(const models::Model& from, models::Model& to,
     RECAST_CHECK(dropped.count(kv.first), "recipe ", recipe, ": tensor ", quote(kv.first),
                  " of the source has no place in the converted model");
   }
-}
-
-// The whole model's output on the probe, before and after.
-nlohmann::json output_change(models::Model& before_model, models::Model& after_model,
-                             const models::Batch& probe) {
-  torch::NoGradGuard no_grad;
-  before_model.eval();
-  after_model.eval();
-  const at::Tensor before = before_model.forward(probe).to(at::kDouble);
-  const at::Tensor after = after_model.forward(probe).to(at::kDouble);
-  const at::Tensor diff = after - before;
-  return {{"max_abs", diff.abs().max().item<double>()},
-          {"relative", (diff.norm() / before.norm().clamp_min(1e-300)).item<double>()},
-          {"same_argmax", after.argmax(-1).eq(before.argmax(-1)).to(at::kDouble).mean().item<double>()}};
 }
 
 struct Layer {
@@ -129,7 +119,7 @@ models::ModelPtr factorized_copy(
                 source_tensors.at(l.name + ".weight").scalar_type());
   }
   nlohmann::json config = source.config();
-  config["recast_factorized"] = fc.to_json();
+  config[kKey] = fc.to_json();
   models::ModelPtr model = models::create_model(source.arch(), config);
   assemble(source, *model, tensors, dropped, "factorize");
   model->set_metadata(source.metadata());
@@ -212,19 +202,41 @@ std::string human(double v) {
 }
 
 Conversion factorize(models::Model& source, const RecipeOptions& o) {
-  if (source.config().contains("recast_factorized")) {
+  const int64_t recalibrate = o.values.value("recalibrate_bn", int64_t{0});
+  const int64_t whiten = o.values.value("whiten", int64_t{0});
+  if (recalibrate < 0 || (recalibrate > 0 && !o.training_batches)) {
+    throw UsageError(msg("--recalibrate-bn ", recalibrate,
+                         ": expected N >= 1 batches with --recipe factorize and --data (images)"));
+  }
+  if (recalibrate > 0 && source.task() != models::Task::ImageClassification) {
+    throw UsageError("--recalibrate-bn: re-estimates BatchNorm statistics of image models; "
+                     "this model reads text");
+  }
+  if (whiten < 0 || (whiten > 0 && !o.training_batches)) {
+    throw UsageError(msg("--whiten ", whiten,
+                         ": expected N >= 1 batches with --recipe factorize and --data"));
+  }
+  if (o.values.contains("whiten_damp") && (whiten <= 0 || !(o.values["whiten_damp"].get<double>() >= 0))) {
+    throw UsageError(msg("--whiten-damp ", o.values["whiten_damp"].get<double>(),
+                         ": expected a value >= 0, with --whiten N"));
+  }
+  const std::vector<models::Batch> whitening =
+      whiten > 0 ? o.training_batches(whiten) : std::vector<models::Batch>{};
+  const std::vector<models::Batch> calibration =
+      recalibrate > 0 ? o.training_batches(recalibrate) : std::vector<models::Batch>{};
+  if (source.config().contains(kKey)) {
     throw UsageError("recipe factorize: the model is already factorized (config has "
                      "recast_factorized); merge it first (--recipe merge)");
   }
   std::map<std::string, bool> offered;
   std::vector<std::string> names;
-  for (const auto& d : source.factorizable_layers()) {
+  for (const auto& d : factorizable_layers(source)) {
     offered[d.name] = d.transposed;
     names.push_back(d.name);
   }
   if (names.empty()) {
     throw UsageError(msg("recipe factorize: ", source.arch(),
-                         " has no layers it can factorize (supported: gpt2, resnet18 ... resnet152)"));
+                         " has no dense linear or convolution slots to factorize"));
   }
   const int rules = static_cast<int>(o.values.contains("rank_ratio")) +
                     static_cast<int>(o.values.contains("energy")) +
@@ -256,9 +268,9 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
     ls.push_back(std::move(l));
   }
   const double damp = o.values.value("whiten_damp", 0.01);
-  if (!o.whitening.empty()) {
+  if (!whitening.empty()) {
     if (!(damp >= 0)) throw UsageError(msg("--whiten-damp: expected >= 0, found ", damp));
-    const auto grams = input_grams(source, ls, o.whitening);
+    const auto grams = input_grams(source, ls, whitening);
     for (auto& l : ls) {
       l.gram = grams.at(l.name);
       l.whitened = layers::whitened_spectrum(l.matrix, l.gram, damp);
@@ -307,7 +319,7 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   std::string table = msg("factorize (", rule, "): ", fc.layers.size(), " of ", ls.size(),
                           " selected layers factorized\n");
   char line[256];
-  const bool whitened = !o.whitening.empty();
+  const bool whitened = !whitening.empty();
   std::snprintf(line, sizeof line, "%-30s %-9s %6s %9s %9s %9s %9s %10s %10s", "layer", "kind",
                 "rank", "of", "params", "->", "FLOPs/pos", "->", "rel error");
   table += line;
@@ -387,18 +399,18 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
   table += line;
   nlohmann::json change, recalibrated;
   const bool probed = o.probe.input_ids.defined() || o.probe.pixel_values.defined();
-  if (!o.calibration.empty()) {
+  if (!calibration.empty()) {
     nlohmann::json before;
     if (probed) before = output_change(source, *model, o.probe);
-    const int64_t norms = recalibrate_batchnorm(*model, o.calibration);
+    const int64_t norms = recalibrate_batchnorm(*model, calibration);
     if (norms == 0) {
       throw UsageError(msg("--recalibrate-bn: ", source.arch(), " has no BatchNorm layers"));
     }
     recalibrated = {{"batchnorm_layers", norms},
-                    {"batches", o.calibration.size()},
+                    {"batches", calibration.size()},
                     {"logits_change_before", before}};
     table += msg("BatchNorm statistics re-estimated in ", norms, " layers on ",
-                 o.calibration.size(), " training batches\n");
+                 calibration.size(), " training batches\n");
   }
   if (probed) change = output_change(source, *model, o.probe);
   c.table = table;
@@ -407,10 +419,10 @@ Conversion factorize(models::Model& source, const RecipeOptions& o) {
     if (o.values.contains(key)) options[key] = o.values[key];
   }
   if (whitened) {
-    options["whiten"] = o.whitening.size();
+    options["whiten"] = whitening.size();
     options["whiten_damp"] = damp;
   }
-  if (!o.calibration.empty()) options["recalibrate_bn"] = o.calibration.size();
+  if (!calibration.empty()) options["recalibrate_bn"] = calibration.size();
   c.manifest = {{"recipe", "factorize"},
                 {"rule", rule},
                 {"options", options},
@@ -437,10 +449,10 @@ Conversion merge(models::Model& source, const RecipeOptions& o) {
     throw UsageError("recipe merge: --layers is not supported; merge multiplies every factorized layer back");
   }
   nlohmann::json config = source.config();
-  config.erase("recast_factorized");
+  config.erase(kKey);
   models::ModelPtr model = models::create_model(source.arch(), config);
   std::map<std::string, bool> transposed;
-  for (const auto& d : model->factorizable_layers()) transposed[d.name] = d.transposed;
+  for (const auto& d : factorizable_layers(*model)) transposed[d.name] = d.transposed;
   std::map<std::string, at::Tensor> dense;
   std::set<std::string> dropped;
   Conversion c;
@@ -494,14 +506,240 @@ Conversion merge(models::Model& source, const RecipeOptions& o) {
   return c;
 }
 
+
+// ---------------------------------------------------------------- slots
+
+class FactorizedFiller : public models::SlotFiller {
+ public:
+  explicit FactorizedFiller(layers::FactorizedConfig c) : c_(std::move(c)) {}
+  bool claims(const models::Slot& s) const override {
+    return (s.kind == models::SlotKind::Linear || s.kind == models::SlotKind::Conv2d) &&
+           c_.rank(s.name).has_value();
+  }
+  torch::nn::AnyModule build(const models::Slot& s) const override {
+    const int64_t rank = *c_.rank(s.name);
+    if (s.kind == models::SlotKind::Linear) {
+      layers::FactorizedLinearOptions o;
+      o.in = s.in, o.out = s.out, o.rank = rank, o.bias = s.bias;
+      return torch::nn::AnyModule(layers::FactorizedLinear(o));
+    }
+    layers::FactorizedConv2dOptions o;
+    o.in = s.in, o.out = s.out, o.rank = rank, o.bias = s.bias;
+    o.kernel = {s.kernel, s.kernel}, o.stride = {s.stride, s.stride}, o.padding = {s.padding, s.padding};
+    return torch::nn::AnyModule(layers::FactorizedConv2d(o));
+  }
+  // The spectral factors of the dense layer's init.
+  void init(const models::Slot&, torch::nn::Module& layer, const models::DenseInitFn& dense) const override {
+    if (auto* l = layer.as<layers::FactorizedLinear>()) {
+      models::Slot s;
+      s.name = "", s.in = l->options().in, s.out = l->options().out, s.bias = l->options().bias;
+      init_from(*l, dense, s);
+    } else if (auto* c = layer.as<layers::FactorizedConv2d>()) {
+      models::Slot s;
+      s.kind = models::SlotKind::Conv2d, s.in = c->options().in, s.out = c->options().out;
+      s.kernel = c->options().kernel[0], s.bias = c->options().bias;
+      init_from(*c, dense, s);
+    }
+  }
+  void check_placed(const std::vector<const models::Slot*>& claimed,
+                    const std::vector<models::Slot>& offered) const override {
+    for (const auto& [name, rank] : c_.layers) {
+      bool found = false;
+      for (const auto* s : claimed) found = found || s->name == name;
+      if (found) continue;
+      bool exists = false;
+      for (const auto& s : offered) exists = exists || s.name == name;
+      throw Error(exists ? msg("config key 'recast_factorized': cannot factorize ", quote(name))
+                         : msg("config key 'recast_factorized': the model has no module ", quote(name)));
+    }
+  }
+
+ private:
+  template <typename Layer>
+  static void init_from(Layer& l, const models::DenseInitFn& dense, const models::Slot& s) {
+    const models::DenseInit d = dense(s);
+    l.set_from_dense(d.weight);
+    if (l.bias.defined() && d.bias.defined()) l.bias.copy_(d.bias);
+  }
+  layers::FactorizedConfig c_;
+};
+
+// ---------------------------------------------------------------- Frobenius decay
+
+// (lambda/2) sum ||U V^T||_F^2 over every factorized layer (and with
+// --fd-attention each head's W_Q W_K^T and W_V W_O), in the Gram form, once
+// per step; those factors get no weight decay.
+class FrobeniusDecay : public train::TrainHook {
+ public:
+  FrobeniusDecay(double lambda, bool attention) : lambda_(lambda), attention_(attention) {}
+  std::string name() const override { return "frobenius"; }
+  std::set<std::string> setup(models::Model& model, const std::set<std::string>& trainable) override {
+    model_ = &model;
+    if (attention_ && attention_factor_pairs(model).empty()) {
+      throw UsageError(msg("--fd-attention: ", model.arch(),
+                           " has no dense multi-head attention to regularise (GPT-2 and Llama have; "
+                           "factorized attention gets Frobenius decay on its own factors)"));
+    }
+    std::set<std::string> params;
+    for (const auto& p : pairs()) {
+      for (const auto& name : p.params) {
+        if (trainable.count(name)) params.insert(name);
+      }
+    }
+    if (params.empty()) {
+      throw UsageError(msg("--frobenius-decay: ", model.arch(), " has no trained factorized layers",
+                           attention_ ? " or dense attention" : "",
+                           " (convert with --recipe factorize, or add --fd-attention)"));
+    }
+    return params;
+  }
+  at::Tensor penalty() override {
+    at::Tensor sum;
+    for (const auto& p : pairs()) {
+      if (p.u.requires_grad() || p.v.requires_grad()) {
+        const at::Tensor f = layers::frobenius_penalty(p.u, p.v).to(at::kFloat);
+        sum = sum.defined() ? sum + f : f;
+      }
+    }
+    return sum;
+  }
+  double penalty_weight() const override { return lambda_; }
+
+ private:
+  // The factor pairs (views, taken afresh each step).
+  std::vector<layers::FactorPair> pairs() const {
+    std::vector<layers::FactorPair> out = layers::factorized_pairs(*model_);
+    if (attention_) {
+      for (auto& p : attention_factor_pairs(*model_)) out.push_back(std::move(p));
+    }
+    return out;
+  }
+  double lambda_;
+  bool attention_;
+  models::Model* model_ = nullptr;
+};
+
+// ---------------------------------------------------------------- the recasts
+
+class Factorize : public Recast {
+ public:
+  std::string name() const override { return "factorize"; }
+  std::string summary() const override {
+    return "dense / conv weights -> low-rank products U V^T with spectral (SVD) init; by --rank-ratio, "
+           "--energy or a parameter budget --params; train with --frobenius-decay";
+  }
+  std::string config_key() const override { return kKey; }
+  std::shared_ptr<models::SlotFiller> parse_block(const nlohmann::json& block) const override {
+    return std::make_shared<FactorizedFiller>(layers::FactorizedConfig::parse(block));
+  }
+  std::vector<OptionSpec> convert_options() const override {
+    using T = OptionSpec::Type;
+    OptionSpec no_fallback{"--no-dense-fallback", "dense_fallback", T::Flag,
+                           "factorize: factorize every selected layer, also where the factors hold "
+                           "more numbers than the dense weight (full-rank exactness checks)"};
+    no_fallback.flag_value = false;
+    return {{"--rank-ratio", "rank_ratio", T::Double,
+             "factorize: rank = round(R * min(m, n)) in every selected layer"},
+            {"--energy", "energy", T::Double,
+             "factorize: the smallest rank keeping this fraction of sum s^2 per layer"},
+            {"--params", "params", T::Double,
+             "factorize: keep this fraction of the checkpoint's parameters (one energy fraction for "
+             "all selected layers)"},
+            {"--recalibrate-bn", "recalibrate_bn", T::Int,
+             "factorize: re-estimate BatchNorm statistics on N batches of --data's training split "
+             "after factorizing (no gradient steps)"},
+            {"--whiten", "whiten", T::Int,
+             "factorize: data-aware factors that keep each layer's outputs on N batches of --data's "
+             "training split, not its weights (SVD-LLM whitening); the rank rules then read the "
+             "output energy"},
+            {"--whiten-damp", "whiten_damp", T::Double,
+             "factorize: damping of the inputs' second moment, a fraction of its mean diagonal "
+             "(default 0.01)"},
+            no_fallback};
+  }
+  Conversion convert(models::Model& source, const RecipeOptions& o) const override {
+    return factorize(source, o);
+  }
+  std::vector<OptionSpec> train_options() const override {
+    using T = OptionSpec::Type;
+    OptionSpec decay{"--frobenius-decay", "frobenius_decay", T::Double,
+                     "Add (lambda/2)||U V^T||_F^2 for every factorized layer (Gram form); its "
+                     "factors get no weight decay (default 0: off)"};
+    decay.fallback = 0.0;
+    OptionSpec attention{"--fd-attention", "fd_attention", T::Flag,
+                         "Frobenius decay also on each head's W_Q W_K^T and W_V W_O (dense attention)"};
+    attention.fallback = false;
+    return {decay, attention};
+  }
+  std::vector<std::shared_ptr<train::TrainHook>> train_hooks(models::Model&,
+                                                              const nlohmann::json& v) const override {
+    const double lambda = v.value("frobenius_decay", 0.0);
+    const bool attention = v.value("fd_attention", false);
+    RECAST_CHECK(lambda >= 0, "--frobenius-decay: expected >= 0, found ", lambda);
+    if (attention && lambda == 0) throw UsageError("--fd-attention: needs --frobenius-decay LAMBDA > 0");
+    if (lambda == 0) return {};
+    return {std::make_shared<FrobeniusDecay>(lambda, attention)};
+  }
+};
+
+class Merge : public Recast {
+ public:
+  std::string name() const override { return "merge"; }
+  std::string summary() const override {
+    return "factorized layers -> dense weights U V^T (undoes factorize)";
+  }
+  Conversion convert(models::Model& source, const RecipeOptions& o) const override {
+    return merge(source, o);
+  }
+};
+
+RECAST_REGISTER_RECAST(Factorize);
+RECAST_REGISTER_RECAST(Merge);
+
 }  // namespace
 
-void register_factorize(Registry<Recipe>& r) {
-  r.add("factorize",
-        "dense / conv weights -> low-rank products U V^T with spectral (SVD) init; by --rank-ratio, "
-        "--energy or a parameter budget --params; train with --frobenius-decay",
-        factorize);
-  r.add("merge", "factorized layers -> dense weights U V^T (undoes factorize)", merge);
+std::vector<DenseLayer> factorizable_layers(const models::Model& model) {
+  std::vector<DenseLayer> out;
+  for (const auto& b : model.slots().built()) {
+    if (b.recast.empty() && (b.slot.kind == models::SlotKind::Linear || b.slot.kind == models::SlotKind::Conv2d)) {
+      out.push_back({b.slot.name, b.slot.transposed});
+    }
+  }
+  return out;
 }
 
-}  // namespace recast::recipes
+std::vector<layers::FactorPair> attention_factor_pairs(const models::Model& model) {
+  // Each dense projection's weight as W [out, in] (a view of the parameter).
+  std::map<std::string, at::Tensor> dense;
+  for (const auto& b : model.slots().built()) {
+    if (!b.recast.empty() || b.slot.kind != models::SlotKind::Linear) continue;
+    at::Tensor w = b.module->named_parameters(false)["weight"];
+    dense[b.slot.name] = b.slot.transposed ? w.t() : w;
+  }
+  std::vector<layers::FactorPair> out;
+  for (const auto& b : model.slots().built()) {
+    const models::Slot& s = b.slot;
+    if (s.kind != models::SlotKind::Attention || s.output.empty()) continue;
+    const auto q = dense.find(s.query.slot), k = dense.find(s.key.slot);
+    const auto v = dense.find(s.value.slot), o = dense.find(s.output);
+    if (q == dense.end() || k == dense.end() || v == dense.end() || o == dense.end()) continue;
+    const int64_t heads = s.attention.heads, kv = s.attention.kv_heads, d = s.attention.head_dim;
+    // Rows row..row + n*d of W [out, in] -> [heads, in, d] (each kv head
+    // repeated for the query heads of its group).
+    auto heads_of = [&](const at::Tensor& w, int64_t row, int64_t n) {
+      return w.narrow(0, row, n * d).reshape({n, d, w.size(1)}).transpose(1, 2).repeat_interleave(heads / n, 0);
+    };
+    // W_O [width, heads * d]: head h is columns h*d..(h+1)*d -> [heads, width, d].
+    const at::Tensor wo = o->second.reshape({o->second.size(0), heads, d}).permute({1, 0, 2});
+    auto param = [](const std::string& slot) { return slot + ".weight"; };
+    std::vector<std::string> qk = {param(s.query.slot)}, vo = {param(s.value.slot)};
+    if (s.key.slot != s.query.slot) qk.push_back(param(s.key.slot));
+    if (s.output != s.value.slot) vo.push_back(param(s.output));
+    out.push_back({s.name + " (QK^T)", heads_of(q->second, s.query.row, heads),
+                   heads_of(k->second, s.key.row, kv), qk});
+    out.push_back({s.name + " (VO)", heads_of(v->second, s.value.row, kv), wo, vo});
+  }
+  return out;
+}
+
+}  // namespace recast::recasts
