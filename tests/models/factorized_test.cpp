@@ -7,8 +7,10 @@
 
 #include "recast/layers/factorized.h"
 #include "recast/models/model.h"
-#include "recast/recipes/recipe.h"
+#include "recast/recasts/factorize.h"
+#include "recast/recasts/recast.h"
 #include "recast/train/optim.h"
+#include "models/tiny.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -240,31 +242,15 @@ TEST(Factorized, FrobeniusDecayFactorsLeaveWeightDecay) {
   EXPECT_EQ(groups[1].names, (std::vector<std::string>{"a.weight_u", "a.weight_v", "b.bias"}));
 }
 
-models::ModelPtr tiny_gpt2() {
-  torch::manual_seed(5);
-  auto m = models::create_model(
-      "gpt2", {{"n_layer", 2}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 50}, {"n_positions", 16}});
-  m->init_weights();
-  return m;
-}
+models::ModelPtr tiny_gpt2() { return tiny_model("gpt2", {{"n_positions", 16}}, 5); }
 
 models::ModelPtr tiny_resnet() {
-  torch::manual_seed(6);
-  auto m = models::create_model(
-      "resnet18", {{"model_args", {{"num_classes", 10}, {"in_chans", 1}, {"channels", {8, 16, 16, 32}}}}});
-  m->init_weights();
-  torch::NoGradGuard no_grad;
-  for (auto& b : m->named_buffers(true)) {
-    if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 2.0);
-  }
-  for (auto& p : m->named_parameters(true)) {
-    if (p.key().find("bn") != std::string::npos) p.value().uniform_(0.5, 1.5);
-  }
-  return m;
+  return tiny_model("resnet18", {{"num_classes", 10}, {"in_chans", 1}, {"channels", {8, 16, 16, 32}}}, 6,
+                    /*perturb=*/true);
 }
 
-recipes::Conversion run_recipe(const std::string& name, models::Model& m, recipes::RecipeOptions o) {
-  return recipes::recipe_registry().get(name).factory(m, o);
+recasts::Conversion run_recipe(const std::string& name, models::Model& m, recasts::RecipeOptions o) {
+  return recasts::get(name).convert(m, o);
 }
 
 int64_t stored(const models::Model& m) {
@@ -274,42 +260,33 @@ int64_t stored(const models::Model& m) {
 }
 
 models::ModelPtr tiny_llama() {
-  torch::manual_seed(7);
-  auto m = models::create_model("llama", {{"hidden_size", 32}, {"intermediate_size", 48},
-                                          {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-                                          {"num_key_value_heads", 2}, {"vocab_size", 40}});
-  m->init_weights();
-  return m;
+  return tiny_model("llama", {{"intermediate_size", 48}, {"vocab_size", 40}}, 7);
 }
 
 models::ModelPtr tiny_vit() {
-  torch::manual_seed(8);
-  auto m = models::create_model(
-      "vit_tiny_patch16_224",
-      {{"model_args", {{"depth", 2}, {"img_size", 32}, {"patch_size", 8}, {"num_classes", 5}}}});
-  m->init_weights();
-  return m;
+  return tiny_model("vit_tiny_patch16_224",
+                    {{"embed_dim", 192}, {"num_heads", 3}, {"patch_size", 8}, {"num_classes", 5}}, 8);
 }
 
 TEST(FactorizeRecipe, FullRankReproducesEveryFamily) {
   std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet(), tiny_llama(), tiny_vit()};
   for (auto& source : sources) {
-    recipes::RecipeOptions o;
+    recasts::RecipeOptions o;
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
     o.probe = source->example_batch(3, 7);
-    recipes::Conversion c = run_recipe("factorize", *source, o);
-    const size_t offered = source->factorizable_layers().size();
+    recasts::Conversion c = run_recipe("factorize", *source, o);
+    const size_t offered = recasts::factorizable_layers(*source).size();
     EXPECT_EQ(c.report.size(), offered);
-    EXPECT_EQ(c.model->factorizable_layers().size(), 0u);  // every one factorized
+    EXPECT_EQ(recasts::factorizable_layers(*c.model).size(), 0u);  // every one factorized
     EXPECT_EQ(layers::factorized_pairs(*c.model).size(), offered);
     for (const auto& r : c.report) EXPECT_LT(r.relative_error, 1e-5) << r.module;
     EXPECT_LT(c.manifest["logits_change"]["relative"].get<double>(), 1e-5) << source->arch();
     torch::NoGradGuard no_grad;
     EXPECT_LT(rel(c.model->forward(o.probe), source->forward(o.probe)), 1e-4) << source->arch();
     // merge multiplies the factors back: dense U V^T in the source layout.
-    recipes::RecipeOptions mo;
+    recasts::RecipeOptions mo;
     mo.probe = o.probe;
-    recipes::Conversion merged = run_recipe("merge", *c.model, mo);
+    recasts::Conversion merged = run_recipe("merge", *c.model, mo);
     EXPECT_FALSE(merged.model->config().contains("recast_factorized"));
     EXPECT_EQ(stored(*merged.model), stored(*source));
     for (const auto& r : merged.report) EXPECT_LT(r.relative_error, 1e-6) << r.module;
@@ -330,11 +307,15 @@ TEST(FactorizeRecipe, FullRankReproducesEveryFamily) {
 TEST(FactorizeRecipe, WhitenedFactorsKeepEachLayersOutputs) {
   std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet(), tiny_llama(), tiny_vit()};
   for (auto& source : sources) {
-    recipes::RecipeOptions o;
-    o.values = {{"rank_ratio", 0.5}};
+    recasts::RecipeOptions o;
+    o.values = {{"rank_ratio", 0.5}, {"whiten", 2}};
     o.probe = source->example_batch(3, 7);
-    o.whitening = {source->example_batch(4, 1), source->example_batch(4, 2)};
-    recipes::Conversion c = run_recipe("factorize", *source, o);
+    const std::vector<models::Batch> whitening = {source->example_batch(4, 1), source->example_batch(4, 2)};
+    o.training_batches = [&](int64_t n) {
+      EXPECT_EQ(n, 2);
+      return whitening;
+    };
+    recasts::Conversion c = run_recipe("factorize", *source, o);
     EXPECT_EQ(c.manifest["options"]["whiten"], 2);
     EXPECT_NE(c.table.find("out error"), std::string::npos);
     int better = 0;
@@ -346,7 +327,7 @@ TEST(FactorizeRecipe, WhitenedFactorsKeepEachLayersOutputs) {
     }
     EXPECT_GT(better, 0) << source->arch();
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
-    recipes::Conversion full = run_recipe("factorize", *source, o);
+    recasts::Conversion full = run_recipe("factorize", *source, o);
     for (const auto& r : full.report) EXPECT_LT(r.relative_error, 1e-4) << r.module;
     torch::NoGradGuard no_grad;
     EXPECT_LT(rel(full.model->forward(o.probe), source->forward(o.probe)), 1e-3) << source->arch();
@@ -355,15 +336,15 @@ TEST(FactorizeRecipe, WhitenedFactorsKeepEachLayersOutputs) {
 
 TEST(FactorizeRecipe, MergeReturnsTheProductOfTheFactors) {
   auto source = tiny_resnet();
-  recipes::RecipeOptions o;
+  recasts::RecipeOptions o;
   o.values = {{"rank_ratio", 0.25}};
-  recipes::Conversion c = run_recipe("factorize", *source, o);
+  recasts::Conversion c = run_recipe("factorize", *source, o);
   // Train-like drift of the factors, then merge.
   {
     torch::NoGradGuard no_grad;
     for (auto& p : c.model->named_parameters(true)) p.value().add_(torch::randn_like(p.value()) * 0.01);
   }
-  recipes::Conversion merged = run_recipe("merge", *c.model, {});
+  recasts::Conversion merged = run_recipe("merge", *c.model, {});
   std::map<std::string, at::Tensor> dense;
   for (const auto& p : merged.model->named_parameters(true)) dense[p.key()] = p.value();
   for (const auto& pair : layers::factorized_pairs(*c.model)) {
@@ -383,9 +364,9 @@ TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {
   const int64_t before = stored(*source);
   // --energy: each layer keeps at least that fraction of its energy.
   {
-    recipes::RecipeOptions o;
+    recasts::RecipeOptions o;
     o.values = {{"energy", 0.8}};
-    recipes::Conversion c = run_recipe("factorize", *source, o);
+    recasts::Conversion c = run_recipe("factorize", *source, o);
     for (const auto& row : c.manifest["layers"]) {
       if (row["rank"].is_string()) continue;
       EXPECT_GE(row["energy_kept"].get<double>(), 0.8 - 1e-9) << row.dump();
@@ -396,9 +377,9 @@ TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {
   }
   // --params: the checkpoint holds at most that fraction, and close to it.
   for (double f : {0.75, 0.5}) {
-    recipes::RecipeOptions o;
+    recasts::RecipeOptions o;
     o.values = {{"params", f}};
-    recipes::Conversion c = run_recipe("factorize", *source, o);
+    recasts::Conversion c = run_recipe("factorize", *source, o);
     const int64_t after = stored(*c.model);
     EXPECT_EQ(c.manifest["params_after"].get<int64_t>(), after);
     EXPECT_EQ(c.manifest["params_before"].get<int64_t>(), before);
@@ -413,14 +394,14 @@ TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {
   }
   // --layers selects by checkpoint name; the rest stays as it was.
   {
-    recipes::RecipeOptions o;
+    recasts::RecipeOptions o;
     o.values = {{"rank_ratio", 0.25}};
     o.layers = "h\\.1\\.mlp\\.";
-    recipes::Conversion c = run_recipe("factorize", *source, o);
+    recasts::Conversion c = run_recipe("factorize", *source, o);
     EXPECT_EQ(c.manifest["factorized"]["layers"].size(), 2u);
     EXPECT_TRUE(c.manifest["factorized"]["layers"].contains("transformer.h.1.mlp.c_fc"));
   }
-  recipes::RecipeOptions bad;
+  recasts::RecipeOptions bad;
   EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);  // no rule
   bad.values = {{"rank_ratio", 0.5}, {"energy", 0.5}};
   EXPECT_THROW(run_recipe("factorize", *source, bad), UsageError);  // two rules
@@ -438,7 +419,7 @@ TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {
 TEST(FactorizeRecipe, EachFamilyOffersItsProjections) {
   auto names = [](models::Model& m) {
     std::vector<std::string> out;
-    for (const auto& d : m.factorizable_layers()) out.push_back(d.name);
+    for (const auto& d : recasts::factorizable_layers(m)) out.push_back(d.name);
     return out;
   };
   const auto llama = names(*tiny_llama());
@@ -457,11 +438,16 @@ TEST(FactorizeRecipe, EachFamilyOffersItsProjections) {
 // mean of its per-batch means and variances.
 TEST(FactorizeRecipe, RecalibratesBatchNormOnTheCalibrationBatches) {
   auto source = tiny_resnet();
-  recipes::RecipeOptions o;
-  o.values = {{"params", 0.5}};
+  recasts::RecipeOptions o;
+  o.values = {{"params", 0.5}, {"recalibrate_bn", 3}};
   o.probe.pixel_values = torch::randn({4, 1, 28, 28});
-  for (int i = 0; i < 3; ++i) o.calibration.push_back({{}, {}, torch::randn({6, 1, 28, 28}) * 2 + 1, {}});
-  recipes::Conversion c = run_recipe("factorize", *source, o);
+  std::vector<models::Batch> calibration;
+  for (int i = 0; i < 3; ++i) calibration.push_back({{}, {}, torch::randn({6, 1, 28, 28}) * 2 + 1, {}});
+  o.training_batches = [&](int64_t n) {
+    EXPECT_EQ(n, 3);
+    return calibration;
+  };
+  recasts::Conversion c = run_recipe("factorize", *source, o);
   EXPECT_EQ(c.manifest["batchnorm_recalibration"]["batchnorm_layers"], 21);  // stem + 2 x 8 blocks + 4 downsample
   EXPECT_EQ(c.manifest["batchnorm_recalibration"]["batches"], 3);
   EXPECT_NE(c.table.find("BatchNorm statistics re-estimated"), std::string::npos);
@@ -472,7 +458,7 @@ TEST(FactorizeRecipe, RecalibratesBatchNormOnTheCalibrationBatches) {
   torch::NoGradGuard no_grad;
   // The stem conv is factorized too: its output is U (V^T x).
   at::Tensor means = at::zeros({64}), vars = at::zeros({64});
-  for (const auto& b : o.calibration) {
+  for (const auto& b : calibration) {
     const at::Tensor z = at::conv2d(at::conv2d(b.pixel_values, t.at("conv1.weight_v"), {}, 2, 3),
                                     t.at("conv1.weight_u"));
     means += z.mean({0, 2, 3}) / 3.0;
@@ -487,9 +473,9 @@ TEST(FactorizeRecipe, RecalibratesBatchNormOnTheCalibrationBatches) {
     }
   }
   auto gpt = tiny_gpt2();
-  recipes::RecipeOptions g;
-  g.values = {{"params", 0.5}};
-  g.calibration.push_back(gpt->example_batch(2, 0));
+  recasts::RecipeOptions g;
+  g.values = {{"params", 0.5}, {"recalibrate_bn", 1}};
+  g.training_batches = [&](int64_t) { return std::vector<models::Batch>{gpt->example_batch(2, 0)}; };
   EXPECT_THROW(run_recipe("factorize", *gpt, g), UsageError);
 }
 
@@ -498,9 +484,9 @@ TEST(FactorizeRecipe, RecalibratesBatchNormOnTheCalibrationBatches) {
 TEST(FactorizeRecipe, FactorizedCheckpointRoundTrips) {
   TempDir dir;
   auto source = tiny_resnet();
-  recipes::RecipeOptions o;
+  recasts::RecipeOptions o;
   o.values = {{"rank_ratio", 0.5}};
-  recipes::Conversion c = run_recipe("factorize", *source, o);
+  recasts::Conversion c = run_recipe("factorize", *source, o);
   models::save_model(*c.model, dir.path());
   auto loaded = models::load_model(dir.path());
   torch::NoGradGuard no_grad;
@@ -522,7 +508,7 @@ TEST(FactorizeRecipe, FactorizedCheckpointRoundTrips) {
 // the heads' products is the whole product.
 TEST(FactorizeRecipe, Gpt2AttentionFactorsAreThePerHeadProducts) {
   auto m = tiny_gpt2();
-  const auto pairs = m->attention_factors();
+  const auto pairs = recasts::attention_factor_pairs(*m);
   ASSERT_EQ(pairs.size(), 4u);  // 2 layers x (QK, VO)
   std::map<std::string, at::Tensor> p;
   for (const auto& kv : m->named_parameters(true)) p[kv.key()] = kv.value();
@@ -544,9 +530,9 @@ TEST(FactorizeRecipe, Gpt2AttentionFactorsAreThePerHeadProducts) {
 TEST(FactorizeRecipe, ReferenceCheckpointsAtFullRankGiveTheirLogits) {
   for (const char* name : {"gpt2", "llama_gqa", "vit_tiny_timm", "resnet18_timm"}) {
     auto source = models::load_model(kFixtures + "/" + name);
-    recipes::RecipeOptions o;
+    recasts::RecipeOptions o;
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
-    recipes::Conversion c = run_recipe("factorize", *source, o);
+    recasts::Conversion c = run_recipe("factorize", *source, o);
     const auto inputs = io::TensorStore::open(kFixtures + "/" + name + "/inputs.safetensors");
     const auto outputs = io::TensorStore::open(kFixtures + "/" + name + "/outputs.safetensors");
     models::Batch b;
@@ -562,7 +548,7 @@ TEST(FactorizeRecipe, ReferenceCheckpointsAtFullRankGiveTheirLogits) {
 // key / value head; the heads' products sum to the whole W_Q W_K^T.
 TEST(FactorizeRecipe, LlamaAttentionFactorsFollowTheKeyValueGroups) {
   auto m = tiny_llama();
-  const auto pairs = m->attention_factors();
+  const auto pairs = recasts::attention_factor_pairs(*m);
   ASSERT_EQ(pairs.size(), 4u);
   std::map<std::string, at::Tensor> p;
   for (const auto& kv : m->named_parameters(true)) p[kv.key()] = kv.value();

@@ -107,25 +107,12 @@ TEST(Models, KvCacheDecodingEqualsFullForward) {
   }
 }
 
-// Small configurations so that every registered architecture runs quickly;
-// the layer counts and block types stay those of the name.
-nlohmann::json smoke_config(const std::string& arch) {
-  if (arch == "gpt2") return {{"n_layer", 2}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 50}};
-  if (arch == "llama") {
-    return {{"num_hidden_layers", 2},   {"hidden_size", 32},        {"intermediate_size", 48},
-            {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 50}};
-  }
-  if (arch.rfind("resnet", 0) == 0)
-    return {{"model_args", {{"channels", {4, 8, 8, 8}}, {"num_classes", 5}}}};
-  return {{"model_args", {{"img_size", 32}, {"depth", 2}, {"num_classes", 5}}}};
-}
-
 TEST(Models, EveryRegisteredArchitectureRunsForwardAndBackward) {
   auto names = models::model_registry().names();
   EXPECT_GE(names.size(), 4u);
   for (const std::string& arch : names) {
     SCOPED_TRACE(arch);
-    models::ModelPtr model = models::create_model(arch, smoke_config(arch));
+    models::ModelPtr model = models::create_model(arch, models::factory_of(arch).tiny);
     model->train();
     at::Tensor logits = model->forward(model->example_batch(2, 7));
     ASSERT_TRUE(at::isfinite(logits).all().item<bool>());
@@ -136,8 +123,84 @@ TEST(Models, EveryRegisteredArchitectureRunsForwardAndBackward) {
       ASSERT_TRUE(at::isfinite(p.grad()).all().item<bool>());
       ++with_grad;
     }
-    EXPECT_GT(with_grad, 0);
+    // Every parameter takes part (none is left out of the graph).
+    EXPECT_EQ(with_grad, static_cast<int64_t>(model->parameters().size()));
   }
+}
+
+// The declared config of every family: an unknown key (a typo of a real one
+// names it), a zero / negative / absurd size, a head count that does not
+// divide the width, and a model too large for this machine are refused
+// before anything is allocated, with one line naming the key.
+TEST(Models, EveryFamilyRefusesBadConfigsNamingTheKey) {
+  for (const auto& [arch, item] : models::model_registry().items()) {
+    SCOPED_TRACE(arch);
+    const models::ModelFactory& f = item.factory;
+    auto refused = [&](const std::string& key, const nlohmann::json& value) {
+      nlohmann::json c = f.tiny;
+      models::set_config_value(c, arch, key, value);
+      return error_of([&] { models::create_model(arch, c); });
+    };
+    auto one_line = [](const std::string& e) { return e.find('\n') == std::string::npos && !e.empty(); };
+    const std::string unknown = refused("no_such_key", 1);
+    EXPECT_NE(unknown.find("no_such_key' is not a key of this model"), std::string::npos) << unknown;
+    EXPECT_TRUE(one_line(unknown));
+    int sizes = 0, heads = 0;
+    for (const auto& k : f.spec.keys) {
+      if (k.type != models::KeyType::Int || k.min < 1 || !k.read) continue;
+      ++sizes;
+      // A typo of the key names it.
+      const std::string typo = refused(k.name + "s", 2);
+      EXPECT_NE(typo.find("did you mean '" + k.name + "'"), std::string::npos) << typo;
+      for (const nlohmann::json& bad : {nlohmann::json(0), nlohmann::json(-3), nlohmann::json(int64_t{1} << 40)}) {
+        if (bad.get<int64_t>() >= k.min && bad.get<int64_t>() <= k.max) continue;
+        const std::string e = refused(k.name, bad);
+        EXPECT_NE(e.find("'" + k.name + "'"), std::string::npos) << e;
+        EXPECT_TRUE(one_line(e)) << e;
+      }
+      EXPECT_NE(refused(k.name, 2.5).find("'" + k.name + "': expected an integer"), std::string::npos);
+      if (k.name.find("head") != std::string::npos && k.name != "head_dim") {
+        // 3 does not divide the tiny configs' widths (32).
+        ++heads;
+        const std::string e = refused(k.name, 3);
+        EXPECT_NE(e.find("is not a multiple of"), std::string::npos) << e;
+        EXPECT_NE(e.find("'"), std::string::npos) << e;
+      }
+    }
+    EXPECT_GE(sizes, 2);
+    if (arch == "gpt2" || arch == "llama" || arch.rfind("vit", 0) == 0) EXPECT_GE(heads, 1);
+    // Within every range, but far beyond this machine's memory: the
+    // parameter estimate refuses it.
+    const std::string big = arch == "gpt2"    ? "n_layer"
+                            : arch == "llama" ? "num_hidden_layers"
+                            : arch.rfind("vit", 0) == 0 ? "depth"
+                                                         : "";
+    if (!big.empty()) {
+      nlohmann::json c = f.tiny;
+      models::set_config_value(c, arch, big, 4000);
+      models::set_config_value(c, arch, arch == "gpt2" ? "n_embd" : arch == "llama" ? "hidden_size" : "embed_dim",
+                               16384);
+      const std::string e = error_of([&] { models::create_model(arch, c); });
+      EXPECT_NE(e.find("parameters"), std::string::npos) << e;
+    }
+  }
+}
+
+// --set n_layers=1 on a transformers config and model_args typos on timm's.
+TEST(Models, OverridesAreValidatedWithTheConfig) {
+  const std::string dir = kFixtures + "/gpt2";
+  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"n_layers=1"}, true}); })
+                .find("did you mean 'n_layer'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"n_head=0"}, true}); }).find("'n_head'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { models::load_model(kFixtures + "/resnet18_timm", {"", {"chanels=[1,2,3,4]"}, true}); })
+                .find("'model_args.chanels' is not a key of this model (did you mean 'channels'?)"),
+            std::string::npos);
+  // A recast block nobody reads.
+  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"recast_nope={}"}, true}); })
+                .find("'recast_nope': no recast reads this block"),
+            std::string::npos);
 }
 
 std::string load_error(const std::string& path, const models::LoadOptions& options = {}) {

@@ -8,7 +8,9 @@
 #include "recast/layers/linear_attention.h"
 #include "recast/models/generate.h"
 #include "recast/models/model.h"
-#include "recast/recipes/recipe.h"
+#include "recast/recasts/factorize.h"
+#include "recast/recasts/recast.h"
+#include "models/tiny.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -21,17 +23,13 @@ models::ModelPtr tiny(const std::string& arch, const std::string& feature_map,
                       std::vector<int64_t> layers) {
   nlohmann::json c;
   if (arch == "gpt2") {
-    c = {{"n_layer", 3}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 61}, {"n_positions", 64}};
+    c = {{"n_layer", 3}, {"vocab_size", 61}};
   } else {
-    c = {{"num_hidden_layers", 2}, {"hidden_size", 32}, {"num_attention_heads", 4},
-         {"num_key_value_heads", 2}, {"intermediate_size", 48}, {"vocab_size", 61}};
+    c = {{"intermediate_size", 48}, {"vocab_size", 61}, {"max_position_embeddings", 2048}};
   }
   c["recast_t2r"] = {{"feature_map", feature_map}, {"feature_dim", 16}, {"eps", 1e-2},
                      {"chunk", 5}, {"layers", layers}};
-  torch::manual_seed(7);
-  models::ModelPtr m = models::create_model(arch, c);
-  m->init_weights();
-  return m;
+  return tiny_model(arch, c, 7);
 }
 
 double max_rel(const at::Tensor& a, const at::Tensor& b) {
@@ -170,11 +168,11 @@ TEST(T2R, RecipeKeepsEveryPretrainedWeightAndReportsEachLayer) {
   auto source = models::create_model(
       "gpt2", {{"n_layer", 3}, {"n_embd", 32}, {"n_head", 4}, {"vocab_size", 61}, {"n_positions", 64}});
   source->init_weights();
-  recipes::RecipeOptions o;
+  recasts::RecipeOptions o;
   o.layers = "h\\.[12]\\.";
   o.values = {{"feature_map", "t2r"}, {"feature_dim", 8}};
   o.probe.input_ids = torch::randint(61, {2, 16}, torch::kLong);
-  recipes::Conversion c = recipes::recipe_registry().get("t2r").factory(*source, o);
+  recasts::Conversion c = recasts::get("t2r").convert(*source, o);
   ASSERT_EQ(c.report.size(), 2u);
   EXPECT_EQ(c.report[0].module, "transformer.h.1.attn");
   EXPECT_EQ(c.report[1].module, "transformer.h.2.attn");
@@ -191,10 +189,10 @@ TEST(T2R, RecipeKeepsEveryPretrainedWeightAndReportsEachLayer) {
   EXPECT_TRUE(converted.contains("transformer.h.1.attn.feature_map.weight"));
   EXPECT_FALSE(converted.contains("transformer.h.0.attn.feature_map.weight"));
   // Layer 0 kept softmax: its output equals the source's before layer 1.
-  EXPECT_NE(error_of([&] { recipes::select_modules({"transformer.h.0.attn"}, "layer4"); })
+  EXPECT_NE(error_of([&] { recasts::select_modules({"transformer.h.0.attn"}, "layer4"); })
                 .find("matches none"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { recipes::recipe_registry().get("t2r").factory(*c.model, o); })
+  EXPECT_NE(error_of([&] { recasts::get("t2r").convert(*c.model, o); })
                 .find("already converted"),
             std::string::npos);
 }
@@ -203,17 +201,37 @@ TEST(T2R, TransferModeMeasuresEachLayerAgainstSoftmax) {
   auto m = tiny("gpt2", "hedgehog", {0, 2});
   models::Batch b;
   b.input_ids = torch::randint(61, {2, 12}, torch::kLong);
-  m->set_attention_transfer(true);
-  m->forward(b);
-  auto errors = m->attention_transfer_errors();
-  ASSERT_EQ(errors.size(), 2u);
-  EXPECT_EQ(errors[0].module, "transformer.h.0.attn");
-  EXPECT_EQ(errors[1].module, "transformer.h.2.attn");
-  // The MSE is differentiable w.r.t. the feature maps.
-  (errors[0].mse + errors[1].mse).backward();
+  // The T2R cores, found through the model's slots.
+  std::vector<std::pair<std::string, layers::T2RAttentionImpl*>> cores;
+  for (const auto& s : m->slots().built()) {
+    if (auto* core = dynamic_cast<layers::T2RAttentionImpl*>(s.module.get())) {
+      cores.emplace_back(s.slot.name, core);
+    }
+  }
+  ASSERT_EQ(cores.size(), 2u);
+  EXPECT_EQ(cores[0].first, "transformer.h.0.attn");
+  EXPECT_EQ(cores[1].first, "transformer.h.2.attn");
+  for (auto& c : cores) c.second->probe.on = true;
+  const at::Tensor y = m->forward(b);
+  for (auto& c : cores) c.second->probe.on = false;
+  // In transfer mode each layer passes the softmax output on: the logits are
+  // the softmax model's with the same weights.
+  nlohmann::json dense = m->config();
+  dense.erase("recast_t2r");
+  auto soft = models::create_model("gpt2", dense);
+  {
+    torch::NoGradGuard no_grad;
+    auto mine = m->named_parameters(true);
+    for (auto& p : soft->named_parameters(true)) p.value().copy_(mine[p.key()]);
+  }
+  EXPECT_LT(max_rel(y.detach(), soft->forward(b)), 1e-5);
+  // The MSE is differentiable w.r.t. the feature maps, and measures each layer.
+  ASSERT_TRUE(cores[0].second->probe.mse.defined() && cores[1].second->probe.mse.defined());
+  EXPECT_GT(cores[0].second->probe.relative, 0.0);
+  (cores[0].second->probe.mse + cores[1].second->probe.mse).backward();
   auto params = m->named_parameters(true);
   EXPECT_TRUE(params["transformer.h.0.attn.feature_map.weight"].grad().defined());
-  m->set_attention_transfer(false);
+  EXPECT_TRUE(params["transformer.h.2.attn.feature_map.weight"].grad().defined());
 }
 
 }  // namespace

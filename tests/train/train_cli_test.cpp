@@ -138,6 +138,21 @@ class TrainCli : public ::testing::Test {
     ASSERT_EQ(r.code, 0) << r.err;
     expect_reference(out);
   }
+  // The reference GPT converted to T2R (20 attention-transfer steps), built
+  // once for the tests that use it; each of them checks one verb, so that a
+  // failure in one does not hide the others.
+  static const std::string& t2r_model() {
+    static std::string path;
+    static Result convert;
+    if (path.empty()) {
+      path = dir_->file("t2r");
+      convert = run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out", path,
+                     "--feature-dim", "16", "--data", corpus(), "--seq-len", "32", "--batch-size",
+                     "4", "--transfer-steps", "20", "--threads", "2"});
+    }
+    EXPECT_EQ(convert.code, 0) << convert.err;
+    return path;
+  }
   static TempDir* dir_;
   static std::string* reference_;
 };
@@ -447,7 +462,11 @@ TEST_F(TrainCli, TcnnConvertFinetuneAndCorruptionEval) {
   EXPECT_EQ(j["accuracy"]["contrast"].size(), 5u);
   EXPECT_TRUE(j["ce"].contains("contrast"));
   EXPECT_TRUE(j.contains("mce"));
-  EXPECT_GE(j["clean"].get<double>(), 0.0);
+  // The clean accuracy is the plain evaluation's on the same split.
+  Result plain = run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--split", "all",
+                      "--json", "--threads", "2"});
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  EXPECT_DOUBLE_EQ(j["clean"].get<double>(), nlohmann::json::parse(plain.out)["accuracy"].get<double>());
   expect_one_line_error(run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--corrupt",
                              "fog"}),
                         2, "unknown corruption 'fog'");
@@ -456,13 +475,8 @@ TEST_F(TrainCli, TcnnConvertFinetuneAndCorruptionEval) {
                         2, "--baseline needs --corrupt");
 }
 
-TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
-  TempDir t;
-  const std::string out = t.file("t2r");
-  Result c = run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out", out,
-                  "--feature-dim", "16", "--data", corpus(), "--seq-len", "32", "--batch-size", "4",
-                  "--transfer-steps", "20", "--threads", "2"});
-  ASSERT_EQ(c.code, 0) << c.err;
+TEST_F(TrainCli, ConvertToT2RReportsEachLayerAndTransferReducesItsError) {
+  const std::string& out = t2r_model();
   auto manifest = nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"));
   ASSERT_EQ(manifest["error_at_init"].size(), 2u);
   EXPECT_EQ(manifest["error_at_init"][0]["module"], "transformer.h.0.attn");
@@ -474,7 +488,18 @@ TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
               manifest["error_at_init"][i]["relative_error"].get<double>())
         << i;
   }
-  EXPECT_NE(c.out.find("transformer.h.1.attn"), std::string::npos) << c.out;
+  // The transfer is a training run: its curve (a line per 10 steps) falls.
+  const auto& curve = manifest["attention_transfer"]["curve"];
+  ASSERT_EQ(curve.size(), 2u);
+  EXPECT_EQ(curve[1]["step"], 20);
+  EXPECT_LT(curve[1]["mse_sum"].get<double>(), curve[0]["mse_sum"].get<double>());
+  // Nothing of the scratch run is left in the converted directory.
+  EXPECT_FALSE(fs::exists(out + "/.work"));
+  EXPECT_FALSE(fs::exists(out + "/checkpoints"));
+}
+
+TEST_F(TrainCli, T2REvaluatesAndGeneratesWithoutFlags) {
+  const std::string& out = t2r_model();
   Result ev = run({"eval", "--model", out, "--data", corpus(), "--json", "--threads", "2"});
   ASSERT_EQ(ev.code, 0) << ev.err;
   EXPECT_TRUE(std::isfinite(nlohmann::json::parse(ev.out)["perplexity"].get<double>()));
@@ -482,6 +507,11 @@ TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
                     "--temperature", "0", "--json", "--ignore-eos"});
   ASSERT_EQ(gen.code, 0) << gen.err;
   EXPECT_EQ(nlohmann::json::parse(gen.out)["ids"].size(), 8u);
+}
+
+TEST_F(TrainCli, T2RFinetunesAndBenchmarksWithoutFlags) {
+  const std::string& out = t2r_model();
+  TempDir t;
   Result ft = run({"finetune", "--model", out, "--data", corpus(), "--seq-len", "32", "--batch-size",
                    "4", "--steps", "3", "--out", t.file("ft"), "--no-progress", "--threads", "2"});
   ASSERT_EQ(ft.code, 0) << ft.err;
@@ -491,7 +521,12 @@ TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
                       "--json"});
   ASSERT_EQ(bench.code, 0) << bench.err;
   EXPECT_EQ(nlohmann::json::parse(bench.out)["attention"], "t2r");
-  // A hybrid keeps the unselected layer softmax; bad options are one-line errors.
+}
+
+// A hybrid keeps the unselected layer softmax; bad options are one-line
+// errors that leave nothing behind.
+TEST_F(TrainCli, T2RHybridAndMisuse) {
+  TempDir t;
   Result hybrid = run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out",
                        t.file("hybrid"), "--layers", "h\\.1\\."});
   ASSERT_EQ(hybrid.code, 0) << hybrid.err;
@@ -501,13 +536,29 @@ TEST_F(TrainCli, ConvertToT2RThenEveryVerbUsesItWithoutFlags) {
                              "--out", t.file("x"), "--layers", "layer4"}),
                         2, "matches none");
   expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"),
-                             "--out", out}),
+                             "--out", t.file("hybrid")}),
                         2, "exists and is not empty");
   expect_one_line_error(run({"convert", "--recipe", "nope", "--model", dir_->file("reference"),
                              "--out", t.file("y")}),
                         2, "unknown recipe 'nope'");
-  EXPECT_FALSE(fs::exists(t.file("x")));
-  EXPECT_FALSE(fs::exists(t.file("y")));
+  // Another recipe's option, and attention transfer without data.
+  expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"),
+                             "--out", t.file("z"), "--rank-ratio", "0.5"}),
+                        2, "--rank-ratio is an option of --recipe factorize, not t2r");
+  expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"),
+                             "--out", t.file("z"), "--transfer-steps", "3"}),
+                        2, "--transfer-steps needs --data");
+  for (const char* name : {"x", "y", "z"}) EXPECT_FALSE(fs::exists(t.file(name))) << name;
+}
+
+// An unknown config key given with --set is refused before any training.
+TEST_F(TrainCli, PretrainRefusesAConfigTypo) {
+  TempDir t;
+  auto args = pretrain_args(corpus(), t.file("out"));
+  args.push_back("--set");
+  args.push_back("n_layers=1");
+  expect_one_line_error(run(args), 1, "'n_layers' is not a key of this model (did you mean 'n_layer'?)");
+  EXPECT_FALSE(fs::exists(t.file("out")));
 }
 
 // factorize -> finetune with Frobenius decay -> merge, through the CLI.

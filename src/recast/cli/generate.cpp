@@ -95,7 +95,6 @@ int run_generate(const GenerateCli& o) {
       prompts.back().push_back(eos);  // unconditional generation, as GPT-2 does
     }
   }
-  const nlohmann::json& c = model->config();
   models::GenerateOptions g;
   g.sampling = {o.temperature, o.top_k, o.top_p};
   g.max_tokens = o.max_tokens;

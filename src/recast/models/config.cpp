@@ -37,9 +37,21 @@ ConfigKey string_key(std::string name, nlohmann::json fallback, std::vector<std:
   return k;
 }
 
+ConfigKey any_key(std::string name) {
+  ConfigKey k;
+  k.name = std::move(name);
+  return k;
+}
+
 ConfigKey ignored_key(std::string name) {
   ConfigKey k;
   k.name = std::move(name), k.read = false;
+  return k;
+}
+
+ConfigKey default_only_key(std::string name, nlohmann::json value) {
+  ConfigKey k;
+  k.name = std::move(name), k.fallback = std::move(value), k.default_only = true;
   return k;
 }
 
@@ -70,8 +82,14 @@ const std::vector<std::string>& transformers_common_keys() {
       "num_return_sequences", "output_scores", "return_dict_in_generate",
       "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
       "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
-      "decoder_start_token_id", "output_router_logits", "use_return_dict", "base_model_tp_plan",
-      "base_model_pp_plan", "tie_word_embeddings", "initializer_range"};
+      "output_router_logits", "use_return_dict", "base_model_tp_plan", "base_model_pp_plan",
+      "tie_word_embeddings", "initializer_range", "attn_implementation",
+      "experts_implementation", "per_layer_config", "name_or_path", "xla_device", "output_past",
+      "epsilon_cutoff", "eta_cutoff", "encoder_repetition_penalty", "num_assistant_tokens",
+      "num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
+      "target_lookbehind", "max_new_tokens", "min_new_tokens", "forced_decoder_ids",
+      "penalty_alpha", "distributed_config", "ignore_keys_at_rope_validation",
+      "transformers_weights"};
   return keys;
 }
 
@@ -186,6 +204,13 @@ namespace {
 
 void check_value(const ConfigKey& k, const nlohmann::json& v) {
   if (v.is_null() || !k.read) return;
+  if (k.default_only) {
+    if (v != k.fallback) {
+      throw Error(msg("config key '", k.name, "': only the default (", k.fallback.dump(),
+                      ") is supported, found ", v.dump()));
+    }
+    return;
+  }
   auto range = [&](double x) {
     if (!(x >= k.min && x <= k.max)) {
       throw Error(msg("config key '", k.name, "': ", v.dump(), " is outside [", k.min, ", ",
@@ -230,12 +255,14 @@ void check_value(const ConfigKey& k, const nlohmann::json& v) {
 }
 
 void check_keys(const nlohmann::json& object, const std::string& where,
-                const std::set<std::string>& known_set) {
+                const std::set<std::string>& known_set, bool allow_private) {
   const std::vector<std::string> known(known_set.begin(), known_set.end());
   for (const auto& [key, value] : object.items()) {
-    if (known_set.count(key) || key.rfind("recast_", 0) == 0) continue;
+    if (known_set.count(key) || key.rfind("recast_", 0) == 0 || (allow_private && key[0] == '_')) {
+      continue;
+    }
     const std::string near = nearest_key(key, known);
-    throw Error(msg("config key ", where, "'", key, "' is not a key of this model",
+    throw Error(msg("config key '", where, key, "' is not a key of this model",
                     near.empty() ? std::string() : msg(" (did you mean '", near, "'?)")));
   }
 }
@@ -254,14 +281,14 @@ void validate_config(const nlohmann::json& config, const ConfigSpec& spec, uint6
   if (spec.style == ConfigStyle::Transformers) {
     std::set<std::string> top = declared;
     for (const auto& k : transformers_common_keys()) top.insert(k);
-    check_keys(config, "", top);
+    check_keys(config, "", top, true);
   } else {
     std::set<std::string> top(timm_common_keys().begin(), timm_common_keys().end());
-    check_keys(config, "", top);
+    check_keys(config, "", top, false);
     auto args = config.find("model_args");
     if (args != config.end() && !args->is_null()) {
       if (!args->is_object()) bad_type("model_args", "an object", *args);
-      check_keys(*args, "model_args.", declared);
+      check_keys(*args, "model_args.", declared, false);
     }
   }
   const ConfigView view(config, spec);

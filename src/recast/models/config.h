@@ -38,6 +38,7 @@ struct ConfigKey {
   double max = std::numeric_limits<double>::infinity();
   std::vector<std::string> choices;  // strings: the accepted values (empty: any)
   bool read = true;                  // false: accepted, not used by recast
+  bool default_only = false;         // only `fallback` (or absence) is supported
 };
 
 // Shorthands for the tables.
@@ -45,8 +46,13 @@ ConfigKey int_key(std::string name, nlohmann::json fallback, double min, double 
 ConfigKey double_key(std::string name, nlohmann::json fallback, double min, double max);
 ConfigKey bool_key(std::string name, nlohmann::json fallback);
 ConfigKey string_key(std::string name, nlohmann::json fallback, std::vector<std::string> choices = {});
+// Any JSON value, read by the family itself (checked in its checks).
+ConfigKey any_key(std::string name);
 // Accepted and ignored (any JSON value).
 ConfigKey ignored_key(std::string name);
+// A key of the reference library whose other values recast does not build:
+// absent, null or `value` only.
+ConfigKey default_only_key(std::string name, nlohmann::json value);
 
 class ConfigView;
 
@@ -63,7 +69,8 @@ struct ConfigSpec {
 
 // Keys every transformers config may carry (PretrainedConfig's own:
 // architectures, id2label, generation defaults, bookkeeping), all ignored
-// unless a family declares them itself.
+// unless a family declares them itself; keys starting with "_" (private
+// bookkeeping) are accepted too.
 const std::vector<std::string>& transformers_common_keys();
 // Top-level keys of a timm config.json besides model_args.
 const std::vector<std::string>& timm_common_keys();

@@ -190,9 +190,13 @@ ConfigSpec resnet_spec(const std::vector<int64_t>& layers) {
   ConfigKey channels = int_key("channels", std::vector<int64_t>{64, 128, 256, 512}, 1, 1 << 16);
   channels.type = KeyType::IntList;
   spec.keys = {list, channels, int_key("num_classes", 1000, 1, 1 << 22), int_key("in_chans", 3, 1, 4096),
-               {"stem_type", KeyType::Any, nullptr}, {"output_stride", KeyType::Any, nullptr},
-               {"cardinality", KeyType::Any, nullptr}, {"base_width", KeyType::Any, nullptr},
-               {"avg_down", KeyType::Any, nullptr},
+               any_key("stem_type"), any_key("output_stride"),
+               any_key("cardinality"), any_key("base_width"),
+               any_key("avg_down"),
+               default_only_key("replace_stem_pool", false), default_only_key("block_reduce_first", 1),
+               default_only_key("down_kernel_size", 1), default_only_key("aa_layer", nullptr),
+               default_only_key("act_layer", "relu"), default_only_key("norm_layer", "batchnorm2d"),
+               ignored_key("block_args"), ignored_key("device"), ignored_key("dtype"),
                // Accepted, not used: stem_width only shapes timm's deep stems
                // (refused above); recast trains without dropout.
                ignored_key("stem_width"), ignored_key("drop_rate"), ignored_key("drop_path_rate"),

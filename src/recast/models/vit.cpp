@@ -217,7 +217,7 @@ class Vit : public Model {
 ConfigSpec vit_spec(const Defaults& d) {
   ConfigSpec spec;
   spec.style = ConfigStyle::Timm;
-  spec.keys = {{"img_size", KeyType::Any, nullptr},
+  spec.keys = {any_key("img_size"),
                int_key("patch_size", 16, 1, 1 << 16),
                int_key("in_chans", 3, 1, 4096),
                int_key("num_classes", 1000, 1, 1 << 22),
@@ -231,6 +231,15 @@ ConfigSpec vit_spec(const Defaults& d) {
                bool_key("pre_norm", false),
                bool_key("dynamic_img_size", false),
                string_key("global_pool", "token", {"token"}),
+               default_only_key("qk_norm", false), default_only_key("scale_attn_norm", false),
+               default_only_key("scale_mlp_norm", false), default_only_key("proj_bias", true),
+               default_only_key("init_values", nullptr), default_only_key("pos_embed", "learn"),
+               default_only_key("reg_tokens", 0), default_only_key("final_norm", true),
+               default_only_key("fc_norm", nullptr), default_only_key("pool_include_prefix", false),
+               default_only_key("dynamic_img_pad", false), default_only_key("act_layer", nullptr),
+               default_only_key("norm_layer", nullptr), default_only_key("embed_norm_layer", nullptr),
+               ignored_key("weight_init"), ignored_key("fix_init"), ignored_key("device"),
+               ignored_key("dtype"),
                // Accepted, not used: recast trains without dropout.
                ignored_key("drop_rate"), ignored_key("pos_drop_rate"),
                ignored_key("patch_drop_rate"), ignored_key("proj_drop_rate"),

@@ -36,6 +36,8 @@ namespace recast::recasts {
 // One command-line option of a recast: "--feature-dim" stored under "feature_dim".
 struct OptionSpec {
   enum class Type { Int, Double, String, Flag };
+  OptionSpec(std::string f, std::string k, Type t, std::string h)
+      : flag(std::move(f)), key(std::move(k)), type(t), help(std::move(h)) {}
   std::string flag;  // "--feature-dim"
   std::string key;   // "feature_dim": its key in the values object
   Type type = Type::Double;
