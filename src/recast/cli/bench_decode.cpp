@@ -88,9 +88,14 @@ int run_bench_decode(const BenchDecodeCli& o) {
   synchronize(device);
   const double decode_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const double peak_mb = take_peak_allocated_mb(device);
-  const bool t2r = c.contains("recast_t2r");
+  // The recast whose core stands in the attention slots ("t2r"), else softmax.
+  std::string attention = "softmax";
+  for (const auto& b : model->slots().built()) {
+    if (b.slot.kind != models::SlotKind::Attention || b.recast.empty()) continue;
+    if (const auto* r = recasts::recast_for_config_key(b.recast)) attention = r->name();
+  }
   nlohmann::json j = {{"model", o.model},
-                      {"attention", t2r ? "t2r" : "softmax"},
+                      {"attention", attention},
                       {"device", device.str()},
                       {"dtype", dtype_flag_name(dtype)},
                       {"batch", o.batch},
@@ -109,7 +114,7 @@ int run_bench_decode(const BenchDecodeCli& o) {
   } else {
     std::printf("%s, %s, batch %lld, context %lld: prefill %.1f ms, decode %.3f ms/token "
                 "(%.1f tokens/s), cache %.2f MB%s\n",
-                t2r ? "T2R" : "softmax", device.str().c_str(), static_cast<long long>(o.batch),
+                attention.c_str(), device.str().c_str(), static_cast<long long>(o.batch),
                 static_cast<long long>(o.context), prefill_ms, j["ms_per_token"].get<double>(),
                 j["tokens_per_s"].get<double>(), j["cache_mb"].get<double>(),
                 device.is_cuda() ? msg(", peak ", static_cast<int64_t>(peak_mb), " MB").c_str() : "");

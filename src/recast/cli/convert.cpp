@@ -79,6 +79,7 @@ void write_conversion(const ConvertCli& o, recasts::Conversion& c,
     log::info("converted ", c.report.size(), " layers (", o.recipe, "):");
     std::fputs(c.table.c_str(), stdout);
   }
+  for (const auto& [title, report] : c.later) recasts::print_report(report, title.c_str());
   std::fflush(stdout);
   if (c.manifest.contains("logits_change") && !c.manifest["logits_change"].is_null()) {
     const auto& lc = c.manifest["logits_change"];

@@ -118,7 +118,7 @@ struct MlpImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) {
     return down_proj.forward(at::silu(gate_proj.forward(x)) * up_proj.forward(x));
   }
-  torch::nn::AnyModule gate_proj, up_proj, down_proj;  // Linear or FactorizedLinear
+  torch::nn::AnyModule gate_proj, up_proj, down_proj;  // Linear, or a recast's layer
 };
 TORCH_MODULE(Mlp);
 

@@ -82,6 +82,8 @@ struct Conversion {
   std::string table;        // the recipe's own report, printed instead of the generic one
   // Extra manifest sections written beside "conversion" ("attention_transfer").
   nlohmann::json extra = nlohmann::json::object();
+  // Reports printed after the one at init, by title ("after 20 transfer steps").
+  std::vector<std::pair<std::string, std::vector<LayerReport>>> later;
 };
 
 class Recast {

@@ -168,7 +168,11 @@ class T2R : public Recast {
                   {"layers", chosen},
                   {"new_tensors", fresh.size()},
                   {"seed", o.seed}};
-    if (steps > 0) c.extra["attention_transfer"] = transfer(*model, o, steps, lr);
+    if (steps > 0) {
+      std::vector<LayerReport> after;
+      c.extra["attention_transfer"] = transfer(*model, o, steps, lr, &after);
+      c.later.emplace_back(msg("after ", steps, " transfer steps"), after);
+    }
     return c;
   }
 
@@ -194,14 +198,12 @@ class T2R : public Recast {
   // Trains only the feature maps so that each linear layer reproduces the
   // softmax attention it replaced, on the source's own inputs.
   static nlohmann::json transfer(models::Model& model, const RecipeOptions& o, int64_t steps,
-                                 double lr) {
-    if (model.named_parameters(true).size() > 0) {
-      bool any = false;
-      for (const auto& p : model.named_parameters(true)) {
-        any = any || p.key().find(".feature_map.") != std::string::npos;
-      }
-      if (!any) throw UsageError("--transfer-steps: the feature maps have no parameters (elu1)");
+                                 double lr, std::vector<LayerReport>* after) {
+    bool any = false;
+    for (const auto& p : model.named_parameters(true)) {
+      any = any || p.key().find(".feature_map.") != std::string::npos;
     }
+    if (!any) throw UsageError("--transfer-steps: the feature maps have no parameters (elu1)");
     RECAST_CHECK(!o.work_dir.empty(), "attention transfer: no scratch directory");
     train::TrainOptions t;
     t.out = (std::filesystem::path(o.work_dir) / "transfer").string();
@@ -219,12 +221,12 @@ class T2R : public Recast {
     t.device = o.device;
     t.objective = std::make_shared<AttentionTransfer>();
     t.label = "transfer";
+    t.save_final = false;  // the conversion saves the model
     train::train(model, *o.train_data, nullptr, t, {});
     for (auto& p : model.parameters(true)) p.set_requires_grad(true);
-    auto after = measure(model, o.probe);
-    print_report(after, msg("after ", steps, " transfer steps").c_str());
+    *after = measure(model, o.probe);
     return {{"steps", steps}, {"lr", lr}, {"data", o.data},
-            {"curve", transfer_curve(t.out + "/metrics.jsonl")}, {"error_after", report_json(after)}};
+            {"curve", transfer_curve(t.out + "/metrics.jsonl")}, {"error_after", report_json(*after)}};
   }
 };
 

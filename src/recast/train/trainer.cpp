@@ -347,6 +347,10 @@ void Trainer::save() {
 
 // The final model: what every other verb reads.
 void Trainer::finish() {
+  if (!o_.save_final) {
+    log::info(o_.label, ": ", step_, " steps (final train loss ", format_number(result_.last_loss), ")");
+    return;
+  }
   models::save_model(model_, o_.out);
   if (run_.tokenizer) run_.tokenizer->save(o_.out);
   nlohmann::json manifest = run_.manifest;

@@ -71,6 +71,9 @@ struct TrainOptions {
   std::vector<std::shared_ptr<TrainHook>> hooks;
   nlohmann::json hook_options = nlohmann::json::object();
   std::string label = "train";  // the progress bar's
+  // Write the final model, tokenizer and manifest to `out` (off when the
+  // caller saves the model itself, as convert does after attention transfer).
+  bool save_final = true;
   std::shared_ptr<Communicator> comm;  // null: from the environment (dist_env)
 };
 
