@@ -9,18 +9,22 @@
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 600
 
-.PHONY: all deps build demo test asan fuzz bench clean
+.PHONY: all deps configure build demo test asan fuzz bench clean
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
 
-build: deps
+configure: deps
 	@cmake --preset default >/dev/null
+
+build: configure
 	@cmake --build build -j$(JOBS)
 
-demo: build
+# The demo builds only what it runs (the two executables), not the suite.
+demo: configure
+	@cmake --build build -j$(JOBS) --target recast recast-engine
 	@scripts/demo.sh
 
 test: build

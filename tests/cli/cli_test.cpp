@@ -362,3 +362,52 @@ TEST(Cli, AnalyzeShowsEachHeadsAttentionAndDrawsIt) {
 
 }  // namespace
 }  // namespace recast::testing
+
+namespace recast::testing {
+namespace {
+
+// Every numeric option is checked when the command line is parsed, before
+// any work: out of range, NaN, infinity, overflow and non-integers are usage
+// errors (exit 2) with one line naming the option, what it expects and what
+// it found.
+TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
+  const std::vector<std::string> pretrain = {"pretrain", "--arch", "gpt2", "--data", "x", "--out", "y"};
+  struct Case {
+    std::vector<std::string> base;
+    std::string option;
+    std::vector<std::string> values;
+  };
+  const std::vector<Case> cases = {
+      {pretrain, "--steps", {"0", "-5", "99999999999999999999999", "2.5"}},
+      {pretrain, "--lr", {"0", "-1", "nan", "inf"}},
+      {pretrain, "--min-lr-ratio", {"-1", "50"}},
+      {pretrain, "--weight-decay", {"-5"}},
+      {pretrain, "--warmup", {"-10"}},
+      {pretrain, "--clip", {"-1"}},
+      {pretrain, "--threads", {"-2"}},
+      {pretrain, "--distill-alpha", {"5"}},
+      {pretrain, "--batch-size", {"0"}},
+      {pretrain, "--keep", {"1"}},
+      {pretrain, "--frobenius-decay", {"-1", "nan"}},
+      {{"generate", "--model", "x"}, "--temperature", {"-1", "nan"}},
+      {{"generate", "--model", "x"}, "--top-p", {"2", "0"}},
+      {{"generate", "--model", "x"}, "--max-tokens", {"-1"}},
+      {{"bench", "decode", "--model", "x"}, "--context", {"0"}},
+      {{"convert", "--model", "x", "--out", "y", "--recipe", "t2r"}, "--feature-dim", {"0"}},
+      {{"convert", "--model", "x", "--out", "y", "--recipe", "t2r"}, "--transfer-steps", {"-2"}},
+      {{"convert", "--model", "x", "--out", "y", "--recipe", "tcnn"}, "--alpha", {"nan", "0"}},
+      {{"convert", "--model", "x", "--out", "y", "--recipe", "factorize"}, "--rank-ratio", {"nan"}},
+  };
+  for (const auto& c : cases) {
+    for (const auto& v : c.values) {
+      std::vector<std::string> args = c.base;
+      args.push_back(c.option);
+      args.push_back(v);
+      SCOPED_TRACE(c.option + " " + v);
+      expect_one_line_error(run(args), 2, c.option + ": expected");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace recast::testing

@@ -7,11 +7,35 @@
 #include "recast/core/log.h"
 #include "recast/core/version.h"
 
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <sstream>
 #include <map>
 #include <new>
 
 namespace recast::cli {
+
+CLI::Validator number_in(double lo, double hi, bool open_lo, bool integer) {
+  auto describe = [=] {
+    std::ostringstream os;
+    os << (integer ? "an integer in " : "a finite number in ") << (open_lo ? "(" : "[") << lo << ", "
+       << hi << "]";
+    return os.str();
+  };
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double v = std::strtod(text.c_str(), &end);
+        const bool parsed = end != text.c_str() && *end == '\0' && errno != ERANGE;
+        const bool ok = parsed && std::isfinite(v) && (open_lo ? v > lo : v >= lo) && v <= hi &&
+                        (!integer || std::floor(v) == v);
+        return ok ? std::string() : "expected " + describe() + ", found " + text;
+      },
+      describe());
+}
 namespace {
 
 int fail(int code, const std::string& message) {

@@ -130,13 +130,17 @@ Runner add_bench(CLI::App& app) {
   cmd->require_subcommand(1);
   auto* decode = cmd->add_subcommand("decode", "Decode cost after a prefill of --context tokens");
   decode->add_option("--model", o->model, "Language model checkpoint directory")->required();
-  decode->add_option("--context", o->context, "Prompt length before decoding (default 1024)");
-  decode->add_option("--new-tokens", o->new_tokens, "Timed decode steps (default 32)");
-  decode->add_option("--batch", o->batch, "Sequences decoded together (default 1)");
+  decode->add_option("--context", o->context, "Prompt length before decoding (default 1024)")
+      ->check(integer_in(1, 1e9));
+  decode->add_option("--new-tokens", o->new_tokens, "Timed decode steps (default 32)")
+      ->check(integer_in(1, 1e9));
+  decode->add_option("--batch", o->batch, "Sequences decoded together (default 1)")
+      ->check(integer_in(1, 1e6));
   decode->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   decode->add_option("--dtype", o->dtype, "Weights: f32, bf16 or f16 (default f32; states stay fp32)");
   decode->add_option("--seed", o->seed, "Seed of the random prompt (default 0)");
-  decode->add_option("--threads", o->threads, "CPU threads (default: every core)");
+  decode->add_option("--threads", o->threads, "CPU threads (default: every core)")
+      ->check(integer_in(0, 4096));
   decode->add_flag("--json", o->json, "Print one JSON object");
   return [o] { return run_bench_decode(*o); };
 }

@@ -185,11 +185,14 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--data", o->data,
                   "Data for the error report (text; images for image models), and for recipes "
                   "that calibrate or train on it");
-  cmd->add_option("--batch-size", o->batch_size, "Batch size of --data's batches (default 8)");
-  cmd->add_option("--seq-len", o->seq_len, "Text window of --data (default 128)");
+  cmd->add_option("--batch-size", o->batch_size, "Batch size of --data's batches (default 8)")
+      ->check(integer_in(1, 1 << 20));
+  cmd->add_option("--seq-len", o->seq_len, "Text window of --data (default 128)")
+      ->check(integer_in(1, 1 << 24));
   cmd->add_option("--seed", o->seed, "Seed of the new parameters and the data order (0)");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
-  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)");
+  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
+      ->check(integer_in(0, 4096));
   // Each recipe's own options, as a group of its own.
   for (const auto& [name, item] : recasts::registry().items()) {
     const auto specs = item.factory->convert_options();

@@ -208,15 +208,19 @@ Runner add_eval(CLI::App& app) {
   cmd->add_option("--baseline", o->baseline,
                   "With --corrupt: a baseline model for each corruption's CE and the mCE");
   cmd->add_option("--split", o->split, "train, val, test or all (default test)");
-  cmd->add_option("--batch-size", o->batch_size, "Examples per batch (default 16)");
-  cmd->add_option("--seq-len", o->seq_len, "Window length (default: the model's training one)");
-  cmd->add_option("--max-batches", o->max_batches, "Stop after N batches (default: all)");
+  cmd->add_option("--batch-size", o->batch_size, "Examples per batch (default 16)")
+      ->check(integer_in(1, 1 << 20));
+  cmd->add_option("--seq-len", o->seq_len, "Window length (default: the model's training one)")
+      ->check(integer_in(1, 1 << 24));
+  cmd->add_option("--max-batches", o->max_batches, "Stop after N batches (default: all)")
+      ->check(integer_in(0, 1e12));
   cmd->add_option("--split-seed,--seed", o->seed,
                   "Split seed (default: the model's split_seed, from recast_manifest.json)");
   cmd->add_option("--text-field", o->text_field, "JSON field holding the text (default text)");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_flag("--bf16", o->bf16, "bf16 autocast on CUDA");
-  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)");
+  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
+      ->check(integer_in(0, 4096));
   cmd->add_flag("--json", o->json, "Print the metrics as JSON");
   return [o] { return run_eval(*o); };
 }

@@ -161,13 +161,18 @@ Runner add_generate(CLI::App& app) {
   cmd->add_option("--prompt-ids", o->prompt_ids,
                   "Prompt as token ids: 1,2,3 (no tokenizer needed); repeat for a batch")
       ->allow_extra_args(false);
-  cmd->add_option("--max-tokens", o->max_tokens, "Tokens to generate (default 100)");
-  cmd->add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy (default 1)");
-  cmd->add_option("--top-k", o->top_k, "Sample from the K most likely tokens (default 0: all)");
-  cmd->add_option("--top-p", o->top_p, "Nucleus sampling threshold (default 1: off)");
+  cmd->add_option("--max-tokens", o->max_tokens, "Tokens to generate (default 100)")
+      ->check(integer_in(1, 1e9));
+  cmd->add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy (default 1)")
+      ->check(number_in(0, 1000));
+  cmd->add_option("--top-k", o->top_k, "Sample from the K most likely tokens (default 0: all)")
+      ->check(integer_in(0, 1e9));
+  cmd->add_option("--top-p", o->top_p, "Nucleus sampling threshold (default 1: off)")
+      ->check(number_in(0, 1, true));
   cmd->add_option("--seed", o->seed, "Sampling seed (default 0)");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
-  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)");
+  cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
+      ->check(integer_in(0, 4096));
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep going past <|endoftext|>");
   cmd->add_flag("--json", o->json,
                 "Print {\"prompt_ids\", \"ids\", \"text\"} (one line per prompt) instead of streaming");

@@ -31,25 +31,37 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
       ->required();
   cmd->add_option("--out", o.out, "Directory for the final model, checkpoints/ and metrics.jsonl")
       ->required();
-  cmd->add_option("--steps", o.steps, "Optimizer steps (default 1000)");
-  cmd->add_option("--batch-size", o.batch_size, "Examples per micro-batch (default 16)");
-  cmd->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step (default 1)");
+  cmd->add_option("--steps", o.steps, "Optimizer steps (default 1000)")->check(integer_in(1, 1e12));
+  cmd->add_option("--batch-size", o.batch_size, "Examples per micro-batch (default 16)")
+      ->check(integer_in(1, 1 << 20));
+  cmd->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step (default 1)")
+      ->check(integer_in(1, 1 << 20));
   cmd->add_option("--seq-len", o.seq_len,
-                  "Tokens per language-model window / text truncation (default 128)");
-  cmd->add_option("--lr", o.lr, "Peak learning rate (default 3e-4)");
-  cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr (0.1)");
-  cmd->add_option("--warmup", o.warmup, "Linear warmup steps (default min(100, steps/10))");
+                  "Tokens per language-model window / text truncation (default 128)")
+      ->check(integer_in(1, 1 << 24));
+  cmd->add_option("--lr", o.lr, "Peak learning rate (default 3e-4)")->check(number_in(0, 1e30, true));
+  cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr (0.1)")
+      ->check(number_in(0, 1));
+  cmd->add_option("--warmup", o.warmup, "Linear warmup steps (default min(100, steps/10))")
+      ->check(integer_in(0, 1e12));
   cmd->add_option("--weight-decay", o.weight_decay,
-                  "AdamW weight decay on matrices; none on biases, norms, embeddings (0.1)");
-  cmd->add_option("--clip", o.clip, "Clip the gradient norm to this (default 1; 0 = off)");
+                  "AdamW weight decay on matrices; none on biases, norms, embeddings (0.1)")
+      ->check(number_in(0, 100));
+  cmd->add_option("--clip", o.clip, "Clip the gradient norm to this (default 1; 0 = off)")
+      ->check(number_in(0, 1e12));
   cmd->add_option("--train", o.train_regex,
                   "Train only parameters whose names match this regex; freeze the rest");
   cmd->add_option("--save-every", o.save_every,
-                  "Checkpoint every N steps (default 0: at the end and on SIGINT/SIGTERM)");
-  cmd->add_option("--keep", o.keep, "Checkpoints to keep (default 2, at least 2)");
-  cmd->add_option("--eval-every", o.eval_every, "Evaluate on the val split every N steps");
-  cmd->add_option("--eval-batches", o.eval_batches, "Batches per evaluation (default 20)");
-  cmd->add_option("--log-every", o.log_every, "Steps per metrics.jsonl line (default 10)");
+                  "Checkpoint every N steps (default 0: at the end and on SIGINT/SIGTERM)")
+      ->check(integer_in(0, 1e12));
+  cmd->add_option("--keep", o.keep, "Checkpoints to keep (default 2, at least 2)")
+      ->check(integer_in(2, 1e6));
+  cmd->add_option("--eval-every", o.eval_every, "Evaluate on the val split every N steps")
+      ->check(integer_in(0, 1e12));
+  cmd->add_option("--eval-batches", o.eval_batches, "Batches per evaluation (default 20)")
+      ->check(integer_in(1, 1e12));
+  cmd->add_option("--log-every", o.log_every, "Steps per metrics.jsonl line (default 10)")
+      ->check(integer_in(1, 1e12));
   cmd->add_option("--seed", o.seed, "Seed for new weights and the data order (default 0)");
   cmd->add_option("--split-seed", o.split_seed,
                   "Seed of the train / val / test split (default: pretrain 0; finetune the "
@@ -62,11 +74,14 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_option("--device", o.device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_flag("--bf16", o.bf16, "bf16 autocast on CUDA (fp32 weights and optimizer state)");
   cmd->add_flag("--tf32", o.tf32, "Let CUDA fp32 products use TF32");
-  cmd->add_option("--threads", o.threads, "CPU threads (default: every core)");
+  cmd->add_option("--threads", o.threads, "CPU threads (default: every core)")
+      ->check(integer_in(0, 4096));
   cmd->add_option("--teacher", o.teacher, "Distil from this model's logits (checkpoint dir)");
   cmd->add_option("--distill-alpha", o.distill_alpha,
-                  "Weight of the distillation loss against the task loss (0.5)");
-  cmd->add_option("--temperature", o.temperature, "Distillation temperature (default 2)");
+                  "Weight of the distillation loss against the task loss (0.5)")
+      ->check(number_in(0, 1));
+  cmd->add_option("--temperature", o.temperature, "Distillation temperature (default 2)")
+      ->check(number_in(0, 1000, true));
   cmd->add_flag("--no-progress", o.no_progress, "No progress bar (metrics.jsonl still written)");
   for (const auto& [name, item] : recasts::registry().items()) {
     const auto specs = item.factory->train_options();
@@ -84,11 +99,13 @@ std::vector<CLI::Option*> add_option_specs(CLI::App* app, const std::vector<reca
     switch (s.type) {
       case T::Int:
         out.push_back(app->add_option_function<int64_t>(
-            s.flag, [target, key](const int64_t& v) { (*target)[key] = v; }, s.help));
+                             s.flag, [target, key](const int64_t& v) { (*target)[key] = v; }, s.help)
+                          ->check(integer_in(s.min, s.max)));
         break;
       case T::Double:
         out.push_back(app->add_option_function<double>(
-            s.flag, [target, key](const double& v) { (*target)[key] = v; }, s.help));
+                             s.flag, [target, key](const double& v) { (*target)[key] = v; }, s.help)
+                          ->check(number_in(s.min, s.max, s.open_min)));
         break;
       case T::String:
         out.push_back(app->add_option_function<std::string>(

@@ -76,6 +76,13 @@ Runner add_convert(CLI::App& app);
 Runner add_bench(CLI::App& app);
 Runner add_analyze(CLI::App& app);
 
+// A CLI11 check: the value is a finite number in [lo, hi] (lo excluded with
+// open_lo), integer-valued with `integer`; the message names what was
+// expected and what was found ("--lr: expected a finite number in (0, 10],
+// found nan"). Bad values are usage errors (exit 2) before any work starts.
+CLI::Validator number_in(double lo, double hi, bool open_lo = false, bool integer = false);
+inline CLI::Validator integer_in(double lo, double hi) { return number_in(lo, hi, false, true); }
+
 // Human-readable sizes for tables: 1.5 GB, 12.0 MB, 512 B.
 std::string human_bytes(uint64_t bytes);
 // 124,439,808

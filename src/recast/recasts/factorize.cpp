@@ -638,23 +638,29 @@ class Factorize : public Recast {
                            "factorize: factorize every selected layer, also where the factors hold "
                            "more numbers than the dense weight (full-rank exactness checks)"};
     no_fallback.flag_value = false;
-    return {{"--rank-ratio", "rank_ratio", T::Double,
-             "factorize: rank = round(R * min(m, n)) in every selected layer"},
-            {"--energy", "energy", T::Double,
-             "factorize: the smallest rank keeping this fraction of sum s^2 per layer"},
-            {"--params", "params", T::Double,
-             "factorize: keep this fraction of the checkpoint's parameters (one energy fraction for "
-             "all selected layers)"},
-            {"--recalibrate-bn", "recalibrate_bn", T::Int,
-             "factorize: re-estimate BatchNorm statistics on N batches of --data's training split "
-             "after factorizing (no gradient steps)"},
-            {"--whiten", "whiten", T::Int,
-             "factorize: data-aware factors that keep each layer's outputs on N batches of --data's "
-             "training split, not its weights (SVD-LLM whitening); the rank rules then read the "
-             "output energy"},
-            {"--whiten-damp", "whiten_damp", T::Double,
-             "factorize: damping of the inputs' second moment, a fraction of its mean diagonal "
-             "(default 0.01)"},
+    return {OptionSpec("--rank-ratio", "rank_ratio", T::Double,
+                       "factorize: rank = round(R * min(m, n)) in every selected layer")
+                .range(0, 1, true),
+            OptionSpec("--energy", "energy", T::Double,
+                       "factorize: the smallest rank keeping this fraction of sum s^2 per layer")
+                .range(0, 1, true),
+            OptionSpec("--params", "params", T::Double,
+                       "factorize: keep this fraction of the checkpoint's parameters (one energy "
+                       "fraction for all selected layers)")
+                .range(0, 1, true),
+            OptionSpec("--recalibrate-bn", "recalibrate_bn", T::Int,
+                       "factorize: re-estimate BatchNorm statistics on N batches of --data's "
+                       "training split after factorizing (no gradient steps)")
+                .range(0, 1e6),
+            OptionSpec("--whiten", "whiten", T::Int,
+                       "factorize: data-aware factors that keep each layer's outputs on N batches "
+                       "of --data's training split, not its weights (SVD-LLM whitening); the rank "
+                       "rules then read the output energy")
+                .range(0, 1e6),
+            OptionSpec("--whiten-damp", "whiten_damp", T::Double,
+                       "factorize: damping of the inputs' second moment, a fraction of its mean "
+                       "diagonal (default 0.01)")
+                .range(0, 1e6),
             no_fallback};
   }
   Conversion convert(models::Model& source, const RecipeOptions& o) const override {
@@ -666,6 +672,7 @@ class Factorize : public Recast {
                      "Add (lambda/2)||U V^T||_F^2 for every factorized layer (Gram form); its "
                      "factors get no weight decay (default 0: off)"};
     decay.fallback = 0.0;
+    decay.range(0, 1e6);
     OptionSpec attention{"--fd-attention", "fd_attention", T::Flag,
                          "Frobenius decay also on each head's W_Q W_K^T and W_V W_O (dense attention)"};
     attention.fallback = false;

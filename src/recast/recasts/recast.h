@@ -44,6 +44,14 @@ struct OptionSpec {
   std::string help;
   nlohmann::json flag_value = true;  // what a Flag stores when given
   nlohmann::json fallback;           // stored when not given (null: absent)
+  // The accepted range of an Int / Double (finite; min excluded with
+  // open_min): anything else is a usage error before work starts.
+  double min = 0, max = 1e12;
+  bool open_min = false;
+  OptionSpec& range(double lo, double hi, bool open_lo = false) {
+    min = lo, max = hi, open_min = open_lo;
+    return *this;
+  }
 };
 
 struct RecipeOptions {

@@ -113,12 +113,17 @@ class T2R : public Recast {
 
   std::vector<OptionSpec> convert_options() const override {
     using T = OptionSpec::Type;
-    return {{"--feature-map", "feature_map", T::String, "t2r: t2r, elu1 or hedgehog (default t2r)"},
-            {"--feature-dim", "feature_dim", T::Int, "t2r: features per head (default 64)"},
-            {"--eps", "eps", T::Double, "t2r: normaliser floor (default 0.01, T2R's)"},
-            {"--transfer-steps", "transfer_steps", T::Int,
-             "t2r: train the feature maps to match softmax attention first (default 0)"},
-            {"--transfer-lr", "transfer_lr", T::Double, "t2r: attention transfer learning rate (1e-2)"}};
+    return {OptionSpec("--feature-map", "feature_map", T::String, "t2r: t2r, elu1 or hedgehog (default t2r)"),
+            OptionSpec("--feature-dim", "feature_dim", T::Int, "t2r: features per head (default 64)")
+                .range(1, 65536),
+            OptionSpec("--eps", "eps", T::Double, "t2r: normaliser floor (default 0.01, T2R's)")
+                .range(0, 1, true),
+            OptionSpec("--transfer-steps", "transfer_steps", T::Int,
+                       "t2r: train the feature maps to match softmax attention first (default 0)")
+                .range(0, 1e9),
+            OptionSpec("--transfer-lr", "transfer_lr", T::Double,
+                       "t2r: attention transfer learning rate (1e-2)")
+                .range(0, 10, true)};
   }
 
   Conversion convert(models::Model& source, const RecipeOptions& o) const override {

@@ -129,10 +129,12 @@ class Tcnn : public Recast {
     using T = OptionSpec::Type;
     OptionSpec hard{"--hard", "hard", T::Flag,
                     "tcnn: hard (one-hot) positional attention, exact (the default)"};
-    return {{"--alpha", "alpha", T::Double,
-             "tcnn: soft positional attention with this locality strength"},
+    return {OptionSpec("--alpha", "alpha", T::Double,
+                       "tcnn: soft positional attention with this locality strength")
+                .range(0, 1e6, true),
             hard,
-            {"--qk-dim", "qk_dim", T::Int, "tcnn: query/key width per head (default max(16, C/K^2))"}};
+            OptionSpec("--qk-dim", "qk_dim", T::Int, "tcnn: query/key width per head (default max(16, C/K^2))")
+                .range(0, 65536)};
   }
   std::vector<std::shared_ptr<train::TrainHook>> train_hooks(models::Model& model,
                                                               const nlohmann::json&) const override {
