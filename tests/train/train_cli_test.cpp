@@ -19,6 +19,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <thread>
 
@@ -153,9 +154,25 @@ class TrainCli : public ::testing::Test {
     EXPECT_EQ(convert.code, 0) << convert.err;
     return path;
   }
+  // The reference GPT factorized to 50 % of its numbers (report on --data),
+  // built once for the tests that use it.
+  static const std::string& factorized_model() {
+    static std::string path;
+    static Result convert;
+    if (path.empty()) {
+      path = dir_->file("f50");
+      convert = run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"), "--out",
+                     path, "--params", "0.5", "--data", corpus(), "--seq-len", "32", "--batch-size", "4"});
+    }
+    EXPECT_EQ(convert.code, 0) << convert.err;
+    factorize_output_ = &convert.out;
+    return path;
+  }
+  static const std::string* factorize_output_;
   static TempDir* dir_;
   static std::string* reference_;
 };
+const std::string* TrainCli::factorize_output_ = nullptr;
 TempDir* TrainCli::dir_ = nullptr;
 std::string* TrainCli::reference_ = nullptr;
 
@@ -426,22 +443,43 @@ TEST_F(TrainCli, FinetuneKeepsTheSourceModelsSplitWhateverItsSeed) {
 // T-CNN end to end on images: convert with a report on the data, fine-tune
 // (gates and attention distances logged), evaluate under corruptions against
 // the CNN as baseline (CE per corruption, mCE).
-TEST_F(TrainCli, TcnnConvertFinetuneAndCorruptionEval) {
-  TempDir t;
-  image_folder(t.file("imgs"), 3, 20);
-  Result pre = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
-                    t.file("imgs"), "--steps", "4", "--batch-size", "8", "--out", t.file("cnn"),
+// A small CNN on an image folder, converted to T-CNN and fine-tuned, built
+// once for the three tests below (each checks one verb).
+struct TcnnChain {
+  std::unique_ptr<TempDir> dir;
+  Result pretrain, convert, finetune;
+  std::string file(const std::string& name) const { return dir->file(name); }
+};
+
+const TcnnChain& tcnn_chain() {
+  static TcnnChain c;
+  if (c.dir) return c;
+  c.dir = std::make_unique<TempDir>();
+  image_folder(c.file("imgs"), 3, 20);
+  c.pretrain = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
+                    c.file("imgs"), "--steps", "4", "--batch-size", "8", "--out", c.file("cnn"),
                     "--no-progress", "--threads", "2"});
-  ASSERT_EQ(pre.code, 0) << pre.err;
-  Result conv = run({"convert", "--recipe", "tcnn", "--model", t.file("cnn"), "--out", t.file("tcnn"),
-                     "--layers", "layer[34]\\.", "--data", t.file("imgs"), "--threads", "2"});
-  ASSERT_EQ(conv.code, 0) << conv.err;
-  EXPECT_NE(conv.err.find("same predictions"), std::string::npos) << conv.err;
-  Result ft = run({"finetune", "--model", t.file("tcnn"), "--data", t.file("imgs"), "--steps", "4",
-                   "--batch-size", "8", "--eval-every", "2", "--out", t.file("ft"), "--no-progress",
-                   "--threads", "2"});
-  ASSERT_EQ(ft.code, 0) << ft.err;
-  std::ifstream in(t.file("ft/metrics.jsonl"));
+  if (c.pretrain.code != 0) return c;
+  c.convert = run({"convert", "--recipe", "tcnn", "--model", c.file("cnn"), "--out", c.file("tcnn"),
+                   "--layers", "layer[34]\\.", "--data", c.file("imgs"), "--threads", "2"});
+  if (c.convert.code != 0) return c;
+  c.finetune = run({"finetune", "--model", c.file("tcnn"), "--data", c.file("imgs"), "--steps", "4",
+                    "--batch-size", "8", "--eval-every", "2", "--out", c.file("ft"), "--no-progress",
+                    "--threads", "2"});
+  return c;
+}
+
+TEST_F(TrainCli, TcnnConvertKeepsThePredictions) {
+  const TcnnChain& c = tcnn_chain();
+  ASSERT_EQ(c.pretrain.code, 0) << c.pretrain.err;
+  ASSERT_EQ(c.convert.code, 0) << c.convert.err;
+  EXPECT_NE(c.convert.err.find("same predictions"), std::string::npos) << c.convert.err;
+}
+
+TEST_F(TrainCli, TcnnFinetuneLogsGatesAndDistances) {
+  const TcnnChain& c = tcnn_chain();
+  ASSERT_EQ(c.finetune.code, 0) << c.convert.err << c.finetune.err;
+  std::ifstream in(c.file("ft/metrics.jsonl"));
   std::string line;
   int tcnn_lines = 0;
   while (std::getline(in, line)) {
@@ -453,8 +491,16 @@ TEST_F(TrainCli, TcnnConvertFinetuneAndCorruptionEval) {
     EXPECT_EQ(j["layers"]["layer4.1.conv2"]["distance"].size(), 9u) << line;
   }
   EXPECT_GE(tcnn_lines, 2) << "at each evaluation and at the end";
-  Result ev = run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--split", "all",
-                   "--corrupt", "gaussian_noise:5,contrast", "--baseline", t.file("cnn"), "--json",
+  // The CNN it came from has no ConvAttention: no statistics, no extra forward.
+  std::ifstream cnn(c.file("cnn/metrics.jsonl"));
+  while (std::getline(cnn, line)) EXPECT_EQ(line.find("\"tcnn\""), std::string::npos) << line;
+}
+
+TEST_F(TrainCli, TcnnCorruptionEvalAgainstTheCnn) {
+  const TcnnChain& c = tcnn_chain();
+  ASSERT_EQ(c.finetune.code, 0) << c.convert.err << c.finetune.err;
+  Result ev = run({"eval", "--model", c.file("ft"), "--data", c.file("imgs"), "--split", "all",
+                   "--corrupt", "gaussian_noise:5,contrast", "--baseline", c.file("cnn"), "--json",
                    "--threads", "2"});
   ASSERT_EQ(ev.code, 0) << ev.err;
   auto j = nlohmann::json::parse(ev.out);
@@ -463,15 +509,15 @@ TEST_F(TrainCli, TcnnConvertFinetuneAndCorruptionEval) {
   EXPECT_TRUE(j["ce"].contains("contrast"));
   EXPECT_TRUE(j.contains("mce"));
   // The clean accuracy is the plain evaluation's on the same split.
-  Result plain = run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--split", "all",
+  Result plain = run({"eval", "--model", c.file("ft"), "--data", c.file("imgs"), "--split", "all",
                       "--json", "--threads", "2"});
   ASSERT_EQ(plain.code, 0) << plain.err;
   EXPECT_DOUBLE_EQ(j["clean"].get<double>(), nlohmann::json::parse(plain.out)["accuracy"].get<double>());
-  expect_one_line_error(run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--corrupt",
+  expect_one_line_error(run({"eval", "--model", c.file("ft"), "--data", c.file("imgs"), "--corrupt",
                              "fog"}),
                         2, "unknown corruption 'fog'");
-  expect_one_line_error(run({"eval", "--model", t.file("ft"), "--data", t.file("imgs"), "--baseline",
-                             t.file("cnn")}),
+  expect_one_line_error(run({"eval", "--model", c.file("ft"), "--data", c.file("imgs"), "--baseline",
+                             c.file("cnn")}),
                         2, "--baseline needs --corrupt");
 }
 
@@ -561,15 +607,13 @@ TEST_F(TrainCli, PretrainRefusesAConfigTypo) {
   EXPECT_FALSE(fs::exists(t.file("out")));
 }
 
-// factorize -> finetune with Frobenius decay -> merge, through the CLI.
-TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
+// factorize through the CLI: the report, what inspect counts, data-aware factors.
+TEST_F(TrainCli, FactorizeReportsWhatInspectCountsAndWhitens) {
   TempDir t;
-  const std::string f = t.file("f50");
-  Result c = run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"), "--out", f,
-                  "--params", "0.5", "--data", corpus(), "--seq-len", "32", "--batch-size", "4"});
-  ASSERT_EQ(c.code, 0) << c.err;
-  EXPECT_NE(c.out.find("transformer.h.1.mlp.c_fc"), std::string::npos) << c.out;
-  EXPECT_NE(c.out.find("rel error"), std::string::npos) << c.out;
+  const std::string f = factorized_model();
+  const std::string& out = *factorize_output_;
+  EXPECT_NE(out.find("transformer.h.1.mlp.c_fc"), std::string::npos) << out;
+  EXPECT_NE(out.find("rel error"), std::string::npos) << out;
   auto manifest = nlohmann::json::parse(read_bytes(f + "/recast_manifest.json"));
   const auto& conv = manifest["conversion"];
   Result inspect = run({"inspect", f, "--json", "--summary"});
@@ -600,6 +644,12 @@ TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
                              "--out", t.file("x"), "--params", "0.5", "--whiten-damp", "0.1"}),
                         2, "--whiten-damp");
   EXPECT_FALSE(fs::exists(t.file("x")));
+}
+
+// finetune the factorized GPT with Frobenius decay (logged each step), merge, eval.
+TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
+  TempDir t;
+  const std::string f = factorized_model();
   const std::vector<std::string> ft = {"finetune", "--model", f, "--data", corpus(), "--seq-len", "32",
                                        "--batch-size", "4", "--steps", "3", "--log-every", "1",
                                        "--no-progress", "--threads", "2"};
@@ -623,6 +673,21 @@ TEST_F(TrainCli, FactorizeFinetuneWithFrobeniusDecayThenMerge) {
   EXPECT_FALSE(config.contains("recast_factorized"));
   Result ev = run({"eval", "--model", t.file("merged"), "--data", corpus(), "--json", "--threads", "2"});
   ASSERT_EQ(ev.code, 0) << ev.err;
+  // The merged dense model computes what its factors did.
+  Result ev_ft = run({"eval", "--model", t.file("ft"), "--data", corpus(), "--json", "--threads", "2"});
+  ASSERT_EQ(ev_ft.code, 0) << ev_ft.err;
+  const double merged = nlohmann::json::parse(ev.out)["perplexity"].get<double>();
+  const double factored = nlohmann::json::parse(ev_ft.out)["perplexity"].get<double>();
+  EXPECT_NEAR(merged, factored, 1e-4 * factored);
+}
+
+// --fd-attention on the dense GPT, and misuse of Frobenius decay and of the recipes.
+TEST_F(TrainCli, FrobeniusDecayOnAttentionAndMisuse) {
+  TempDir t;
+  const std::string f = factorized_model();
+  const std::vector<std::string> ft = {"finetune", "--model", f, "--data", corpus(), "--seq-len", "32",
+                                       "--batch-size", "4", "--steps", "3", "--log-every", "1",
+                                       "--no-progress", "--threads", "2"};
   // Frobenius decay on the dense model's attention products (--fd-attention).
   std::vector<std::string> attn = ft;
   attn[2] = dir_->file("reference");
