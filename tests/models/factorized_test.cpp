@@ -565,3 +565,28 @@ TEST(FactorizeRecipe, LlamaAttentionFactorsFollowTheKeyValueGroups) {
 
 }  // namespace
 }  // namespace recast::testing
+
+namespace recast::testing {
+namespace {
+
+// Trained from scratch (--set recast_factorized=...), a factorized layer
+// starts from the spectral factors of what the family draws for the dense
+// layer in its slot: GPT-2's residual projections (c_proj) at
+// 0.02 / sqrt(2 n_layer), the others at 0.02 (full rank: U V^T is the draw).
+TEST(FactorizeRecipe, FromScratchFactorsFollowTheFamilysInitOfTheirSlot) {
+  auto m = tiny_model("gpt2", {{"recast_factorized",
+                                {{"layers", {{"transformer.h.0.mlp.c_proj", 32}, {"transformer.h.0.mlp.c_fc", 32}}}}}},
+                      9);
+  double proj = 0, fc = 0;
+  for (const auto& item : m->named_modules("", false)) {
+    if (auto* l = item.value()->as<layers::FactorizedLinear>()) {
+      const double s = l->dense_weight().std().item<double>();
+      (item.key() == "transformer.h.0.mlp.c_proj" ? proj : fc) = s;
+    }
+  }
+  EXPECT_NEAR(proj, 0.02 / 2.0, 0.001);  // n_layer 2
+  EXPECT_NEAR(fc, 0.02, 0.002);
+}
+
+}  // namespace
+}  // namespace recast::testing

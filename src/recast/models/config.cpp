@@ -206,8 +206,8 @@ void check_value(const ConfigKey& k, const nlohmann::json& v) {
   if (v.is_null() || !k.read) return;
   if (k.default_only) {
     if (v != k.fallback) {
-      throw Error(msg("config key '", k.name, "': only the default (", k.fallback.dump(),
-                      ") is supported, found ", v.dump()));
+      throw Error(msg("config key '", k.name, "': only the reference library's default (",
+                      k.fallback.dump(), ") is supported, found ", v.dump()));
     }
     return;
   }

@@ -174,14 +174,6 @@ class ResNet : public Model {
   nn::AnyModule fc;  // nn::Linear, or a recast's layer
 };
 
-// Only timm's default is supported for these model_args keys.
-void check_default(const ConfigView& v, const char* key, const nlohmann::json& expected) {
-  const auto& value = v.raw(key);
-  if (!value.is_null() && value != expected) {
-    throw Error(msg("config key '", key, "': only timm's default is supported, found ", value.dump()));
-  }
-}
-
 ConfigSpec resnet_spec(const std::vector<int64_t>& layers) {
   ConfigSpec spec;
   spec.style = ConfigStyle::Timm;
@@ -190,9 +182,9 @@ ConfigSpec resnet_spec(const std::vector<int64_t>& layers) {
   ConfigKey channels = int_key("channels", std::vector<int64_t>{64, 128, 256, 512}, 1, 1 << 16);
   channels.type = KeyType::IntList;
   spec.keys = {list, channels, int_key("num_classes", 1000, 1, 1 << 22), int_key("in_chans", 3, 1, 4096),
-               any_key("stem_type"), any_key("output_stride"),
-               any_key("cardinality"), any_key("base_width"),
-               any_key("avg_down"),
+               default_only_key("stem_type", ""), default_only_key("output_stride", 32),
+               default_only_key("cardinality", 1), default_only_key("base_width", 64),
+               default_only_key("avg_down", false),
                default_only_key("replace_stem_pool", false), default_only_key("block_reduce_first", 1),
                default_only_key("down_kernel_size", 1), default_only_key("aa_layer", nullptr),
                default_only_key("act_layer", "relu"), default_only_key("norm_layer", "batchnorm2d"),
@@ -209,11 +201,6 @@ ConfigSpec resnet_spec(const std::vector<int64_t>& layers) {
         throw Error(msg("config key '", key, "': expected 4 positive integers, found ", value.dump()));
       }
     }
-    check_default(v, "stem_type", "");
-    check_default(v, "output_stride", 32);
-    check_default(v, "cardinality", 1);
-    check_default(v, "base_width", 64);
-    check_default(v, "avg_down", false);
   });
   spec.parameters = [](const ConfigView& v) {
     double n = 0, in = 64;

@@ -226,10 +226,10 @@ ConfigSpec vit_spec(const Defaults& d) {
                int_key("num_heads", d.heads, 1, 4096),
                double_key("mlp_ratio", 4.0, 1e-3, 64),
                bool_key("qkv_bias", true),
-               bool_key("class_token", true),
-               bool_key("no_embed_class", false),
-               bool_key("pre_norm", false),
-               bool_key("dynamic_img_size", false),
+               default_only_key("class_token", true),
+               default_only_key("no_embed_class", false),
+               default_only_key("pre_norm", false),
+               default_only_key("dynamic_img_size", false),
                string_key("global_pool", "token", {"token"}),
                default_only_key("qk_norm", false), default_only_key("scale_attn_norm", false),
                default_only_key("scale_mlp_norm", false), default_only_key("proj_bias", true),
@@ -251,13 +251,6 @@ ConfigSpec vit_spec(const Defaults& d) {
     RECAST_CHECK(h % v.i("patch_size") == 0 && w % v.i("patch_size") == 0,
                  "config key 'img_size': ", h, "x", w, " is not a multiple of patch_size ",
                  v.i("patch_size"));
-    for (const char* key : {"class_token", "no_embed_class", "pre_norm", "dynamic_img_size"}) {
-      const bool expected = key == std::string("class_token");
-      if (v.b(key) != expected) {
-        throw Error(msg("config key '", key, "': only timm's default (", expected ? "true" : "false",
-                        ") is supported"));
-      }
-    }
   });
   spec.parameters = [](const ConfigView& v) {
     const double w = static_cast<double>(v.i("embed_dim"));

@@ -529,17 +529,10 @@ class FactorizedFiller : public models::SlotFiller {
     return torch::nn::AnyModule(layers::FactorizedConv2d(o));
   }
   // The spectral factors of the dense layer's init.
-  void init(const models::Slot&, torch::nn::Module& layer, const models::DenseInitFn& dense) const override {
-    if (auto* l = layer.as<layers::FactorizedLinear>()) {
-      models::Slot s;
-      s.name = "", s.in = l->options().in, s.out = l->options().out, s.bias = l->options().bias;
-      init_from(*l, dense, s);
-    } else if (auto* c = layer.as<layers::FactorizedConv2d>()) {
-      models::Slot s;
-      s.kind = models::SlotKind::Conv2d, s.in = c->options().in, s.out = c->options().out;
-      s.kernel = c->options().kernel[0], s.bias = c->options().bias;
-      init_from(*c, dense, s);
-    }
+  void init(const models::Slot& slot, torch::nn::Module& layer,
+            const models::DenseInitFn& dense) const override {
+    if (auto* l = layer.as<layers::FactorizedLinear>()) init_from(*l, dense, slot);
+    if (auto* c = layer.as<layers::FactorizedConv2d>()) init_from(*c, dense, slot);
   }
   void check_placed(const std::vector<const models::Slot*>& claimed,
                     const std::vector<models::Slot>& offered) const override {
