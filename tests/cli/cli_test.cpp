@@ -386,7 +386,9 @@ Result run_in_process(const std::vector<std::string>& args) {
                         {{"pretrain", cli::add_pretrain},
                          {"generate", cli::add_generate},
                          {"bench", cli::add_bench},
-                         {"convert", cli::add_convert}});
+                         {"convert", cli::add_convert},
+                         {"analyze", cli::add_analyze},
+                         {"eval", cli::add_eval}});
   std::fflush(stderr);
   ::dup2(saved, 2);
   ::close(saved);
@@ -429,6 +431,11 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
       {{"convert", "--model", "x", "--out", "y", "--recipe", "t2r"}, "--transfer-steps", {"-2"}},
       {{"convert", "--model", "x", "--out", "y", "--recipe", "tcnn"}, "--alpha", {"nan", "0"}},
       {{"convert", "--model", "x", "--out", "y", "--recipe", "factorize"}, "--rank-ratio", {"nan"}},
+      {{"convert", "--model", "x", "--out", "y", "--recipe", "t2r"}, "--batch-size", {"0", "1e99"}},
+      {{"analyze", "--model", "x"}, "--index", {"-1", "0.5"}},
+      {{"analyze", "--model", "x", "--index", "1"}, "--split-seed", {"-3"}},
+      {{"eval", "--model", "x", "--data", "y"}, "--batch-size", {"0"}},
+      {{"eval", "--model", "x", "--data", "y"}, "--threads", {"-1"}},
   };
   for (const auto& c : cases) {
     for (const auto& v : c.values) {
@@ -439,6 +446,22 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
       expect_one_line_error(run_in_process(args), 2, c.option + ": expected");
     }
   }
+  // Options that do not apply, and bad settings outside the command line.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> inapplicable = {
+      {{"convert", "--model", "x", "--out", "y", "--recipe", "tcnn", "--feature-dim", "4"},
+       "--feature-dim is an option of --recipe t2r, not tcnn"},
+      {{"analyze", "--model", "x", "--image", "i.png", "--split", "val"}, "with --image they do not apply"},
+      {{"analyze", "--model", "x"}, "give one of --image FILE and --index N"},
+      {{"--log-level", "loud", "eval", "--model", "x", "--data", "y"}, "--log-level: unknown log level 'loud'"},
+  };
+  for (const auto& [args, expected] : inapplicable) {
+    SCOPED_TRACE(expected);
+    expect_one_line_error(run_in_process(args), 2, expected);
+  }
+  ::setenv("RECAST_LOG_LEVEL", "chatty", 1);
+  expect_one_line_error(run_in_process({"eval", "--model", "x", "--data", "y"}), 2,
+                        "RECAST_LOG_LEVEL: unknown log level 'chatty'");
+  ::unsetenv("RECAST_LOG_LEVEL");
 }
 
 }  // namespace

@@ -167,6 +167,10 @@ TEST(PlotRead, ErrorsAreOneLine) {
   std::string e = error_of([] { parse("{\"step\": 1,\n"); });
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
   EXPECT_EQ(e.rfind("m.jsonl:1: invalid JSON", 0), 0u) << e;
+  // The bytes a bad line holds are shown escaped, never raw.
+  e = error_of([] { parse("\xff\xfe\x01{\n"); });
+  for (unsigned char c : e) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << e;
+  EXPECT_NE(e.find("\\xff"), std::string::npos) << e;
 }
 
 TEST(PlotRead, EmptyFile) {

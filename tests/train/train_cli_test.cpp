@@ -5,11 +5,14 @@
 
 #include "process_util.h"
 #include "recast/io/checkpoint.h"
+#include "recast/io/file.h"
+#include "recast/io/safetensors.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <stb/stb_image_write.h>
+#include <torch/torch.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -329,7 +332,7 @@ TEST_F(TrainCli, GenerateIdsWithoutATokenizerAndTextWithOne) {
 TEST_F(TrainCli, BadDataGivesOneLineErrorsAndNoOutput) {
   TempDir t;
   auto args = pretrain_args("no-such-data-set", t.file("out1"));
-  expect_one_line_error(run(args), 1, "'no-such-data-set': no such file or directory");
+  expect_one_line_error(run(args), 1, "'no-such-data-set': does not exist");
   EXPECT_FALSE(fs::exists(t.file("out1")));
   write_bytes(t.file("empty.txt"), "");
   expect_one_line_error(run(pretrain_args(t.file("empty.txt"), t.file("out2"))), 1, "empty data set");
@@ -723,6 +726,158 @@ TEST_F(TrainCli, FrobeniusDecayOnAttentionAndMisuse) {
                              "--out", t.file("x")}),
                         2, "no factorized layers");
   EXPECT_FALSE(fs::exists(t.file("x")));
+}
+
+// ------------------------------------------------------------ faults
+
+// A pid that no process has: a child that has exited and been reaped.
+pid_t dead_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return pid;
+}
+
+// Entries of `dir` whose names start with `prefix`.
+std::vector<std::string> entries_starting(const std::string& dir, const std::string& prefix) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) out.push_back(name);
+  }
+  return out;
+}
+
+template <typename F>
+bool wait_until(F done, int seconds = 60) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+// SIGINT during convert's attention transfer: exit 130 and nothing left of the
+// output (the hidden temp directory included); the next convert to the same
+// place removes temps a kill -9 left (their pid is gone), not others'.
+TEST_F(TrainCli, InterruptedConvertLeavesNoTempAndExits130) {
+  TempDir t;
+  const std::string out = t.file("conv");
+  Child child({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out", out,
+               "--feature-dim", "16", "--data", corpus(), "--seq-len", "32", "--batch-size", "4",
+               "--transfer-steps", "100000000", "--threads", "1"},
+              t.file("log"));
+  // In the transfer: its metrics are being written inside the temp directory.
+  ASSERT_TRUE(wait_until([&] {
+    for (const auto& name : entries_starting(t.path(), ".conv.tmp-")) {
+      if (logged_step(t.file(name + "/.work/transfer")) >= 1) return true;
+    }
+    return false;
+  })) << read_bytes(t.file("log"));
+  child.signal(SIGINT);
+  EXPECT_EQ(child.wait(), 130) << read_bytes(t.file("log"));
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(entries_starting(t.path(), ".conv").empty()) << "temp or lock left behind";
+  EXPECT_NE(read_bytes(t.file("log")).find("interrupted by SIGINT"), std::string::npos);
+
+  // Orphans of a process that is gone are removed; a live process's are not.
+  const std::string orphan = t.file(".conv.tmp-" + std::to_string(dead_pid()));
+  const std::string live = t.file(".conv.tmp-" + std::to_string(::getppid()));
+  fs::create_directories(orphan + "/.work");
+  fs::create_directories(live);
+  Result r = run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"), "--out", out,
+                  "--params", "0.5"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_TRUE(fs::exists(live));
+}
+
+// SIGTERM while repack writes its shards: exit 143, the new directory removed.
+TEST_F(TrainCli, InterruptedRepackLeavesNothingAndExits143) {
+  TempDir t;
+  io::NamedTensors tensors;
+  for (int i = 0; i < 96; ++i) tensors.emplace_back("w" + std::to_string(i), torch::ones({1 << 18}));
+  io::save_safetensors(t.file("big.safetensors"), tensors);  // 96 MB
+  const std::string out = t.file("out");
+  Child child({"repack", t.file("big.safetensors"), out, "--max-shard-size", "1MB"}, t.file("log"));
+  ASSERT_TRUE(wait_until([&] { return !entries_starting(out, "model-").empty(); }))
+      << read_bytes(t.file("log"));
+  child.signal(SIGTERM);
+  EXPECT_EQ(child.wait(), 143) << read_bytes(t.file("log"));
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(entries_starting(t.path(), ".out").empty()) << "temp or lock left behind";
+}
+
+// One writer per --out: a second one is refused naming the owner's pid; a
+// lock left by a process that is gone is taken over with a warning.
+TEST_F(TrainCli, OneWriterPerOutputDirectory) {
+  TempDir t;
+  const std::string out = t.file("run");
+  {
+    io::OutputLock held(out, "--out");
+    const std::string owner = "pid " + std::to_string(::getpid());
+    expect_one_line_error(run(pretrain_args(corpus(), out, 3)), 1, "in use by another recast (" + owner);
+    expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
+                               "--out", out, "--params", "0.5"}),
+                          1, owner);
+    expect_one_line_error(run({"repack", dir_->file("reference"), out}), 1, owner);
+    EXPECT_FALSE(fs::exists(out));
+  }
+  const pid_t gone = dead_pid();
+  write_bytes(t.file(".run.lock"), std::to_string(gone) + "\n");
+  auto args = pretrain_args(corpus(), out, 3);
+  args.erase(std::find(args.begin(), args.end(), "-q"));
+  Result r = run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("taking over the lock left by pid " + std::to_string(gone)), std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(t.file(".run.lock")));
+}
+
+// Data a model cannot take is refused before any work, naming the option.
+TEST_F(TrainCli, DataOfTheWrongKindIsRefusedUpFront) {
+  TempDir t;
+  const std::string fixtures = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures";
+  expect_one_line_error(run({"convert", "--recipe", "factorize", "--model", dir_->file("reference"),
+                             "--out", t.file("a"), "--data", "fashion-mnist"}),
+                        2, "--data 'fashion-mnist' is image-classification data");
+  expect_one_line_error(run({"convert", "--recipe", "tcnn", "--model", fixtures + "/resnet18_timm",
+                             "--out", t.file("b"), "--data", corpus()}),
+                        2, "is text data");
+  auto teacher = pretrain_args(corpus(), t.file("c"), 3);
+  teacher[0] = "finetune";
+  teacher[1] = "--model";
+  teacher[2] = dir_->file("reference");
+  teacher.push_back("--teacher");
+  teacher.push_back(fixtures + "/resnet18_timm");
+  expect_one_line_error(run(teacher), 2, "--teacher");
+  for (const char* name : {"a", "b", "c"}) EXPECT_FALSE(fs::exists(t.file(name))) << name;
+}
+
+// A run that fails before its first checkpoint removes the --out it created;
+// a bad path for --out is a usage error naming it.
+TEST_F(TrainCli, FailedRunLeavesNoOutputAndBadOutPathsAreNamed) {
+  TempDir t;
+  auto args = pretrain_args(corpus(), t.file("diverged"), 5);
+  set_arg(args, "--lr", "1e30");
+  set_arg(args, "--save-every", "0");
+  Result r = run(args);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_FALSE(fs::exists(t.file("diverged")));
+  write_bytes(t.file("file"), "x");
+  expect_one_line_error(run(pretrain_args(corpus(), t.file("file"), 3)), 2,
+                        "--out '" + t.file("file") + "': exists and is a file");
+  expect_one_line_error(run(pretrain_args(corpus(), t.file("no/such/dir"), 3)), 2, "does not exist");
+  fs::create_symlink(t.file("loop"), t.file("loop"));
+  expect_one_line_error(run(pretrain_args(corpus(), t.file("loop"), 3)), 2, "symlink loop");
+  ::mkfifo(t.file("fifo").c_str(), 0600);
+  expect_one_line_error(run(pretrain_args(t.file("fifo"), t.file("x"), 3)), 1, "is a FIFO");
+  expect_one_line_error(run(pretrain_args("/dev/zero", t.file("x"), 3)), 1, "character device");
+  expect_one_line_error(run({"eval", "--model", t.file("nothing"), "--data", corpus()}), 1,
+                        "does not exist");
 }
 
 }  // namespace

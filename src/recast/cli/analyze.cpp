@@ -64,6 +64,9 @@ std::pair<double, double> parse_query(const std::string& spec, int64_t h, int64_
 int run_analyze(const AnalyzeCli& o) {
   if (o.image.empty() == (o.index < 0)) throw UsageError("give one of --image FILE and --index N");
   if (o.index >= 0 && o.data.empty()) throw UsageError("--index needs --data SPEC");
+  if (o.index < 0 && (!o.data.empty() || o.seed >= 0 || o.split != "test")) {
+    throw UsageError("--data, --split and --seed choose the image of --index; with --image they do not apply");
+  }
   if (!o.out.empty() && !ends_with(o.out, ".png") && !ends_with(o.out, ".svg")) {
     throw UsageError(msg("--out ", o.out, ": expected a .png or .svg file"));
   }
@@ -163,10 +166,12 @@ Runner add_analyze(CLI::App& app) {
   auto* cmd = app.add_subcommand("analyze", verb_info("analyze").summary);
   cmd->add_option("--model", o->model, "Checkpoint directory (a T-CNN)")->required();
   cmd->add_option("--image", o->image, "Image file (PNG, JPEG, BMP, GIF)");
-  cmd->add_option("--index", o->index, "Image N of --data's split instead of --image");
+  cmd->add_option("--index", o->index, "Image N of --data's split instead of --image")
+      ->check(integer_in(0, 9e15));
   cmd->add_option("--data", o->data, "With --index: named data set or path");
   cmd->add_option("--split", o->split, "With --index: train, val, test or all (default test)");
-  cmd->add_option("--split-seed,--seed", o->seed, "With --index: split seed (default: the model's)");
+  cmd->add_option("--split-seed,--seed", o->seed, "With --index: split seed (default: the model's)")
+      ->check(integer_in(0, 9e15));
   cmd->add_option("--query", o->query, "Query position ROW,COL in input pixels (default: centre)");
   cmd->add_option("--layers", o->layers, "Regex on layer names (default: every ConvAttention)");
   cmd->add_option("--out", o->out, "Draw the attention maps: FILE.png or FILE.svg");

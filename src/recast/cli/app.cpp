@@ -5,12 +5,14 @@
 #include "recast/cli/verbs.h"
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/io/file.h"
 #include "recast/core/version.h"
 
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 #include <map>
 #include <new>
@@ -36,6 +38,31 @@ CLI::Validator number_in(double lo, double hi, bool open_lo, bool integer) {
       },
       describe());
 }
+void check_output_dir(const std::string& path, const std::string& option, bool must_be_empty) {
+  if (path.empty()) throw UsageError(msg(option, ": expected a directory path, found ''"));
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto link = fs::symlink_status(path, ec);
+  if (!ec && fs::exists(link)) {
+    const std::string problem = io::path_problem(path);
+    if (!problem.empty()) throw UsageError(msg(option, " ", quote(path), ": ", problem));
+    if (!io::is_directory(path)) {
+      throw UsageError(msg(option, " ", quote(path), ": exists and is a file; expected a directory"));
+    }
+    if (must_be_empty && !fs::is_empty(path, ec)) {
+      throw UsageError(msg(option, " ", quote(path), ": exists and is not empty"));
+    }
+    return;
+  }
+  fs::path parent = fs::path(path).parent_path();
+  if (parent.empty()) parent = ".";
+  if (!io::is_directory(parent.string())) {
+    throw UsageError(msg(option, " ", quote(path), ": its parent ", quote(parent.string()),
+                         io::path_problem(parent.string()).empty() ? " is not a directory"
+                                                                    : " does not exist"));
+  }
+}
+
 namespace {
 
 int fail(int code, const std::string& message) {
@@ -116,7 +143,15 @@ int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls) {
   }
 
   try {
-    if (!log_level.empty()) log::set_level(log::parse_level(log_level));
+    auto level_of = [](const std::string& where, const std::string& name) {
+      try {
+        return log::parse_level(name);
+      } catch (const UsageError& e) {
+        throw UsageError(msg(where, ": ", e.what()));
+      }
+    };
+    if (const char* env = std::getenv("RECAST_LOG_LEVEL")) level_of("RECAST_LOG_LEVEL", env);
+    if (!log_level.empty()) log::set_level(level_of("--log-level", log_level));
     if (verbose) log::set_level(log::Level::Debug);
     if (quiet) log::set_level(log::Level::Warn);
     auto chosen = app.get_subcommands();
@@ -133,7 +168,16 @@ int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls) {
   } catch (const std::bad_alloc&) {
     return fail(1, "out of memory");
   } catch (const std::exception& e) {
-    return fail(1, first_line(e.what()));
+    // Not one of ours (LibTorch, the standard library, a JSON parser): say
+    // which verb it came from, and call an allocation failure by its name.
+    std::string where = "recast";
+    for (CLI::App* sub : app.get_subcommands()) where += " " + sub->get_name();
+    const std::string what = first_line(e.what());
+    const bool oom = what.find("can't allocate memory") != std::string::npos ||
+                     what.find("out of memory") != std::string::npos ||
+                     what.find("alloc_cpu") != std::string::npos;
+    if (oom) return fail(1, msg(where, ": out of memory (", what, ")"));
+    return fail(1, msg(where, ": ", what));
   }
 }
 

@@ -44,6 +44,7 @@ int run_bench_decode(const BenchDecodeCli& o) {
   set_threads(o.threads);
   const c10::Device device = select_device(o.device);
   const c10::ScalarType dtype = parse_dtype(o.dtype);
+  check_compute_dtype(dtype, device);
   RECAST_CHECK(o.context >= 1 && o.new_tokens >= 1 && o.batch >= 1,
                "--context, --new-tokens and --batch must be >= 1");
   models::ModelPtr model = models::load_model(o.model);

@@ -53,6 +53,7 @@ ConvertData open_data(const ConvertCli& o, models::Model& source, const io::Toke
     d.probe = train::to_device(source.example_batch(4, o.seed), device);
     return d;
   }
+  check_data_fits(source.task(), o.data, msg("--model ", quote(o.model)));
   const bool images = source.task() == models::Task::ImageClassification;
   train::Normalization norm = normalization_of(source.config());
   if (!images && !tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
@@ -118,9 +119,8 @@ int run_convert(const ConvertCli& o) {
       throw UsageError(msg(opt->get_name(), " is an option of --recipe ", owner, ", not ", o.recipe));
     }
   }
-  if (fs::exists(o.out) && !fs::is_empty(o.out)) {
-    throw UsageError(msg("--out ", quote(o.out), " exists and is not empty"));
-  }
+  check_output_dir(o.out, "--out", /*must_be_empty=*/true);
+  io::OutputLock lock(o.out, "--out");
   models::ModelPtr source = models::load_model(o.model);
   const nlohmann::json source_manifest = manifest_of(o.model);  // its training facts
   source->to(device);
@@ -129,8 +129,11 @@ int run_convert(const ConvertCli& o) {
 
   // Everything goes into a temporary directory renamed into place at the end.
   const fs::path out(o.out);
-  const fs::path tmp = out.parent_path() / msg(".", out.filename().string(), ".tmp-", ::getpid());
+  io::remove_orphaned_temps(out.has_parent_path() ? out.parent_path().string() : ".",
+                            out.filename().string());
+  const fs::path tmp = io::temp_beside(o.out);
   fs::remove_all(tmp);
+  signals::TempPath guard(tmp.string());  // removed on SIGINT / SIGTERM
   recasts::RecipeOptions ro;
   auto given = o.values.find(o.recipe);
   ro.values = recasts::with_fallbacks(

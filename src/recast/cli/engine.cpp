@@ -2,6 +2,7 @@
 // this binary for the verbs that need LibTorch.
 
 #include "recast/cli/verbs.h"
+#include "recast/core/signals.h"
 
 #include <cstdlib>
 #include <string>
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   // MKL_CBWR=COMPATIBLE (docs/training.md). So CPU training asks MKL for its
   // reproducible path. Both must be set before MKL initialises; a user's own
   // setting wins (MKL_CBWR=AUTO: faster, resume no longer bit-exact).
+  recast::signals::install();  // SIGINT / SIGTERM: clean stop, no temp files left
   ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
   if (cpu_training(argc, argv)) ::setenv("MKL_CBWR", "COMPATIBLE", /*overwrite=*/0);
   return run_cli(argc, argv,

@@ -62,6 +62,7 @@ models::Batch read_batch(const std::string& path, const models::Model& model) {
 int run_forward(const ForwardOptions& o) {
   const c10::Device device = select_device(o.device);
   const c10::ScalarType dtype = parse_dtype(o.dtype);
+  check_compute_dtype(dtype, device);
   set_tf32(o.tf32);
   std::unique_ptr<models::Recorder> recorder;
   if (!o.dump.empty()) recorder = std::make_unique<models::Recorder>(o.dump);

@@ -5,6 +5,7 @@
 
 #include "recast/cli/verbs.h"
 #include "recast/core/error.h"
+#include "recast/core/signals.h"
 
 #include <unistd.h>
 
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
                  engine.c_str(), std::strerror(errno));
     return 1;
   }
+  recast::signals::install();
   return recast::cli::run_cli(
       argc, argv, {{"inspect", recast::cli::add_inspect}, {"plot", recast::cli::add_plot}});
 }

@@ -10,6 +10,7 @@
 #include "recast/core/log.h"
 #include "recast/core/progress.h"
 #include "recast/io/checkpoint.h"
+#include "recast/core/signals.h"
 #include "recast/io/file.h"
 
 #include <filesystem>
@@ -58,10 +59,13 @@ int run_repack(const RepackOptions& o) {
   const uint64_t max_shard = io::parse_byte_size(o.max_shard_size);
   std::optional<c10::ScalarType> cast;
   if (!o.dtype.empty()) cast = parse_dtype(o.dtype);
-  if (io::is_regular_file(o.output)) {
-    throw UsageError(msg(o.output, ": exists and is a file; OUT must be a directory"));
-  }
+  check_output_dir(o.output, "OUT", /*must_be_empty=*/false);
+  io::OutputLock lock(o.output, "OUT");
   io::TensorStore store = io::TensorStore::open(o.input);
+  // A new directory is removed whole if a signal stops the run (each file in
+  // it is written atomically, but a half set of shards is no checkpoint).
+  signals::TempPath unfinished;
+  if (!fs::exists(o.output)) unfinished.reset(o.output);
 
   io::NamedTensors tensors;
   tensors.reserve(store.entries().size());
@@ -81,6 +85,7 @@ int run_repack(const RepackOptions& o) {
       fs::weakly_canonical(o.input) != fs::weakly_canonical(o.output)) {
     copy_side_files(o.input, o.output);
   }
+  unfinished.release();
   log::info("wrote ", tensors.size(), " tensors to ", o.output);
   return 0;
 }

@@ -60,6 +60,11 @@ std::unique_ptr<io::Tokenizer> tokenizer_of_checkpoint(const std::string& dir);
 train::Normalization normalization_of(const nlohmann::json& config);
 void record_normalization(nlohmann::json& config, const train::Normalization& norm);
 
+// Refuses, before any work, data a model of `task` cannot take ("--data X is
+// image data; --model DIR is a language model"); `who` names the model
+// ("--model DIR", "--teacher DIR"). UsageError.
+void check_data_fits(models::Task task, const std::string& data, const std::string& who);
+
 // recast_manifest.json of a checkpoint directory (empty object when absent).
 nlohmann::json manifest_of(const std::string& dir);
 

@@ -12,10 +12,12 @@
 #include "recast/io/checkpoint.h"
 #include "recast/io/file.h"
 #include "recast/io/json_strict.h"
+#include "recast/train/checkpoint.h"
 
 #include <torch/torch.h>
 
 #include <ctime>
+#include <functional>
 #include <filesystem>
 #include <set>
 #include <thread>
@@ -202,6 +204,32 @@ uint64_t split_seed_of(const nlohmann::json& manifest) {
   return static_cast<uint64_t>(manifest_int(manifest, "split_seed", manifest_int(manifest, "seed", 0)));
 }
 
+const char* task_name(models::Task t) {
+  switch (t) {
+    case models::Task::CausalLM: return "a language model";
+    case models::Task::ImageClassification: return "an image model";
+    case models::Task::SequenceClassification: return "a text classifier";
+  }
+  return "?";
+}
+
+models::Task task_of(train::DataKind kind) {
+  switch (kind) {
+    case train::DataKind::Text: return models::Task::CausalLM;
+    case train::DataKind::TextClassification: return models::Task::SequenceClassification;
+    case train::DataKind::ImageClassification: return models::Task::ImageClassification;
+  }
+  return models::Task::CausalLM;
+}
+
+void check_data_fits(models::Task task, const std::string& data, const std::string& who) {
+  const train::DataKind kind = train::sniff_data_kind(data);
+  if (task_of(kind) != task) {
+    throw UsageError(msg("--data ", quote(data), " is ", train::data_kind_name(kind), " data, for ",
+                         task_name(task_of(kind)), "; ", who, " is ", task_name(task), ""));
+  }
+}
+
 namespace {
 
 // The facts of a data set a model is fitted to.
@@ -221,14 +249,6 @@ models::DataFacts facts_of(train::DataKind kind, const io::Tokenizer* tok, const
   return f;
 }
 
-const char* task_name(models::Task t) {
-  switch (t) {
-    case models::Task::CausalLM: return "a language model";
-    case models::Task::ImageClassification: return "an image model";
-    case models::Task::SequenceClassification: return "a text classifier";
-  }
-  return "?";
-}
 
 // Fills what the data decides (vocabulary, classes, channels, context; with
 // head_only the task head's keys only) into a config unless --set gave it.
@@ -279,6 +299,10 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
   RECAST_CHECK(o.split_seed >= 0, "prepare_data: the split seed is resolved by the verb");
   train::DataOptions d{o.data, "train", static_cast<uint64_t>(o.split_seed), o.seq_len, o.text_field};
   p.train = train::open_dataset(d, p.tokenizer.get(), &p.norm);
+  if (p.kind != train::DataKind::Text && p.train->classes().size() == 1) {
+    log::warn("--data ", o.data, " has a single class (", quote(p.train->classes()[0]),
+              "): every prediction is right, the loss goes to 0 and the model learns nothing");
+  }
   d.split = "val";
   try {
     p.val = train::open_dataset(d, p.tokenizer.get(), &p.norm);
@@ -338,6 +362,22 @@ nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const P
   if (p.tokenizer) m["tokenizer"] = p.tokenizer->kind();
   if (!o.teacher.empty()) m["teacher"] = o.teacher;
   return m;
+}
+
+// --out for the whole run: checked before any work, locked against a second
+// writer, and removed again if this run created it and failed before its
+// first checkpoint (nothing there worth keeping: metrics.jsonl at most).
+int with_out_dir(const TrainCli& o, const std::function<int()>& body) {
+  check_output_dir(o.out, "--out", /*must_be_empty=*/false);
+  io::OutputLock lock(o.out, "--out");
+  const bool existed = fs::exists(o.out);
+  try {
+    return body();
+  } catch (...) {
+    std::error_code ec;
+    if (!existed && train::latest_checkpoint(o.out).empty()) fs::remove_all(o.out, ec);
+    throw;
+  }
 }
 
 int run_pretrain(TrainCli& o) {
@@ -421,6 +461,7 @@ int run_finetune(TrainCli& o) {
   model->to(t.device);
   if (!o.teacher.empty()) {
     t.teacher = models::load_model(o.teacher);
+    check_data_fits(t.teacher->task(), o.data, msg("--teacher ", quote(o.teacher)));
     t.teacher->to(t.device);
   }
   nlohmann::json manifest = base_manifest("finetune", o, p);
@@ -438,7 +479,7 @@ Runner add_pretrain(CLI::App& app) {
   cmd->add_option("--arch", o->arch, "Architecture (see 'recast list')")->required();
   cmd->add_option("--set", o->set, "Config value key=value (JSON value); repeatable");
   add_train_options(cmd, *o);
-  return [o] { return run_pretrain(*o); };
+  return [o] { return with_out_dir(*o, [&] { return run_pretrain(*o); }); };
 }
 
 Runner add_finetune(CLI::App& app) {
@@ -448,7 +489,7 @@ Runner add_finetune(CLI::App& app) {
   cmd->add_option("--set", o->set, "Override a config value key=value; repeatable");
   add_train_options(cmd, *o);
   o->lr = 1e-4;
-  return [o] { return run_finetune(*o); };
+  return [o] { return with_out_dir(*o, [&] { return run_finetune(*o); }); };
 }
 
 }  // namespace recast::cli

@@ -83,6 +83,11 @@ Runner add_analyze(CLI::App& app);
 CLI::Validator number_in(double lo, double hi, bool open_lo = false, bool integer = false);
 inline CLI::Validator integer_in(double lo, double hi) { return number_in(lo, hi, false, true); }
 
+// Checks an output directory option before any work: where the path exists it
+// must be a directory (not a file, FIFO, dangling symlink or loop), empty with
+// `must_be_empty`; its parent must exist. UsageError naming `option`.
+void check_output_dir(const std::string& path, const std::string& option, bool must_be_empty);
+
 // Human-readable sizes for tables: 1.5 GB, 12.0 MB, 512 B.
 std::string human_bytes(uint64_t bytes);
 // 124,439,808

@@ -76,6 +76,14 @@ c10::ScalarType parse_dtype(std::string_view spec) {
   throw UsageError(msg("--dtype: invalid value ", quote(spec), " (expected f32, bf16 or f16)"));
 }
 
+void check_compute_dtype(c10::ScalarType dtype, c10::Device device) {
+  if (dtype == c10::kHalf && device.is_cpu()) {
+    throw UsageError(
+        "--dtype f16: LibTorch's CPU kernels have no half precision for layer norm and softmax; "
+        "use --dtype bf16 or f32 on the CPU, or f16 with --device cuda");
+  }
+}
+
 std::string dtype_flag_name(c10::ScalarType type) {
   switch (type) {
     case c10::kFloat: return "f32";

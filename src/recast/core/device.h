@@ -15,6 +15,10 @@ namespace recast {
 // error (UsageError), never a silent fallback.
 c10::Device select_device(std::string_view spec);
 c10::ScalarType parse_dtype(std::string_view spec);
+// Computing in `dtype` on `device` is possible: LibTorch's CPU kernels have no
+// half precision for layer norm, softmax and others, so f16 on the CPU is
+// refused up front (UsageError naming --dtype) instead of failing mid-model.
+void check_compute_dtype(c10::ScalarType dtype, c10::Device device);
 // "f32", "bf16", "f16", ... (the CLI spelling).
 std::string dtype_flag_name(c10::ScalarType type);
 bool cuda_available();

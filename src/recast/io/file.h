@@ -4,6 +4,8 @@
 // directory, fsync, rename, fsync the directory), so that a crash or a full disk
 // never leaves a half-written file under the final name.
 
+#include "recast/core/signals.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -35,7 +37,9 @@ class MappedFile {
 
 class AtomicFile {
  public:
-  // Creates ".<name>.tmp-XXXXXX" beside `path`.
+  // Creates ".<name>.tmp-<pid>-XXXXXX" beside `path`, after removing the temps
+  // of earlier processes that are gone (kill -9); a SIGINT / SIGTERM removes it
+  // (core/signals.h).
   explicit AtomicFile(std::string path);
   // Removes the temp file unless commit() succeeded.
   ~AtomicFile();
@@ -50,12 +54,43 @@ class AtomicFile {
  private:
   std::string path_;
   std::string temp_path_;
+  signals::TempPath guard_;
   int fd_ = -1;
   bool committed_ = false;
 };
 
 // Writes a whole file atomically.
 void write_file_atomic(const std::string& path, const std::string& contents);
+
+// Removes the entries of `dir` named ".<name>.tmp-<pid>..." (the temporaries
+// of AtomicFile and of directory writers) whose process <pid> no longer runs.
+void remove_orphaned_temps(const std::string& dir, const std::string& name);
+// The hidden temporary beside `path` for a directory written whole and renamed
+// into place: ".<name>.tmp-<pid>".
+std::string temp_beside(const std::string& path);
+
+// An advisory lock (flock) on an output directory, held for the run: the file
+// ".<name>.lock" beside it holds the owner's pid. A second writer is refused
+// (recast::Error naming the pid); a lock left by a process that is gone is
+// taken over with a warning. Removed on destruction.
+class OutputLock {
+ public:
+  // `option` names the option in messages ("--out").
+  OutputLock(const std::string& out, const std::string& option);
+  ~OutputLock();
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  signals::TempPath guard_;  // a signal's exit removes the lock file too
+};
+
+// Empty when `path` is a regular file or a directory (following symlinks),
+// else why not: "does not exist", "is a FIFO, not a regular file or directory",
+// "is a dangling symlink", "is a symlink loop", ...
+std::string path_problem(const std::string& path);
 
 bool is_directory(const std::string& path);
 bool is_regular_file(const std::string& path);  // follows symlinks

@@ -2,6 +2,7 @@
 
 #include "recast/core/error.h"
 
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <vector>
@@ -31,7 +32,18 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
   try {
     return json::parse(text.begin(), text.end(), reject_duplicates);
   } catch (const json::parse_error& e) {
-    throw Error(msg(source, ": invalid JSON (", e.what(), ")"));
+    // nlohmann quotes the bytes it last read: keep the message printable.
+    std::string what;
+    for (unsigned char c : std::string_view(e.what())) {
+      if (c < 0x20 || c >= 0x7f) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\x%02x", c);
+        what += buf;
+      } else {
+        what += static_cast<char>(c);
+      }
+    }
+    throw Error(msg(source, ": invalid JSON (", what, ")"));
   }
 }
 

@@ -124,7 +124,8 @@ void check_utf8(const std::string& text, const std::string& source) {
 
 std::vector<std::string> expand_text_spec(const std::string& spec) {
   std::vector<std::string> files;
-  if (has_glob_chars(spec) && !fs::exists(spec)) {
+  std::error_code exists_error;
+  if (has_glob_chars(spec) && !fs::exists(spec, exists_error)) {
     glob_t g{};
     const int rc = ::glob(spec.c_str(), 0, nullptr, &g);
     if (rc == 0) {
@@ -148,9 +149,11 @@ std::vector<std::string> expand_text_spec(const std::string& spec) {
     }
   } else if (is_regular_file(spec)) {
     files.push_back(spec);
+  } else if (const std::string problem = path_problem(spec); problem != "does not exist") {
+    throw Error(msg("data ", quote(spec), ": ", problem));
   } else {
     throw Error(msg("data ", quote(spec),
-                    ": no such file or directory (and not a named data set: sotu, moby-dick, "
+                    ": does not exist (and is not a named data set: sotu, moby-dick, "
                     "spam-assassin, fashion-mnist)"));
   }
   std::sort(files.begin(), files.end());

@@ -162,6 +162,9 @@ LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_c
 ModelPtr load_model(const std::string& path, const LoadOptions& options) {
   nlohmann::json config = nlohmann::json::object();
   std::string arch = options.arch;
+  if (const std::string problem = io::path_problem(path); !problem.empty()) {
+    throw Error(msg(path, ": ", problem, "; expected a checkpoint directory or weights file"));
+  }
   const bool dir = io::is_directory(path);
   const std::string config_path = (fs::path(path) / io::kConfigName).string();
   if (dir && io::is_regular_file(config_path)) {

@@ -227,6 +227,7 @@ class T2R : public Recast {
     t.objective = std::make_shared<AttentionTransfer>();
     t.label = "transfer";
     t.save_final = false;  // the conversion saves the model
+    t.stop_on_signal = false;  // a signal ends convert (its output removed)
     train::train(model, *o.train_data, nullptr, t, {});
     for (auto& p : model.parameters(true)) p.set_requires_grad(true);
     *after = measure(model, o.probe);

@@ -1,5 +1,7 @@
 #include "recast/train/trainer.h"
 
+#include "recast/core/signals.h"
+
 #include "recast/core/error.h"
 #include "recast/core/log.h"
 #include "recast/core/progress.h"
@@ -17,10 +19,10 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
 #include <iomanip>
 #include <numeric>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -29,43 +31,6 @@ namespace fs = std::filesystem;
 
 namespace recast::train {
 namespace {
-
-// ---------------------------------------------------------------- signals
-
-std::atomic<int> g_signals{0};
-
-extern "C" void on_stop_signal(int sig) {
-  if (g_signals.fetch_add(1) >= 1) {
-    // Second signal: leave now. Checkpoints are renamed into place whole, so
-    // the last one stays intact; a half-built temporary one is removed on the
-    // next start.
-    static const char text[] = "\nrecast: second signal, exiting without a checkpoint\n";
-    ssize_t ignored = ::write(STDERR_FILENO, text, sizeof(text) - 1);
-    (void)ignored;
-    ::_exit(128 + sig);
-  }
-}
-
-class SignalScope {
- public:
-  SignalScope() {
-    g_signals = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~SignalScope() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  bool stop_requested() const { return g_signals.load() > 0; }
-
- private:
-  struct sigaction old_int_ {}, old_term_ {};
-};
 
 std::string format_number(double v) {
   std::ostringstream os;
@@ -282,10 +247,12 @@ void Trainer::log_window(const StepStats& s, double lr) {
   window_loss_ += s.loss;
   window_tokens_ += s.tokens;
   ++window_steps_;
-  if (step_ % o_.log_every != 0 && step_ != o_.steps) return;
+  // The rate so far in this window: the progress bar shows it every step, so
+  // a run shorter than --log-every does not read 0.
   const auto now = Clock::now();
   const double window_s = std::chrono::duration<double>(now - window_start_).count();
   last_throughput_ = window_s > 0 ? static_cast<double>(window_tokens_) / window_s : 0.0;
+  if (step_ % o_.log_every != 0 && step_ != o_.steps) return;
   const bool lm = model_.task() == models::Task::CausalLM;
   nlohmann::json line = {{"step", step_},
                          {"split", "train"},
@@ -368,7 +335,8 @@ TrainResult Trainer::run() {
   create_optimizer();
   restore();
   if (o_.teacher) o_.teacher->eval();
-  SignalScope signals;
+  std::optional<signals::StopScope> signals;
+  if (o_.stop_on_signal) signals.emplace();
   ProgressBar::Options bar_options;
   bar_options.label = o_.label;
   bar_options.unit = "step";
@@ -391,9 +359,9 @@ TrainResult Trainer::run() {
     ++step_;
     result_.step = step_;
     result_.last_loss = s.loss;
-    bar.update(1, {{"loss", s.loss}, {"lr", lr}, {throughput_name, last_throughput_}});
     log_window(s, lr);
-    const bool stopping = signals.stop_requested();
+    bar.update(1, {{"loss", s.loss}, {"lr", lr}, {throughput_name, last_throughput_}});
+    const bool stopping = signals && signals->stop_requested();
     if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < o_.steps) {
       evaluate();
       log_statistics();

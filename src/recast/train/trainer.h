@@ -74,6 +74,10 @@ struct TrainOptions {
   // Write the final model, tokenizer and manifest to `out` (off when the
   // caller saves the model itself, as convert does after attention transfer).
   bool save_final = true;
+  // A first SIGINT / SIGTERM stops at the next step with a checkpoint (exit 0,
+  // --resume continues). Off for a run inside another verb (convert's
+  // attention transfer), where a signal ends the verb and removes its output.
+  bool stop_on_signal = true;
   std::shared_ptr<Communicator> comm;  // null: from the environment (dist_env)
 };
 
