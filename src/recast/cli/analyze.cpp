@@ -31,10 +31,6 @@ struct AnalyzeCli {
   bool json = false;
 };
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // An image file as float [C, H, W] in [0, 1] with the model's channel count.
 at::Tensor read_image01(const std::string& path, int64_t channels) {
   int w = 0, h = 0, c = 0;
@@ -67,7 +63,7 @@ int run_analyze(const AnalyzeCli& o) {
   if (o.index < 0 && (!o.data.empty() || o.seed >= 0 || o.split != "test")) {
     throw UsageError("--data, --split and --seed choose the image of --index; with --image they do not apply");
   }
-  if (!o.out.empty() && !ends_with(o.out, ".png") && !ends_with(o.out, ".svg")) {
+  if (!o.out.empty() && !draw::format_of(o.out)) {
     throw UsageError(msg("--out ", o.out, ": expected a .png or .svg file"));
   }
   std::regex layers;
@@ -129,9 +125,8 @@ int run_analyze(const AnalyzeCli& o) {
   const std::vector<eval::LayerAttention> found = eval::attention_at(*model, pixels, qy, qx, layers);
 
   if (!o.out.empty()) {
-    const std::string picture = ends_with(o.out, ".svg") ? eval::render_svg(found, image01, qy, qx)
-                                                         : eval::render_png(found, image01, qy, qx);
-    io::write_file_atomic(o.out, picture);
+    const draw::Figure figure = eval::attention_figure(found, image01, qy, qx);
+    io::write_file_atomic(o.out, figure.encode(*draw::format_of(o.out)));
   }
   if (o.json) {
     nlohmann::json j = {{"model", o.model}, {"image", source}, {"query", {qy, qx}}};

@@ -29,6 +29,9 @@ struct GenerateCli {
   uint64_t seed = 0;
   int threads = 0;
   bool json = false, ignore_eos = false;
+  // The sampling options as given on the command line: with --temperature 0
+  // (greedy) none of them applies.
+  std::vector<const CLI::Option*> sampling;
 };
 
 std::vector<int64_t> parse_ids(const std::string& text) {
@@ -73,6 +76,14 @@ int run_generate(const GenerateCli& o) {
     throw UsageError("give --prompt TEXT or --prompt-ids 1,2,3 (either may be repeated), not both");
   }
   RECAST_CHECK(o.max_tokens >= 0, "--max-tokens: expected >= 0, found ", o.max_tokens);
+  if (o.temperature == 0) {
+    for (const CLI::Option* opt : o.sampling) {
+      if (opt->count() > 0) {
+        throw UsageError(msg(opt->get_name(), " does not apply with --temperature 0 (greedy decoding ",
+                             "takes the most likely token); leave it out, or sample with a temperature > 0"));
+      }
+    }
+  }
   RECAST_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p: expected in (0, 1], found ", o.top_p);
   const c10::Device device = select_device(o.device);
   models::ModelPtr model = models::load_model(o.model);
@@ -165,11 +176,13 @@ Runner add_generate(CLI::App& app) {
       ->check(integer_in(1, 1e9));
   cmd->add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy (default 1)")
       ->check(number_in(0, 1000));
-  cmd->add_option("--top-k", o->top_k, "Sample from the K most likely tokens (default 0: all)")
-      ->check(integer_in(0, 1e9));
-  cmd->add_option("--top-p", o->top_p, "Nucleus sampling threshold (default 1: off)")
-      ->check(number_in(0, 1, true));
-  cmd->add_option("--seed", o->seed, "Sampling seed (default 0)");
+  o->sampling.push_back(
+      cmd->add_option("--top-k", o->top_k, "Sample from the K most likely tokens (default 0: all)")
+          ->check(integer_in(0, 1e9)));
+  o->sampling.push_back(
+      cmd->add_option("--top-p", o->top_p, "Nucleus sampling threshold (default 1: off)")
+          ->check(number_in(0, 1, true)));
+  o->sampling.push_back(cmd->add_option("--seed", o->seed, "Sampling seed (default 0)"));
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));

@@ -1,12 +1,14 @@
-// recast plot METRICS.jsonl [-o OUT.svg] [--metrics a,b] [--log-y]: training
-// curves as one standalone SVG, written by hand (no plotting library), one
-// panel per metric and one polyline per split, sharing the step axis.
+// recast plot METRICS.jsonl [-o OUT.png|OUT.svg] [--metrics a,b] [--log-y]:
+// training curves, one panel per metric and one line per split sharing the step
+// axis, laid out as a draw::Figure and drawn by cairo (draw/figure.h) to PNG
+// and / or SVG.
 
 #include "recast/cli/plot.h"
 
 #include "recast/cli/verbs.h"
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/draw/figure.h"
 #include "recast/io/file.h"
 #include "recast/io/json_strict.h"
 
@@ -23,6 +25,7 @@
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 namespace recast::cli {
@@ -326,49 +329,27 @@ Axis log_axis(double lo, double hi) {
 }  // namespace plot_detail
 
 // ---------------------------------------------------------------------------
-// SVG
+// The figure
 
 namespace {
 
+using draw::Anchor;
+using draw::Colour;
+using draw::Font;
 using plot_detail::Axis;
+using Pixel = draw::Point;
 
 // Tableau 10: one colour per split, the same in every panel.
 const char* const kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                 "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+const Colour kInk = Colour::hex("#333333"), kFaint = Colour::hex("#888888");
+const Colour kFrame = Colour::hex("#999999"), kGrid = Colour::hex("#e4e4e4");
+const Font kTickFont{11}, kTitleFont{13, true}, kHeaderFont{13}, kNoteFont{11, false, true};
 
 constexpr double kPanelW = 520, kPanelH = 320;
 constexpr double kLeft = 72, kRight = 20, kTop = 34, kBottom = 46;
 constexpr double kHeaderH = 30;
 constexpr size_t kMarkersUpTo = 60;  // series this short also get a dot per point
-
-// Text for SVG content and attribute values, kept on one line. XML 1.0 cannot
-// carry most control characters: they (and newlines) become U+FFFD.
-std::string xml_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
-          out += "\xEF\xBF\xBD";
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out;
-}
-
-std::string num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f", v);
-  return std::strcmp(buf, "-0.0") == 0 ? "0.0" : buf;
-}
 
 struct Series {
   std::string split;
@@ -422,10 +403,6 @@ Panel collect(const std::vector<MetricRecord>& records, const std::vector<std::s
   return p;
 }
 
-struct Pixel {
-  double x, y;
-};
-
 // A series with more points than the plot has pixel columns is drawn from, in
 // each column, its first, lowest, highest and last point: the same picture
 // (every spike kept), a fraction of the file size.
@@ -468,35 +445,28 @@ bool segment_meets_box(Pixel a, Pixel b, double left, double top, double right, 
   return t0 <= t1;
 }
 
-void draw_panel(std::ostringstream& svg, const Panel& p, const Axis& x, double px, double py) {
+void draw_panel(draw::Figure& fig, const Panel& p, const Axis& x, double px, double py) {
   const double w = kPanelW - kLeft - kRight;
   const double h = kPanelH - kTop - kBottom;
   const double x0 = px + kLeft, y0 = py + kTop;
 
-  svg << "<g class=\"panel\" data-metric=\"" << xml_escape(p.metric) << "\">\n";
-  std::string title = p.metric;
-  if (p.log_y) title += " (log scale)";
-  svg << "<text class=\"title\" x=\"" << num(x0 + w / 2) << "\" y=\"" << num(py + 22)
-      << "\" text-anchor=\"middle\">" << xml_escape(title) << "</text>\n";
-  svg << "<rect class=\"frame\" x=\"" << num(x0) << "\" y=\"" << num(y0) << "\" width=\"" << num(w)
-      << "\" height=\"" << num(h) << "\"/>\n";
+  fig.set_group(p.metric);
+  fig.text(x0 + w / 2, py + 22, p.log_y ? p.metric + " (log scale)" : p.metric, kTitleFont, kInk,
+           Anchor::middle, "title");
 
   auto sx = [&](double v) { return x0 + (v - x.lo) / (x.hi - x.lo) * w; };
   for (size_t i = 0; i < x.ticks.size(); ++i) {
-    double X = sx(x.ticks[i]);
-    svg << "<line class=\"grid\" x1=\"" << num(X) << "\" y1=\"" << num(y0) << "\" x2=\"" << num(X)
-        << "\" y2=\"" << num(y0 + h) << "\"/>\n";
-    svg << "<text class=\"tick x\" x=\"" << num(X) << "\" y=\"" << num(y0 + h + 16)
-        << "\" text-anchor=\"middle\">" << x.labels[i] << "</text>\n";
+    const double X = sx(x.ticks[i]);
+    fig.line({X, y0}, {X, y0 + h}, kGrid, 1, "grid");
+    fig.text(X, y0 + h + 16, x.labels[i], kTickFont, kInk, Anchor::middle, "tick", "x");
   }
-  svg << "<text class=\"label\" x=\"" << num(x0 + w / 2) << "\" y=\"" << num(y0 + h + 36)
-      << "\" text-anchor=\"middle\">step</text>\n";
+  fig.text(x0 + w / 2, y0 + h + 36, "step", kTickFont, kInk, Anchor::middle, "label", "x");
 
   if (p.series.empty()) {
     // (With --log-y and no positive value the scale fell back to linear, so
     // an empty panel always means no finite value.)
-    svg << "<text class=\"note\" x=\"" << num(x0 + w / 2) << "\" y=\"" << num(y0 + h / 2)
-        << "\" text-anchor=\"middle\">no finite values</text>\n</g>\n";
+    fig.stroke_rect(x0, y0, w, h, kFrame, 1, "frame");
+    fig.text(x0 + w / 2, y0 + h / 2, "no finite values", kNoteFont, kFaint, Anchor::middle, "note");
     return;
   }
 
@@ -512,12 +482,11 @@ void draw_panel(std::ostringstream& svg, const Panel& p, const Axis& x, double p
   const double ty_lo = ty(y.lo), ty_hi = ty(y.hi);
   auto sy = [&](double v) { return y0 + h - (ty(v) - ty_lo) / (ty_hi - ty_lo) * h; };
   for (size_t i = 0; i < y.ticks.size(); ++i) {
-    double Y = sy(y.ticks[i]);
-    svg << "<line class=\"grid\" x1=\"" << num(x0) << "\" y1=\"" << num(Y) << "\" x2=\""
-        << num(x0 + w) << "\" y2=\"" << num(Y) << "\"/>\n";
-    svg << "<text class=\"tick y\" x=\"" << num(x0 - 6) << "\" y=\"" << num(Y + 4)
-        << "\" text-anchor=\"end\">" << y.labels[i] << "</text>\n";
+    const double Y = sy(y.ticks[i]);
+    fig.line({x0, Y}, {x0 + w, Y}, kGrid, 1, "grid");
+    fig.text(x0 - 6, Y + 4, y.labels[i], kTickFont, kInk, Anchor::end, "tick", "y");
   }
+  fig.stroke_rect(x0, y0, w, h, kFrame, 1, "frame");
 
   std::vector<std::vector<Pixel>> lines;
   for (const auto& s : p.series) {
@@ -527,27 +496,21 @@ void draw_panel(std::ostringstream& svg, const Panel& p, const Axis& x, double p
     lines.push_back(thin_out(std::move(line)));
   }
   for (size_t k = 0; k < p.series.size(); ++k) {
-    const char* colour = kColours[p.series[k].colour];
-    svg << "<polyline class=\"series\" data-split=\"" << xml_escape(p.series[k].split)
-        << "\" stroke=\"" << colour << "\" points=\"";
-    for (size_t i = 0; i < lines[k].size(); ++i) {
-      svg << (i ? " " : "") << num(lines[k][i].x) << "," << num(lines[k][i].y);
-    }
-    svg << "\"/>\n";
-    if (p.series[k].points.size() <= kMarkersUpTo) {
-      svg << "<g class=\"markers\" fill=\"" << colour << "\">";
-      for (const auto& dot : lines[k]) {
-        svg << "<circle cx=\"" << num(dot.x) << "\" cy=\"" << num(dot.y) << "\" r=\"2.5\"/>";
-      }
-      svg << "</g>\n";
-    }
+    const Colour colour = Colour::hex(kColours[p.series[k].colour]);
+    const std::string& split = p.series[k].split;
+    fig.polyline(lines[k], colour, 1.5, "series", split);
+    if (p.series[k].points.size() <= kMarkersUpTo) fig.dots(lines[k], 2.5, colour, "markers", split);
   }
 
   // The legend goes in the corner of the plot area that the fewest line
   // segments cross (top right on a tie: falling curves leave it empty).
-  size_t longest = 0;
-  for (const auto& s : p.series) longest = std::max(longest, s.split.size());
-  const double lw = 34 + 6.5 * static_cast<double>(std::min<size_t>(longest, 40));
+  double longest = 0;
+  std::vector<std::string> names;
+  for (const auto& s : p.series) {
+    names.push_back(s.split.size() > 40 ? s.split.substr(0, 39) + "\xE2\x80\xA6" : s.split);
+    longest = std::max(longest, draw::text_width(names.back(), kTickFont));
+  }
+  const double lw = 38 + longest;
   const double lh = 8 + 16 * static_cast<double>(p.series.size());
   const double corners[4][2] = {{x0 + w - lw - 6, y0 + 6},
                                 {x0 + 6, y0 + 6},
@@ -570,25 +533,20 @@ void draw_panel(std::ostringstream& svg, const Panel& p, const Axis& x, double p
       ly = c[1];
     }
   }
-  svg << "<g class=\"legend\">\n<rect x=\"" << num(lx) << "\" y=\"" << num(ly) << "\" width=\""
-      << num(lw) << "\" height=\"" << num(lh) << "\"/>\n";
+  fig.fill_rect(lx, ly, lw, lh, Colour{1, 1, 1, 0.85}, "legend");
+  fig.stroke_rect(lx, ly, lw, lh, Colour::hex("#cccccc"), 1, "legend");
   for (size_t i = 0; i < p.series.size(); ++i) {
-    double Y = ly + 12 + 16 * static_cast<double>(i);
-    svg << "<line x1=\"" << num(lx + 6) << "\" y1=\"" << num(Y) << "\" x2=\"" << num(lx + 24)
-        << "\" y2=\"" << num(Y) << "\" stroke=\"" << kColours[p.series[i].colour] << "\"/>"
-        << "<text x=\"" << num(lx + 30) << "\" y=\"" << num(Y + 4) << "\">"
-        << xml_escape(p.series[i].split) << "</text>\n";
+    const double Y = ly + 12 + 16 * static_cast<double>(i);
+    fig.line({lx + 6, Y}, {lx + 24, Y}, Colour::hex(kColours[p.series[i].colour]), 2, "legend key",
+             p.series[i].split);
+    fig.text(lx + 30, Y + 4, names[i], kTickFont, kInk, Anchor::start, "legend text",
+             p.series[i].split);
   }
-  svg << "</g>\n";
 
   std::string note;
   if (p.log_fallback) note = "linear scale: no positive values";
   if (p.non_positive > 0) note = msg(p.non_positive, " values <= 0 not shown");
-  if (!note.empty()) {
-    svg << "<text class=\"note\" x=\"" << num(x0 + w) << "\" y=\"" << num(y0 + h + 36)
-        << "\" text-anchor=\"end\">" << xml_escape(note) << "</text>\n";
-  }
-  svg << "</g>\n";
+  if (!note.empty()) fig.text(x0 + w, y0 + h + 36, note, kNoteFont, kFaint, Anchor::end, "note");
 }
 
 std::string join(const std::vector<std::string>& names) {
@@ -599,8 +557,7 @@ std::string join(const std::vector<std::string>& names) {
 
 }  // namespace
 
-std::string render_metrics_svg(const std::vector<MetricRecord>& records,
-                               const PlotOptions& options) {
+draw::Figure metrics_figure(const std::vector<MetricRecord>& records, const PlotOptions& options) {
   if (records.empty()) throw Error(msg(options.source, ": no records"));
   const std::vector<std::string> found = metric_names(records);
   if (found.empty()) {
@@ -629,37 +586,17 @@ std::string render_metrics_svg(const std::vector<MetricRecord>& records,
   const size_t n = metrics.size();
   const size_t cols = n == 1 ? 1 : 2;
   const size_t rows = (n + cols - 1) / cols;
-  const double width = kPanelW * static_cast<double>(cols);
-  const double height = kHeaderH + kPanelH * static_cast<double>(rows);
-
-  std::ostringstream svg;
-  svg << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-      << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << num(width) << "\" height=\""
-      << num(height) << "\" viewBox=\"0 0 " << num(width) << " " << num(height) << "\">\n"
-      << "<title>" << xml_escape(options.source) << "</title>\n"
-      << "<style>\n"
-      << "text { font-family: sans-serif; font-size: 11px; fill: #333; }\n"
-      << ".header { font-size: 13px; }\n"
-      << ".title { font-size: 13px; font-weight: bold; }\n"
-      << ".note { fill: #888; font-style: italic; }\n"
-      << ".frame { fill: none; stroke: #999; }\n"
-      << ".grid { stroke: #e4e4e4; }\n"
-      << ".series { fill: none; stroke-width: 1.5; stroke-linejoin: round; }\n"
-      << ".legend rect { fill: white; fill-opacity: 0.85; stroke: #ccc; }\n"
-      << ".legend line { stroke-width: 2; }\n"
-      << "</style>\n"
-      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      << "<text class=\"header\" x=\"12\" y=\"20\">" << xml_escape(options.source) << " ("
-      << records.size() << " records)</text>\n";
+  draw::Figure fig(kPanelW * static_cast<double>(cols),
+                   kHeaderH + kPanelH * static_cast<double>(rows));
+  fig.text(12, 20, msg(options.source, " (", records.size(), " records)"), kHeaderFont, kInk,
+           Anchor::start, "header");
   for (size_t i = 0; i < n; ++i) {
     Panel p = collect(records, splits, metrics[i], options.log_y);
-    draw_panel(svg, p, x, kPanelW * static_cast<double>(i % cols),
+    draw_panel(fig, p, x, kPanelW * static_cast<double>(i % cols),
                kHeaderH + kPanelH * static_cast<double>(i / cols));
   }
-  svg << "</svg>\n";
-  return svg.str();
+  return fig;
 }
-
 // ---------------------------------------------------------------------------
 // The verb
 
@@ -668,20 +605,62 @@ namespace {
 struct PlotVerbOptions {
   std::string input;
   std::string output;
+  std::string format;
   std::vector<std::string> metrics;
   bool log_y = false;
 };
-
-std::string default_output(const std::string& input) {
-  if (ends_with(input, ".jsonl")) return input.substr(0, input.size() - 6) + ".svg";
-  return input + ".svg";
-}
 
 std::string trim(const std::string& s) {
   size_t b = s.find_first_not_of(" \t");
   if (b == std::string::npos) return "";
   size_t e = s.find_last_not_of(" \t");
   return s.substr(b, e - b + 1);
+}
+
+struct Output {
+  std::string path;  // "-": stdout
+  draw::Format format;
+};
+
+// What to write: -o's file in its format (or --format's), or, by default, both
+// pictures beside the input (metrics.jsonl -> metrics.png + metrics.svg).
+std::vector<Output> outputs_of(const PlotVerbOptions& o) {
+  std::optional<draw::Format> format;
+  if (!o.format.empty()) format = o.format == "png" ? draw::Format::png : draw::Format::svg;
+  if (o.output.empty()) {
+    const std::string stem =
+        ends_with(o.input, ".jsonl") ? o.input.substr(0, o.input.size() - 6) : o.input;
+    std::vector<Output> out;
+    for (draw::Format f : {draw::Format::png, draw::Format::svg}) {
+      if (!format || *format == f) out.push_back({stem + (f == draw::Format::png ? ".png" : ".svg"), f});
+    }
+    return out;
+  }
+  if (o.output == "-") return {{"-", format.value_or(draw::Format::svg)}};
+  const std::optional<draw::Format> by_name = draw::format_of(o.output);
+  if (!by_name && !format) {
+    throw UsageError(
+        msg("-o ", quote(o.output), ": expected a .png or .svg file (or name the format with --format)"));
+  }
+  if (by_name && format && *by_name != *format) {
+    throw UsageError(msg("--format ", o.format, " conflicts with -o ", quote(o.output)));
+  }
+  return {{o.output, format ? *format : *by_name}};
+}
+
+void check_writable(const std::string& output, const std::string& input) {
+  std::error_code ec;
+  if (output == input || std::filesystem::equivalent(output, input, ec)) {
+    throw UsageError(msg("-o ", quote(output), " is the input file; choose another output"));
+  }
+  // The atomic write renames a new file over the path: over /dev/null or
+  // /dev/stdout that would replace the device itself.
+  const auto st = std::filesystem::status(output, ec);
+  if (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st)) {
+    throw UsageError(msg(output, ": exists and is not a regular file (",
+                         std::filesystem::is_directory(st) ? "a directory" : "a device or pipe",
+                         "); name a file, or -o - for stdout"));
+  }
 }
 
 int run_plot(const PlotVerbOptions& o) {
@@ -694,32 +673,35 @@ int run_plot(const PlotVerbOptions& o) {
     if (std::find(options.metrics.begin(), options.metrics.end(), m) == options.metrics.end())
       options.metrics.push_back(m);
   }
-  const std::string output = o.output.empty() ? default_output(o.input) : o.output;
-  if (output != "-") {
-    std::error_code ec;
-    if (output == o.input || std::filesystem::equivalent(output, o.input, ec)) {
-      throw UsageError(msg("-o ", quote(output), " is the input file; choose another output"));
-    }
-    // The atomic write renames a new file over the path: over /dev/null or
-    // /dev/stdout that would replace the device itself.
-    const auto st = std::filesystem::status(output, ec);
-    if (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st)) {
-      throw UsageError(msg(output, ": exists and is not a regular file (",
-                           std::filesystem::is_directory(st) ? "a directory" : "a device or pipe",
-                           "); name a file, or -o - for stdout"));
-    }
+  const std::vector<Output> outputs = outputs_of(o);
+  for (const auto& out : outputs) {
+    if (out.path != "-") check_writable(out.path, o.input);
   }
 
   const std::vector<MetricRecord> records = read_metrics_jsonl(o.input);
-  const std::string svg = render_metrics_svg(records, options);
-  if (output == "-") {
-    std::cout << svg << std::flush;
-    if (!std::cout) throw Error("cannot write the SVG to stdout");
+  const draw::Figure figure = metrics_figure(records, options);
+  // Every picture is encoded before the first is written: a failure leaves none.
+  std::vector<std::string> encoded;
+  for (const auto& out : outputs) encoded.push_back(figure.encode(out.format));
+  if (outputs[0].path == "-") {
+    std::cout << encoded[0] << std::flush;
+    if (!std::cout) throw Error(msg("cannot write the ", draw::format_name(outputs[0].format), " to stdout"));
     return 0;
   }
-  io::write_file_atomic(output, svg);
+  std::vector<std::string> written;
+  try {
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      io::write_file_atomic(outputs[i].path, encoded[i]);
+      written.push_back(outputs[i].path);
+    }
+  } catch (...) {
+    for (const auto& w : written) std::remove(w.c_str());
+    throw;
+  }
   size_t panels = options.metrics.empty() ? metric_names(records).size() : options.metrics.size();
-  log::info("wrote ", output, " (", panels, panels == 1 ? " panel, " : " panels, ", records.size(),
+  std::string names;
+  for (const auto& w : written) names += (names.empty() ? "" : " and ") + w;
+  log::info("wrote ", names, " (", panels, panels == 1 ? " panel, " : " panels, ", records.size(),
             " records)");
   return 0;
 }
@@ -732,7 +714,10 @@ Runner add_plot(CLI::App& app) {
   cmd->add_option("metrics_file", o->input, "A metrics.jsonl file written by the trainer")
       ->required();
   cmd->add_option("-o,--output", o->output,
-                  "The SVG to write (default: the input with .svg for .jsonl; - for stdout)");
+                  "The picture to write, .png or .svg (default: both, beside the input: "
+                  "metrics.jsonl -> metrics.png + metrics.svg; - for stdout, SVG unless --format)");
+  cmd->add_option("--format", o->format, "png or svg, whatever -o's name (default: by -o's name)")
+      ->check(CLI::IsMember({"png", "svg"}));
   cmd->add_option("--metrics", o->metrics,
                   "Comma-separated metrics to draw, one panel each, in this order "
                   "(default: all, loss first)")

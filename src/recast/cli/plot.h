@@ -1,8 +1,8 @@
 #pragma once
 
 // recast plot: training curves from a metrics.jsonl file (one JSON object per
-// line, written by the trainer) drawn as one standalone SVG, one panel per
-// metric, one polyline per split. No LibTorch: the `recast` front answers it.
+// line, written by the trainer) drawn as PNG and / or SVG, one panel per
+// metric, one line per split. No LibTorch: the `recast` front answers it.
 //
 //   {"step": 12, "split": "train", "loss": 2.31, "lr": 0.0003, "elapsed_s": 3.2}
 //   {"step": 100, "split": "eval", "loss": 2.05, "perplexity": 7.77}
@@ -11,6 +11,8 @@
 // metric; a null value (how JSON writers store NaN and infinities) or a
 // non-finite one is a skipped point. Other values (strings, booleans, arrays)
 // are ignored.
+
+#include "recast/draw/figure.h"
 
 #include <cstddef>
 #include <string>
@@ -43,17 +45,20 @@ std::vector<MetricRecord> read_metrics_jsonl(const std::string& path);
 std::vector<std::string> metric_names(const std::vector<MetricRecord>& records);
 
 struct PlotOptions {
-  std::string source;                // the file, for errors and the SVG's title
+  std::string source;                // the file, for errors and the picture's header
   std::vector<std::string> metrics;  // panels, in this order; empty: metric_names()
   bool log_y = false;
 };
 
-// The whole SVG document. Throws recast::Error when a requested metric is not in
-// the records ("no metric 'foo' in FILE (found: loss, lr)") or there are none.
-// With log_y, points <= 0 are left out (the panel says how many); a panel with
-// no positive value falls back to a linear scale and says so.
-std::string render_metrics_svg(const std::vector<MetricRecord>& records,
-                               const PlotOptions& options);
+// The picture, laid out: each panel's items carry the metric as their group;
+// roles "title", "frame", "grid", "tick" (key "x" / "y"), "label", "note",
+// "series" and "markers" (key: the split), "legend", "legend key" and "legend
+// text" (key: the split); the file's name is the "header". Throws
+// recast::Error when a requested metric is not in the records ("no metric 'foo'
+// in FILE (found: loss, lr)") or there are none. With log_y, points <= 0 are
+// left out (the panel says how many); a panel with no positive value falls back
+// to a linear scale and says so.
+draw::Figure metrics_figure(const std::vector<MetricRecord>& records, const PlotOptions& options);
 
 // Exposed for tests.
 namespace plot_detail {

@@ -3,7 +3,6 @@
 #include "recast/core/error.h"
 #include "recast/layers/conv_attention.h"
 
-#include <stb/stb_image_write.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -120,80 +119,72 @@ void heat_colour(double v, uint8_t rgb[3]) {
 
 namespace {
 
-// The picture as primitives, laid out once and drawn by either writer.
-struct Rect {
-  int64_t x, y, w, h;
-  uint8_t rgb[3];
-  bool outline;
-};
-struct Text {
-  int64_t x, y;
-  std::string text;
-  int size;
-};
-struct Picture {
-  int64_t width = 0, height = 0;
-  std::vector<Rect> rects;
-  std::vector<Text> texts;
-};
-
 constexpr int64_t kMargin = 10, kGap = 8, kTile = 120, kTitle = 20, kLabel = 14;
-constexpr uint8_t kRed[3] = {230, 40, 40};
+const draw::Colour kRed = draw::Colour::rgb8(230, 40, 40);
+const draw::Colour kInk = draw::Colour::rgb8(0x33, 0x33, 0x33);
 
-Rect cell(int64_t x, int64_t y, int64_t w, int64_t h, const uint8_t rgb[3], bool outline = false) {
-  return {x, y, w, h, {rgb[0], rgb[1], rgb[2]}, outline};
-}
-
+// v with `digits` decimals, "0.000" rather than "-0.000" for a tiny negative.
 std::string fixed(double v, int digits) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
+  std::string s = buf;
+  if (s[0] == '-' && s.find_first_not_of("-0.") == std::string::npos) s.erase(0, 1);
+  return s;
 }
 
-// Draws `image01` [C, H, W] (at most 128 pixels a side, pooled down when
-// larger) at (x, y) scaled to about kTile; returns its size.
-std::pair<int64_t, int64_t> draw_image(Picture& p, const at::Tensor& image01, int64_t x, int64_t y,
-                                       double query_y, double query_x) {
-  at::Tensor img = image01.to(at::kCPU, at::kFloat).clamp(0, 1);
-  const int64_t h0 = img.size(1), w0 = img.size(2);
+// The input as shown: at most 128 pixels a side (pooled down when larger),
+// each drawn as a cell x cell square so that it spans about kTile.
+struct Thumb {
+  int64_t h, w, cell;
+};
+
+Thumb thumb_of(const at::Tensor& image01) {
+  const int64_t h0 = image01.size(1), w0 = image01.size(2);
+  int64_t h = h0, w = w0;
   if (std::max(h0, w0) > 128) {
     const double f = 128.0 / static_cast<double>(std::max(h0, w0));
-    img = at::adaptive_avg_pool2d(img.unsqueeze(0), {std::max<int64_t>(1, std::lround(h0 * f)),
-                                                     std::max<int64_t>(1, std::lround(w0 * f))})[0];
+    h = std::max<int64_t>(1, std::lround(static_cast<double>(h0) * f));
+    w = std::max<int64_t>(1, std::lround(static_cast<double>(w0) * f));
   }
-  img = img.contiguous();
-  const int64_t c = img.size(0), h = img.size(1), w = img.size(2);
-  const int64_t s = std::max<int64_t>(1, kTile / std::max(h, w));
-  const float* d = img.data_ptr<float>();
-  for (int64_t i = 0; i < h; ++i) {
-    for (int64_t j = 0; j < w; ++j) {
-      uint8_t rgb[3];
-      for (int k = 0; k < 3; ++k) {
-        rgb[k] = static_cast<uint8_t>(std::lround(255 * d[(c == 3 ? k : 0) * h * w + i * w + j]));
-      }
-      p.rects.push_back(cell(x + j * s, y + i * s, s, s, rgb));
-    }
-  }
-  const auto qi = static_cast<int64_t>(query_y / static_cast<double>(h0) * static_cast<double>(h));
-  const auto qj = static_cast<int64_t>(query_x / static_cast<double>(w0) * static_cast<double>(w));
-  p.rects.push_back(cell(x + qj * s - 1, y + qi * s - 1, s + 2, s + 2, kRed, true));
-  return {h * s, w * s};
+  return {h, w, std::max<int64_t>(1, kTile / std::max(h, w))};
 }
 
-Picture layout(const std::vector<LayerAttention>& layers, const at::Tensor& image01, double query_y,
-               double query_x) {
-  RECAST_CHECK(image01.dim() == 3 && (image01.size(0) == 1 || image01.size(0) == 3),
-               "analyze: expected an image [1 or 3, H, W], found ", image01.sizes());
-  Picture p;
-  int64_t y = kMargin;
+// Draws `image01` [C, H, W] at (x, y) with the query marked.
+void draw_image(draw::Figure& fig, const at::Tensor& image01, const Thumb& t, int64_t x, int64_t y,
+                double query_y, double query_x) {
+  at::Tensor img = image01.to(at::kCPU, at::kFloat).clamp(0, 1);
+  const int64_t h0 = img.size(1), w0 = img.size(2);
+  if (t.h != h0 || t.w != w0) img = at::adaptive_avg_pool2d(img.unsqueeze(0), {t.h, t.w})[0];
+  // [C, H, W] -> [H, W, 3] bytes (grey repeated).
+  if (img.size(0) == 1) img = img.expand({3, -1, -1});
+  img = img.mul(255).round().to(at::kByte).permute({1, 2, 0}).contiguous();
+  const uint8_t* d = img.data_ptr<uint8_t>();
+  fig.raster(static_cast<double>(x), static_cast<double>(y), t.w, t.h,
+             std::vector<uint8_t>(d, d + t.h * t.w * 3), t.cell, "image");
+  const auto qi = static_cast<int64_t>(query_y / static_cast<double>(h0) * static_cast<double>(t.h));
+  const auto qj = static_cast<int64_t>(query_x / static_cast<double>(w0) * static_cast<double>(t.w));
+  fig.stroke_rect(static_cast<double>(x + qj * t.cell - 1), static_cast<double>(y + qi * t.cell - 1),
+                  static_cast<double>(t.cell + 1), static_cast<double>(t.cell + 1), kRed, 1, "query");
+}
+
+// Where everything goes, in one pass that only measures (fig == nullptr) or
+// also draws: the figure's size must be known before it is made.
+std::pair<int64_t, int64_t> lay_out(draw::Figure* fig, const std::vector<LayerAttention>& layers,
+                                    const at::Tensor& image01, double query_y, double query_x) {
+  int64_t width = 0, y = kMargin;
   for (const auto& l : layers) {
-    p.texts.push_back({kMargin, y + 14,
-                       l.name + "  (stride " + std::to_string(l.stride) + ", query row " +
-                           std::to_string(l.query_row) + " col " + std::to_string(l.query_col) +
-                           " of the output grid)",
-                       13});
+    if (fig) {
+      fig->set_group(l.name);
+      fig->text(kMargin, static_cast<double>(y + 14),
+                l.name + "  (stride " + std::to_string(l.stride) + ", query row " +
+                    std::to_string(l.query_row) + " col " + std::to_string(l.query_col) +
+                    " of the output grid)",
+                draw::Font{13, true}, kInk, draw::Anchor::start, "title");
+    }
     y += kTitle;
-    const auto [ih, iw] = draw_image(p, image01, kMargin, y + kLabel, query_y, query_x);
+    const Thumb thumb = thumb_of(image01);
+    const int64_t ih = thumb.h * thumb.cell, iw = thumb.w * thumb.cell;
+    if (fig) draw_image(*fig, image01, thumb, kMargin, y + kLabel, query_y, query_x);
     const int64_t ph = l.maps.size(1), pw = l.maps.size(2), c = l.kernel / 2;
     const int64_t s = std::max<int64_t>(2, kTile / std::max(ph, pw));
     const int64_t x0 = kMargin + iw + 2 * kGap;
@@ -201,95 +192,40 @@ Picture layout(const std::vector<LayerAttention>& layers, const at::Tensor& imag
     for (int64_t h = 0; h < l.maps.size(0); ++h) {
       const int64_t tx = x0 + (h % l.kernel) * (pw * s + kGap);
       const int64_t ty = y + (h / l.kernel) * (ph * s + kGap + kLabel);
-      p.texts.push_back({tx, ty + 11,
-                         "head " + std::to_string(h) + "  g=" + fixed(l.gate[h], 3) + "  d=" +
-                             fixed(l.distance[h], 2),
-                         10});
-      const at::Tensor a = l.maps[h];
-      const double top = std::max(a.max().item<double>(), 1e-12);
-      const float* d = a.data_ptr<float>();
-      for (int64_t i = 0; i < ph; ++i) {
-        for (int64_t j = 0; j < pw; ++j) {
-          uint8_t rgb[3];
-          heat_colour(d[i * pw + j] / top, rgb);
-          p.rects.push_back(cell(tx + j * s, ty + kLabel + i * s, s, s, rgb));
-        }
+      if (fig) {
+        fig->text(static_cast<double>(tx), static_cast<double>(ty + 11),
+                  "head " + std::to_string(h) + " g=" + fixed(l.gate[h], 3) +
+                      " d=" + fixed(l.distance[h], 2),
+                  draw::Font{10}, kInk, draw::Anchor::start, "head", std::to_string(h));
+        const at::Tensor a = l.maps[h].contiguous();
+        const double top = std::max(a.max().item<double>(), 1e-12);
+        const float* d = a.data_ptr<float>();
+        std::vector<uint8_t> rgb(static_cast<size_t>(ph * pw * 3));
+        for (int64_t i = 0; i < ph * pw; ++i) heat_colour(d[i] / top, &rgb[static_cast<size_t>(i * 3)]);
+        fig->raster(static_cast<double>(tx), static_cast<double>(ty + kLabel), pw, ph,
+                    std::move(rgb), s, "map");
+        const int64_t qi = l.query_row * l.stride + c, qj = l.query_col * l.stride + c;
+        fig->stroke_rect(static_cast<double>(tx + qj * s), static_cast<double>(ty + kLabel + qi * s),
+                         static_cast<double>(s - 1), static_cast<double>(s - 1), kRed, 1, "query");
       }
-      const int64_t qi = l.query_row * l.stride + c, qj = l.query_col * l.stride + c;
-      p.rects.push_back(cell(tx + qj * s, ty + kLabel + qi * s, s, s, kRed, true));
       block_h = std::max(block_h, ty - y + kLabel + ph * s);
-      p.width = std::max(p.width, tx + pw * s + kMargin);
+      width = std::max(width, tx + pw * s + kMargin);
     }
     y += block_h + 2 * kGap;
   }
-  p.height = y + kMargin - 2 * kGap;
-  return p;
-}
-
-std::string hex(const uint8_t rgb[3]) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "#%02x%02x%02x", rgb[0], rgb[1], rgb[2]);
-  return buf;
-}
-
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    if (ch == '<') out += "&lt;";
-    else if (ch == '>') out += "&gt;";
-    else if (ch == '&') out += "&amp;";
-    else out += ch;
-  }
-  return out;
+  return {width, y + kMargin - 2 * kGap};
 }
 
 }  // namespace
 
-std::string render_svg(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
-                       double query_y, double query_x) {
-  const Picture p = layout(layers, image01, query_y, query_x);
-  std::string s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(p.width) +
-                  "\" height=\"" + std::to_string(p.height) + "\" viewBox=\"0 0 " +
-                  std::to_string(p.width) + " " + std::to_string(p.height) +
-                  "\" shape-rendering=\"crispEdges\" font-family=\"sans-serif\">\n"
-                  "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
-  for (const auto& r : p.rects) {
-    s += "<rect x=\"" + std::to_string(r.x) + "\" y=\"" + std::to_string(r.y) + "\" width=\"" +
-         std::to_string(r.w) + "\" height=\"" + std::to_string(r.h) + "\" " +
-         (r.outline ? "fill=\"none\" stroke-width=\"1\" stroke=\"" : "fill=\"") + hex(r.rgb) + "\"/>\n";
-  }
-  for (const auto& t : p.texts) {
-    s += "<text x=\"" + std::to_string(t.x) + "\" y=\"" + std::to_string(t.y) + "\" font-size=\"" +
-         std::to_string(t.size) + "\">" + escape(t.text) + "</text>\n";
-  }
-  return s + "</svg>\n";
-}
-
-std::string render_png(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
-                       double query_y, double query_x) {
-  const Picture p = layout(layers, image01, query_y, query_x);
-  std::vector<uint8_t> px(static_cast<size_t>(p.width * p.height * 3), 255);
-  auto put = [&](int64_t x, int64_t y, const uint8_t rgb[3]) {
-    if (x < 0 || y < 0 || x >= p.width || y >= p.height) return;
-    std::copy(rgb, rgb + 3, px.begin() + (y * p.width + x) * 3);
-  };
-  for (const auto& r : p.rects) {
-    for (int64_t y = r.y; y < r.y + r.h; ++y) {
-      for (int64_t x = r.x; x < r.x + r.w; ++x) {
-        const bool edge = y == r.y || y == r.y + r.h - 1 || x == r.x || x == r.x + r.w - 1;
-        if (!r.outline || edge) put(x, y, r.rgb);
-      }
-    }
-  }
-  std::string out;
-  auto append = [](void* ctx, void* data, int n) {
-    static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), static_cast<size_t>(n));
-  };
-  const int ok = stbi_write_png_to_func(append, &out, static_cast<int>(p.width),
-                                        static_cast<int>(p.height), 3, px.data(),
-                                        static_cast<int>(p.width * 3));
-  RECAST_CHECK(ok != 0 && !out.empty(), "could not encode the PNG (", p.width, "x", p.height, ")");
-  return out;
+draw::Figure attention_figure(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
+                              double query_y, double query_x) {
+  RECAST_CHECK(image01.dim() == 3 && (image01.size(0) == 1 || image01.size(0) == 3),
+               "analyze: expected an image [1 or 3, H, W], found ", image01.sizes());
+  const auto [width, height] = lay_out(nullptr, layers, image01, query_y, query_x);
+  draw::Figure fig(static_cast<double>(width), static_cast<double>(height));
+  lay_out(&fig, layers, image01, query_y, query_x);
+  return fig;
 }
 
 }  // namespace recast::eval

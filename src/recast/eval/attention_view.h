@@ -9,6 +9,7 @@
 // padded key grid (the zero ring included), with the query's own position
 // outlined; the input image, with the query marked, sits on the left.
 
+#include "recast/draw/figure.h"
 #include "recast/models/model.h"
 
 #include <nlohmann/json.hpp>
@@ -43,12 +44,13 @@ struct LayerAttention {
 std::vector<LayerAttention> attention_at(models::Model& model, const at::Tensor& pixels,
                                          double query_y, double query_x, const std::regex& layers);
 
-// The pictures: `image01` [C, H, W] in [0, 1] (C = 1 or 3) is the input shown
-// beside each layer, (query_y, query_x) marked on it.
-std::string render_svg(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
-                       double query_y, double query_x);
-std::string render_png(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
-                       double query_y, double query_x);
+// The picture, drawn to PNG or SVG by Figure::encode: `image01` [C, H, W] in
+// [0, 1] (C = 1 or 3) is the input shown beside each layer, (query_y, query_x)
+// marked on it. Each layer's items carry its name as their group; roles
+// "title", "image", "head" (text, key: the head), "map" (one raster per head)
+// and "query" (the red outlines).
+draw::Figure attention_figure(const std::vector<LayerAttention>& layers, const at::Tensor& image01,
+                              double query_y, double query_x);
 
 // Viridis-like colour of v in [0, 1] (clamped), for the heat maps.
 void heat_colour(double v, uint8_t rgb[3]);

@@ -153,6 +153,17 @@ void remove_orphaned_temps(const std::string& dir, const std::string& name) {
   }
 }
 
+namespace {
+
+// The pid a lock file names ("" when it names none).
+std::string lock_owner(const std::string& path) {
+  std::string owner = read_prefix(path, 32);
+  while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
+  return owner;
+}
+
+}  // namespace
+
 OutputLock::OutputLock(const std::string& out, const std::string& option) {
   std::filesystem::path p(out);
   if (p.filename().empty()) p = p.parent_path();
@@ -168,11 +179,10 @@ OutputLock::OutputLock(const std::string& out, const std::string& option) {
     if (fd_ < 0) throw Error(msg(option, " ", quote(out), ": cannot create the lock ", path_, " (", errno_text(), ")"));
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
-      std::string owner = read_prefix(path_, 32);
+      const std::string owner = lock_owner(path_);
       ::close(fd_);
       fd_ = -1;
       if (err != EWOULDBLOCK) throw Error(msg(path_, ": cannot lock (", std::strerror(err), ")"));
-      while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
       throw Error(msg(option, " ", quote(out), " is in use by another recast (pid ",
                       owner.empty() ? "unknown" : owner, ", lock ", path_,
                       "); wait for it to finish or choose another ", option));
@@ -186,8 +196,7 @@ OutputLock::OutputLock(const std::string& out, const std::string& option) {
     fd_ = -1;
   }
   if (fd_ < 0) throw Error(msg(path_, ": cannot take the lock (it keeps disappearing)"));
-  std::string previous = read_prefix(path_, 32);
-  while (!previous.empty() && (previous.back() == '\n' || previous.back() == ' ')) previous.pop_back();
+  const std::string previous = lock_owner(path_);
   if (!previous.empty()) {
     log::warn(option, " ", quote(out), ": taking over the lock left by pid ", previous,
               " (no longer running)");
