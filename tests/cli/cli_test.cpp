@@ -147,7 +147,7 @@ TEST(Cli, RepackShardsCastsAndLeavesNothingOnFailure) {
   }
 
   expect_one_line_error(run({"repack", src, dir.file("o2"), "--max-shard-size", "huge"}), 2,
-                        "invalid size 'huge'");
+                        "--max-shard-size: expected a size such as 500MB, 5GB or 2GiB, found 'huge'");
   expect_one_line_error(run({"repack", src, dir.file("o3"), "--dtype", "int3"}), 2, "--dtype");
   std::string bad = dir.file("bad.safetensors");
   write_bytes(bad, safetensors_bytes("{\"t\":"));
@@ -393,7 +393,8 @@ Result run_in_process(const std::vector<std::string>& args) {
                          {"convert", cli::add_convert},
                          {"analyze", cli::add_analyze},
                          {"eval", cli::add_eval},
-                         {"plot", cli::add_plot}});
+                         {"plot", cli::add_plot},
+                         {"repack", cli::add_repack}});
   std::fflush(stderr);
   ::dup2(saved, 2);
   ::close(saved);
@@ -411,6 +412,8 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
   expect_one_line_error(run({"pretrain", "--arch", "gpt2", "--data", "x", "--out", "y", "--lr", "nan"}),
                         2, "--lr: expected a finite number in (0, 1e+30], found nan");
   const std::vector<std::string> pretrain = {"pretrain", "--arch", "gpt2", "--data", "x", "--out", "y"};
+  std::vector<std::string> pretrain_distil = pretrain;
+  pretrain_distil.insert(pretrain_distil.end(), {"--teacher", "t"});
   struct Case {
     std::vector<std::string> base;
     std::string option;
@@ -424,7 +427,8 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
       {pretrain, "--warmup", {"-10"}},
       {pretrain, "--clip", {"-1"}},
       {pretrain, "--threads", {"-2"}},
-      {pretrain, "--distill-alpha", {"5"}},
+      {pretrain_distil, "--distill-alpha", {"5"}},
+      {pretrain_distil, "--temperature", {"0", "-1"}},
       {pretrain, "--batch-size", {"0"}},
       {pretrain, "--keep", {"1"}},
       {pretrain, "--frobenius-decay", {"-1", "nan"}},
@@ -441,6 +445,7 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
       {{"analyze", "--model", "x", "--index", "1"}, "--split-seed", {"-3"}},
       {{"eval", "--model", "x", "--data", "y"}, "--batch-size", {"0"}},
       {{"eval", "--model", "x", "--data", "y"}, "--threads", {"-1"}},
+      {{"repack", "x", "y"}, "--max-shard-size", {"0", "-5MB", "5XB", "99999999999TB", "nan"}},
   };
   for (const auto& c : cases) {
     for (const auto& v : c.values) {
@@ -465,6 +470,10 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOption) {
       {{"generate", "--model", "x", "--prompt", "a", "--temperature", "0", "--seed", "3"},
        "--seed does not apply with --temperature 0"},
       {{"plot", "m.jsonl", "-o", "c.svg", "--format", "png"}, "--format png conflicts with -o 'c.svg'"},
+      {{"pretrain", "--arch", "gpt2", "--data", "x", "--out", "y", "--distill-alpha", "0.3"},
+       "--distill-alpha requires --teacher"},
+      {{"pretrain", "--arch", "gpt2", "--data", "x", "--out", "y", "--temperature", "3"},
+       "--temperature requires --teacher"},
   };
   for (const auto& [args, expected] : inapplicable) {
     SCOPED_TRACE(expected);

@@ -98,7 +98,17 @@ Runner add_repack(CLI::App& app) {
   cmd->add_option("input", o->input, "A .safetensors file or a checkpoint directory")->required();
   cmd->add_option("output", o->output, "Output checkpoint directory")->required();
   cmd->add_option("--max-shard-size", o->max_shard_size,
-                  "Largest shard, e.g. 500MB or 5GB (default 5GB)");
+                  "Largest shard, e.g. 500MB or 5GB (default 5GB)")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            try {
+              io::parse_byte_size(text);
+              return {};
+            } catch (const UsageError& e) {
+              return e.what();
+            }
+          },
+          "SIZE"));
   cmd->add_option("--dtype", o->dtype, "Cast floating-point tensors to f32, bf16 or f16");
   return [o] { return run_repack(*o); };
 }

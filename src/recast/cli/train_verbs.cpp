@@ -78,12 +78,16 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_flag("--tf32", o.tf32, "Let CUDA fp32 products use TF32");
   cmd->add_option("--threads", o.threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));
-  cmd->add_option("--teacher", o.teacher, "Distil from this model's logits (checkpoint dir)");
+  CLI::Option* teacher =
+      cmd->add_option("--teacher", o.teacher, "Distil from this model's logits (checkpoint dir)");
+  // Without a teacher there is no distillation for these to shape.
   cmd->add_option("--distill-alpha", o.distill_alpha,
                   "Weight of the distillation loss against the task loss (0.5)")
-      ->check(number_in(0, 1));
+      ->check(number_in(0, 1))
+      ->needs(teacher);
   cmd->add_option("--temperature", o.temperature, "Distillation temperature (default 2)")
-      ->check(number_in(0, 1000, true));
+      ->check(number_in(0, 1000, true))
+      ->needs(teacher);
   cmd->add_flag("--no-progress", o.no_progress, "No progress bar (metrics.jsonl still written)");
   for (const auto& [name, item] : recasts::registry().items()) {
     const auto specs = item.factory->train_options();

@@ -181,7 +181,7 @@ uint64_t parse_byte_size(const std::string& text) {
                                   std::regex::icase);
   std::smatch m;
   if (!std::regex_match(text, m, pattern)) {
-    throw UsageError(msg("invalid size ", quote(text), " (expected e.g. 500MB, 5GB, 2GiB)"));
+    throw UsageError(msg("expected a size such as 500MB, 5GB or 2GiB, found ", quote(text)));
   }
   double value = std::stod(m[1].str());
   std::string unit = m[2].str();
@@ -197,7 +197,9 @@ uint64_t parse_byte_size(const std::string& text) {
                                                {"GIB", 1073741824.0},
                                                {"TIB", 1099511627776.0}};
   double bytes = value * scale.at(unit);
-  if (bytes < 1 || bytes > 1.8e19) throw UsageError(msg("size ", quote(text), " is out of range"));
+  if (bytes < 1 || bytes > 1.8e19) {
+    throw UsageError(msg("expected a size from 1 B to 18 EB, found ", quote(text)));
+  }
   return static_cast<uint64_t>(bytes);
 }
 

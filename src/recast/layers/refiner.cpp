@@ -1,0 +1,217 @@
+#include "recast/layers/refiner.h"
+
+#include "recast/core/error.h"
+
+#include <torch/torch.h>
+
+namespace recast::layers {
+
+namespace {
+
+void check_maps(const at::Tensor& a, int64_t heads) {
+  RECAST_CHECK(a.dim() == 4 && a.size(1) == heads && a.size(2) == a.size(3),
+               "MapRefiner: expected attention maps [B, ", heads, ", N, N], found ", a.sizes());
+}
+
+// A 1x1 convolution written out: output map o = bias_o + sum_i W[o, i] x_i,
+// for x [B, in, N, N] and weight [out, in, 1, 1].
+at::Tensor mix_maps(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const int64_t out = weight.size(0), in = weight.size(1), n = x.size(2);
+  const at::Tensor w = weight.view({out, in});
+  std::vector<at::Tensor> maps;
+  for (int64_t o = 0; o < out; ++o) {
+    at::Tensor m = bias[o].expand({x.size(0), n, n});
+    for (int64_t i = 0; i < in; ++i) m = m + w[o][i] * x.select(1, i);
+    maps.push_back(m);
+  }
+  return at::stack(maps, 1);
+}
+
+}  // namespace
+
+MapRefinerImpl::MapRefinerImpl(const RefinerOptions& o) : o_(o) {
+  RECAST_CHECK(o.heads >= 1 && o.expansion >= 1, "MapRefiner: heads and expansion must be >= 1, found ",
+               o.heads, " and ", o.expansion);
+  RECAST_CHECK(o.kernel >= 1 && o.kernel % 2 == 1, "MapRefiner: the kernel must be odd, found ", o.kernel);
+  const int64_t h = o.heads, e = expanded();
+  namespace nn = torch::nn;
+  expand = register_module("expand", nn::Conv2d(nn::Conv2dOptions(h, e, 1)));
+  local = register_module(
+      "local", nn::Conv2d(nn::Conv2dOptions(e, e, o.kernel).padding(o.kernel / 2).groups(e)));
+  reduce = register_module("reduce", nn::Conv2d(nn::Conv2dOptions(e, h, 1)));
+  if (o.batch_norm) {
+    auto norm = [&](const char* name, int64_t channels) {
+      return register_module(
+          name, nn::BatchNorm2d(nn::BatchNormOptions(channels).eps(o.bn_eps).momentum(o.bn_momentum)));
+    };
+    expand_norm = norm("expand_norm", e);
+    local_norm = norm("local_norm", e);
+    reduce_norm = norm("reduce_norm", h);
+  }
+  gate = register_parameter("gate", torch::zeros({h}));
+}
+
+at::Tensor MapRefinerImpl::normalise(const at::Tensor& x, torch::nn::BatchNorm2d& norm, int64_t c0,
+                                     int64_t n) {
+  // Views of the buffers: batch_norm's in-place update of the running
+  // statistics lands in the module's own.
+  return at::batch_norm(x, norm->weight.narrow(0, c0, n), norm->bias.narrow(0, c0, n),
+                        norm->running_mean.narrow(0, c0, n), norm->running_var.narrow(0, c0, n),
+                        is_training(), o_.bn_momentum, o_.bn_eps, /*cudnn_enabled=*/true);
+}
+
+at::Tensor MapRefinerImpl::forward(const at::Tensor& a) {
+  check_maps(a, o_.heads);
+  const int64_t h = o_.heads, k = o_.kernel;
+  const bool bn = o_.batch_norm;
+  // Without autograd the activations and the sum can work in place.
+  const bool in_place = !at::GradMode::is_enabled();
+  auto act = [&](at::Tensor x) { return in_place ? x.clamp_(0, 6) : x.clamp(0, 6); };
+  if (bn && is_training()) {
+    for (auto* n : {&expand_norm, &local_norm, &reduce_norm}) (*n)->num_batches_tracked.add_(1);
+  }
+  at::Tensor sum;  // W_r D without its bias, accumulated over the chunks
+  for (int64_t c0 = 0; c0 < expanded(); c0 += h) {
+    at::Tensor e = at::conv2d(a, expand->weight.narrow(0, c0, h), expand->bias.narrow(0, c0, h));
+    if (bn) e = act(normalise(e, expand_norm, c0, h));
+    at::Tensor d = at::conv2d(e, local->weight.narrow(0, c0, h), local->bias.narrow(0, c0, h),
+                              /*stride=*/1, /*padding=*/k / 2, /*dilation=*/1, /*groups=*/h);
+    e = at::Tensor();
+    if (bn) d = act(normalise(d, local_norm, c0, h));
+    at::Tensor part = at::conv2d(d, reduce->weight.narrow(1, c0, h));
+    if (!sum.defined()) {
+      sum = part;
+    } else if (in_place) {
+      sum.add_(part);
+    } else {
+      sum = sum + part;
+    }
+  }
+  at::Tensor r = sum + reduce->bias.view({1, h, 1, 1});
+  if (bn) r = normalise(r, reduce_norm, 0, h);
+  return a + gate.view({1, h, 1, 1}).to(r.scalar_type()) * r;
+}
+
+at::Tensor MapRefinerImpl::normalise_reference(const at::Tensor& x,
+                                               torch::nn::BatchNorm2d& norm) const {
+  at::Tensor mean, var;
+  if (is_training()) {
+    mean = x.mean({0, 2, 3}, /*keepdim=*/true);
+    var = (x - mean).pow(2).mean({0, 2, 3}, /*keepdim=*/true);  // biased, as BN normalises
+  } else {
+    mean = norm->running_mean.view({1, -1, 1, 1});
+    var = norm->running_var.view({1, -1, 1, 1});
+  }
+  return (x - mean) / (var + o_.bn_eps).sqrt() * norm->weight.view({1, -1, 1, 1}) +
+         norm->bias.view({1, -1, 1, 1});
+}
+
+at::Tensor MapRefinerImpl::forward_reference(const at::Tensor& a) {
+  check_maps(a, o_.heads);
+  const int64_t h = o_.heads, e = expanded(), k = o_.kernel, pad = k / 2, n = a.size(2);
+  const bool bn = o_.batch_norm;
+  // Expansion: map c = bias_c + sum_h W[c, h] A_h.
+  at::Tensor x = mix_maps(a, expand->weight, expand->bias);
+  if (bn) x = normalise_reference(x, expand_norm).clamp(0, 6);
+  // Depthwise KxK: each map against its own kernel, as K^2 shifted copies of
+  // the zero-padded map.
+  const at::Tensor padded = at::constant_pad_nd(x, {pad, pad, pad, pad});
+  const at::Tensor wl = local->weight.view({e, k, k});
+  at::Tensor y = local->bias.view({1, e, 1, 1}).expand_as(x);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      y = y + wl.select(1, i).select(1, j).view({1, e, 1, 1}) * padded.narrow(2, i, n).narrow(3, j, n);
+    }
+  }
+  if (bn) y = normalise_reference(y, local_norm).clamp(0, 6);
+  // Reduction: head h = bias_h + sum_c W[h, c] D_c.
+  at::Tensor r = mix_maps(y, reduce->weight, reduce->bias);
+  if (bn) r = normalise_reference(r, reduce_norm);
+  return a + gate.view({1, h, 1, 1}) * r;
+}
+
+RefinedAttentionImpl::RefinedAttentionImpl(AttentionSpec spec, const RefinerOptions& o)
+    : AttentionCoreImpl(spec) {
+  RECAST_CHECK(!spec.causal, "refined attention is bidirectional (a ViT's); this attention is causal");
+  RECAST_CHECK(o.heads == spec.heads, "refined attention: the refiner has ", o.heads,
+               " heads, the attention ", spec.heads);
+  refiner = register_module("refiner", MapRefiner(o));
+}
+
+at::Tensor RefinedAttentionImpl::maps(const at::Tensor& q, const at::Tensor& k) const {
+  const int64_t groups = spec().heads / spec().kv_heads;
+  const at::Tensor keys = groups > 1 ? ops::repeat_kv(k, groups) : k;
+  const at::Tensor scores = at::matmul(q, keys.transpose(-2, -1)).mul(spec().scale);
+  return at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+}
+
+at::Tensor RefinedAttentionImpl::forward(const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& v, const ops::AttentionMask& mask,
+                                         KVCache* cache) {
+  RECAST_CHECK(cache == nullptr, "refined attention has no KV cache (it is a ViT's)");
+  RECAST_CHECK(!mask.causal && !mask.key_padding.defined(),
+               "refined attention takes no mask (every patch sees every patch)");
+  RECAST_CHECK(q.size(2) == k.size(2), "refined attention: ", q.size(2), " queries but ", k.size(2),
+               " keys (the maps must be square)");
+  const int64_t groups = spec().heads / spec().kv_heads;
+  const at::Tensor values = groups > 1 ? ops::repeat_kv(v, groups) : v;
+  return at::matmul(refiner->forward(maps(q, k)), values);
+}
+
+std::string RefinedAttentionImpl::describe() const {
+  const auto& o = refiner->options();
+  return msg("softmax attention with refined maps (expansion ", o.expansion, ", kernel ", o.kernel,
+             o.batch_norm ? ", BN + ReLU6" : ", no norm", ")");
+}
+
+RefinerConfig RefinerConfig::parse(const nlohmann::json& block) {
+  const std::string where = "config 'recast_refiner'";
+  RECAST_CHECK(block.is_object(), where, ": expected an object, found ", block.type_name());
+  RefinerConfig c;
+  for (const auto& [key, value] : block.items()) {
+    if (key == "layers") {
+      RECAST_CHECK(value.is_array(), where, ": 'layers' must be a list of block indices");
+      for (const auto& l : value) {
+        RECAST_CHECK(l.is_number_integer() && l.get<int64_t>() >= 0, where,
+                     ": 'layers' must hold block indices >= 0, found ", l.dump());
+        c.layers.insert(l.get<int64_t>());
+      }
+    } else if (key == "expansion" || key == "kernel") {
+      RECAST_CHECK(value.is_number_integer(), where, ": '", key, "' must be an integer, found ", value.dump());
+      const int64_t v = value.get<int64_t>();
+      if (key == "expansion") {
+        RECAST_CHECK(v >= 1 && v <= 64, where, ": 'expansion' must be in [1, 64], found ", v);
+        c.expansion = v;
+      } else {
+        RECAST_CHECK(v >= 1 && v <= 31 && v % 2 == 1, where, ": 'kernel' must be odd, in [1, 31], found ", v);
+        c.kernel = v;
+      }
+    } else if (key == "norm") {
+      RECAST_CHECK(value.is_string() && (value == "bn" || value == "none"), where,
+                   ": 'norm' must be \"bn\" or \"none\", found ", value.dump());
+      c.batch_norm = value == "bn";
+    } else {
+      throw Error(msg(where, ": unknown key '", key, "' (expected layers, expansion, kernel, norm)"));
+    }
+  }
+  RECAST_CHECK(!c.layers.empty(), where, ": 'layers' is missing or empty");
+  return c;
+}
+
+nlohmann::json RefinerConfig::to_json() const {
+  return {{"layers", std::vector<int64_t>(layers.begin(), layers.end())},
+          {"expansion", expansion},
+          {"kernel", kernel},
+          {"norm", batch_norm ? "bn" : "none"}};
+}
+
+RefinerOptions RefinerConfig::options(int64_t heads) const {
+  RefinerOptions o;
+  o.heads = heads;
+  o.expansion = expansion;
+  o.kernel = kernel;
+  o.batch_norm = batch_norm;
+  return o;
+}
+
+}  // namespace recast::layers

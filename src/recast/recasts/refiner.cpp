@@ -1,0 +1,175 @@
+// Recast refiner (Zhou et al. 2021): the softmax maps of a ViT's attention
+// are refined (expansion across heads, a depthwise KxK conv over each map,
+// reduction; layers/refiner.h) before they weigh the values. Every pretrained
+// weight is kept; the refiner's are new, and its per-head gate starts at 0, so
+// the converted ViT computes exactly what it computed before.
+//
+// Config block "recast_refiner": {"layers": [block indices], "expansion",
+// "kernel", "norm"}; it claims the bidirectional attention slots of those
+// blocks (any family that builds its attention through Slots::attention: the
+// ViT). The same block in a config built from scratch (`pretrain --arch
+// vit_tiny --set recast_refiner=...`) is Refined-ViT without the shared maps.
+
+#include "recast/layers/refiner.h"
+#include "recast/recasts/recast.h"
+
+#include "recast/core/error.h"
+
+#include <torch/torch.h>
+
+#include <map>
+
+namespace recast::recasts {
+namespace {
+
+constexpr const char* kKey = "recast_refiner";
+
+class RefinerFiller : public models::SlotFiller {
+ public:
+  explicit RefinerFiller(layers::RefinerConfig c) : c_(std::move(c)) {}
+  bool claims(const models::Slot& s) const override {
+    return s.kind == models::SlotKind::Attention && c_.layers.count(s.attention.layer) != 0;
+  }
+  std::shared_ptr<layers::AttentionCoreImpl> build_attention(const models::Slot& s) const override {
+    RECAST_CHECK(!s.attention.causal, "config 'recast_refiner': ", quote(s.name),
+                 " is causal attention; Refiner refines a ViT's bidirectional maps");
+    return std::make_shared<layers::RefinedAttentionImpl>(s.attention, c_.options(s.attention.heads));
+  }
+  // A new refiner: torch.nn's conv / BN init, the gate closed.
+  void init(const models::Slot&, torch::nn::Module& layer, const models::DenseInitFn&) const override {
+    auto& core = dynamic_cast<layers::RefinedAttentionImpl&>(layer);
+    core.refiner->gate.zero_();
+  }
+  void check_placed(const std::vector<const models::Slot*>& claimed,
+                    const std::vector<models::Slot>& offered) const override {
+    int64_t attention = 0;
+    for (const auto& s : offered) attention += s.kind == models::SlotKind::Attention;
+    for (int64_t l : c_.layers) {
+      bool found = false;
+      for (const auto* s : claimed) found = found || s->attention.layer == l;
+      RECAST_CHECK(found, "config 'recast_refiner': block ", l, " out of range for the model's ",
+                   attention, " attention layers");
+    }
+  }
+
+ private:
+  layers::RefinerConfig c_;
+};
+
+// Each block's output on the probe, source against converted: the block
+// whose attention was refined, and every block after it, should not move.
+std::vector<LayerReport> measure(models::Model& source, models::Model& converted,
+                                 const models::Batch& probe, const std::vector<std::string>& chosen,
+                                 const std::map<std::string, int64_t>& added) {
+  torch::NoGradGuard no_grad;
+  const bool s_training = source.is_training(), c_training = converted.is_training();
+  source.eval();
+  converted.eval();
+  models::Recorder before(R"(^blocks\.[0-9]+$)"), after(R"(^blocks\.[0-9]+$)");
+  source.forward(probe, &before);
+  converted.forward(probe, &after);
+  if (s_training) source.train();
+  if (c_training) converted.train();
+  std::vector<LayerReport> out;
+  for (const auto& attn : chosen) {
+    const std::string block = attn.substr(0, attn.rfind('.'));  // "blocks.3.attn" -> "blocks.3"
+    const at::Tensor* a = nullptr;
+    const at::Tensor* b = nullptr;
+    for (const auto& [name, t] : before.tensors()) if (name == block) a = &t;
+    for (const auto& [name, t] : after.tensors()) if (name == block) b = &t;
+    RECAST_CHECK(a && b, "refiner report: no output recorded for ", quote(block));
+    const at::Tensor ref = a->to(at::kDouble), got = b->to(at::kDouble);
+    LayerReport r;
+    r.module = attn;
+    r.max_abs_error = (got - ref).abs().max().item<double>();
+    r.relative_error = r.max_abs_error / ref.abs().max().clamp_min(1e-30).item<double>();
+    r.detail = msg("the block's output; +", added.count(attn) ? added.at(attn) : 0, " parameters");
+    out.push_back(r);
+  }
+  return out;
+}
+
+class Refiner : public Recast {
+ public:
+  std::string name() const override { return "refiner"; }
+  std::string summary() const override {
+    return "a ViT's attention maps refined (expansion across heads, local convolution over each "
+           "map), exactly the ViT at insertion (Refiner)";
+  }
+  std::string config_key() const override { return kKey; }
+  std::shared_ptr<models::SlotFiller> parse_block(const nlohmann::json& block) const override {
+    return std::make_shared<RefinerFiller>(layers::RefinerConfig::parse(block));
+  }
+  std::vector<OptionSpec> convert_options() const override {
+    using T = OptionSpec::Type;
+    return {OptionSpec("--expansion", "expansion", T::Int, "refiner: maps per head after expansion (default 3)")
+                .range(1, 64),
+            OptionSpec("--kernel", "kernel", T::Int, "refiner: the local convolution's size, odd (default 3)")
+                .range(1, 31),
+            OptionSpec("--map-norm", "norm", T::String,
+                       "refiner: bn (BatchNorm + ReLU6, as released; the default) or none")};
+  }
+
+  Conversion convert(models::Model& source, const RecipeOptions& o) const override {
+    if (source.config().contains(kKey)) {
+      throw UsageError("recipe refiner: the model is already converted (config has recast_refiner)");
+    }
+    std::vector<std::string> names;
+    std::map<std::string, int64_t> layer_of;
+    for (const auto* b : slots_of(source, models::SlotKind::Attention)) {
+      if (b->slot.attention.causal) continue;
+      names.push_back(b->slot.name);
+      layer_of[b->slot.name] = b->slot.attention.layer;
+    }
+    if (source.task() != models::Task::ImageClassification || names.empty()) {
+      throw UsageError(msg("recipe refiner: ", source.arch(),
+                           " has no vision-transformer attention to refine (a ViT has: vit_tiny ... vit_base)"));
+    }
+    layers::RefinerConfig t;
+    t.expansion = o.values.value("expansion", int64_t{3});
+    t.kernel = o.values.value("kernel", int64_t{3});
+    if (t.kernel % 2 == 0) throw UsageError(msg("--kernel: expected an odd size, found ", t.kernel));
+    const std::string norm = o.values.value("norm", std::string("bn"));
+    if (norm != "bn" && norm != "none") {
+      throw UsageError(msg("--map-norm: expected bn or none, found ", quote(norm)));
+    }
+    t.batch_norm = norm == "bn";
+    const auto chosen = select_modules(names, o.layers);
+    for (const auto& name : chosen) t.layers.insert(layer_of.at(name));
+
+    std::vector<std::string> fresh;
+    models::ModelPtr model = rebuild_with(
+        source, kKey, t.to_json(), o.seed,
+        [](const std::string& n) { return n.find(".refiner.") != std::string::npos; }, &fresh);
+    // Parameters added, per attention (the BN running statistics are buffers).
+    std::map<std::string, int64_t> added;
+    int64_t total = 0;
+    for (const auto& p : model->named_parameters()) {
+      const size_t at = p.key().find(".refiner.");
+      if (at == std::string::npos) continue;
+      added[p.key().substr(0, at)] += p.value().numel();
+      total += p.value().numel();
+    }
+
+    Conversion c;
+    c.model = model;
+    nlohmann::json logits_change;
+    if (o.probe.pixel_values.defined()) {
+      c.report = measure(source, *model, o.probe, chosen, added);
+      const std::string what = msg("softmax maps -> refined (expansion ", t.expansion, ", kernel ",
+                                   t.kernel, t.batch_norm ? ", BN + ReLU6)" : ", no norm)");
+      for (auto& r : c.report) r.replaced = what;
+      logits_change = output_change(source, *model, o.probe);
+    }
+    c.manifest = {{"recipe", "refiner"},   {"options", t.to_json()},
+                  {"layers", chosen},      {"new_tensors", fresh.size()},
+                  {"parameters_added", total}, {"seed", o.seed},
+                  {"logits_change", logits_change}};
+    return c;
+  }
+};
+
+RECAST_REGISTER_RECAST(Refiner);
+
+}  // namespace
+}  // namespace recast::recasts

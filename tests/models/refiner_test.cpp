@@ -1,0 +1,320 @@
+// Refiner's map refinement: the fast path (chunked, batched convolutions)
+// equals the explicit one forward and backward, in training and eval mode,
+// with and without BN, for odd N, K = 1, 3, 5, r = 1, 3 and batch > 1; at
+// insertion (gate 0) the maps are returned exactly and the gate still gets a
+// gradient; the refined attention core is softmax attention at insertion; a
+// timm ViT converted with `--recipe refiner` gives the logits it gave, loads
+// back from its directory, and its refiners train.
+
+#include "recast/layers/refiner.h"
+#include "recast/core/error.h"
+#include "recast/io/safetensors.h"
+#include "recast/models/model.h"
+#include "recast/ops/attention.h"
+#include "recast/recasts/recast.h"
+#include "models/tiny.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace recast::testing {
+namespace {
+
+using layers::MapRefiner;
+using layers::RefinerOptions;
+
+double max_rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a.to(at::kDouble) - b.to(at::kDouble)).abs().max() /
+          b.to(at::kDouble).abs().max().clamp_min(1e-30))
+      .item<double>();
+}
+
+// Softmax maps [B, H, N, N].
+at::Tensor random_maps(int64_t b, int64_t h, int64_t n) {
+  return torch::randn({b, h, n, n}).mul(2).softmax(-1);
+}
+
+// A refiner whose every tensor is off its initial value: an open gate, norms
+// with non-trivial scale, shift and running statistics.
+MapRefiner perturbed(const RefinerOptions& o) {
+  MapRefiner m(o);
+  torch::NoGradGuard no_grad;
+  m->gate.copy_(torch::randn_like(m->gate));
+  for (auto& n : {m->expand_norm, m->local_norm, m->reduce_norm}) {
+    if (!n) continue;
+    n->weight.copy_(torch::rand_like(n->weight) + 0.5);
+    // Shifted up, so that ReLU6 passes most values (every path carries a gradient).
+    n->bias.copy_(torch::rand_like(n->bias) * 0.5 + 0.25);
+    n->running_mean.copy_(torch::randn_like(n->running_mean) * 0.1);
+    n->running_var.copy_(torch::rand_like(n->running_var) + 0.5);
+  }
+  return m;
+}
+
+std::vector<at::Tensor> grads_of(MapRefiner& m, const at::Tensor& maps, bool reference) {
+  m->zero_grad();
+  at::Tensor a = maps.detach().clone().requires_grad_(true);
+  const at::Tensor out = reference ? m->forward_reference(a) : m->forward(a);
+  // A loss that weighs every output differently.
+  (out * torch::linspace(-1, 1, out.numel()).view(out.sizes())).sum().backward();
+  std::vector<at::Tensor> g = {out.detach(), a.grad()};
+  for (const auto& p : m->parameters()) g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+  return g;
+}
+
+TEST(Refiner, FastAndReferencePathsAgreeForwardAndBackward) {
+  torch::manual_seed(3);
+  for (bool bn : {true, false}) {
+    for (int64_t r : {1, 3}) {
+      for (int64_t k : {1, 3, 5}) {
+        for (bool training : {true, false}) {
+          RefinerOptions o;
+          o.heads = 3;
+          o.expansion = r;
+          o.kernel = k;
+          o.batch_norm = bn;
+          MapRefiner m = perturbed(o);
+          m->train(training);
+          const at::Tensor maps = random_maps(2, 3, 7);  // N = 7: odd (CLS + 6 patches)
+          SCOPED_TRACE("bn " + std::to_string(bn) + " r " + std::to_string(r) + " K " +
+                       std::to_string(k) + (training ? " training" : " eval"));
+          // The reference first: it leaves the running statistics alone.
+          const auto ref = grads_of(m, maps, true);
+          const auto fast = grads_of(m, maps, false);
+          ASSERT_EQ(ref.size(), fast.size());
+          EXPECT_LT(max_rel(fast[0], ref[0]), 1e-5) << "forward";
+          EXPECT_LT(max_rel(fast[1], ref[1]), 1e-5) << "d maps";
+          // The largest gradient of any tensor: the scale rounding noise is measured on.
+          double largest = 0;
+          for (size_t j = 1; j < ref.size(); ++j) largest = std::max(largest, ref[j].abs().max().item<double>());
+          size_t i = 2;
+          for (const auto& p : m->named_parameters()) {
+            // What a training-mode BN right after it makes irrelevant has a
+            // gradient of 0 up to rounding in both paths: a conv's bias (the
+            // batch mean is subtracted) and, for K = 1, the depthwise weight
+            // (BN undoes a per-channel scale).
+            const bool washed_out =
+                bn && training &&
+                (p.key() == "expand.bias" || p.key() == "local.bias" || p.key() == "reduce.bias" ||
+                 (k == 1 && p.key() == "local.weight"));
+            const double diff = (fast[i].to(at::kDouble) - ref[i].to(at::kDouble)).abs().max().item<double>();
+            const double scale = ref[i].abs().max().item<double>();
+            if (washed_out) {
+              EXPECT_LT(diff, 1e-5 * largest) << p.key() << " (largest gradient " << largest << ")";
+            } else {
+              EXPECT_LT(diff, 1e-4 * scale) << p.key();
+              EXPECT_GT(scale, 0) << p.key() << " gets no gradient";
+            }
+            ++i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Refiner, TrainingUpdatesTheRunningStatisticsOfEveryChunk) {
+  RefinerOptions o;
+  o.heads = 2;
+  o.expansion = 3;
+  MapRefiner m(o);
+  m->train();
+  torch::NoGradGuard no_grad;
+  const at::Tensor maps = random_maps(4, 2, 5);
+  m->forward(maps);
+  // Every expanded channel's statistics moved from (0, 1), and the count is
+  // one forward, not one per chunk.
+  EXPECT_TRUE((m->expand_norm->running_mean != 0).all().item<bool>());
+  EXPECT_TRUE((m->local_norm->running_var != 1).all().item<bool>());
+  EXPECT_EQ(m->expand_norm->num_batches_tracked.item<int64_t>(), 1);
+  // They equal BatchNorm2d's own update on the whole expansion.
+  torch::nn::BatchNorm2d whole(torch::nn::BatchNormOptions(6));
+  whole->train();
+  whole->forward(at::conv2d(maps, m->expand->weight, m->expand->bias));
+  EXPECT_TRUE(torch::allclose(m->expand_norm->running_mean, whole->running_mean, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(m->expand_norm->running_var, whole->running_var, 1e-6, 1e-7));
+}
+
+TEST(Refiner, ExactAtInsertionYetTrainable) {
+  torch::manual_seed(5);
+  for (bool bn : {true, false}) {
+    RefinerOptions o;
+    o.heads = 4;
+    o.batch_norm = bn;
+    MapRefiner m(o);
+    const at::Tensor maps = random_maps(2, 4, 9);
+    for (bool training : {true, false}) {
+      m->train(training);
+      torch::NoGradGuard no_grad;
+      EXPECT_TRUE(torch::equal(m->forward(maps), maps)) << "bn " << bn;
+      EXPECT_TRUE(torch::equal(m->forward_reference(maps), maps)) << "bn " << bn;
+    }
+    // The gate enters linearly: its gradient is <dL/dA', R>, not zero, while
+    // the branch's own weights wait for the gate to open.
+    m->train();
+    torch::optim::SGD sgd(m->parameters(), torch::optim::SGDOptions(0.1));
+    auto step = [&] {
+      sgd.zero_grad();
+      (m->forward(maps) * torch::randn_like(maps)).sum().backward();
+    };
+    step();
+    EXPECT_GT(m->gate.grad().abs().min().item<double>(), 0) << "bn " << bn;
+    EXPECT_EQ(m->expand->weight.grad().abs().max().item<double>(), 0);
+    sgd.step();
+    step();
+    EXPECT_GT(m->expand->weight.grad().abs().max().item<double>(), 0) << "bn " << bn;
+    EXPECT_GT(m->local->weight.grad().abs().max().item<double>(), 0) << "bn " << bn;
+  }
+}
+
+TEST(Refiner, TheRefinedCoreIsSoftmaxAttentionAtInsertion) {
+  torch::manual_seed(7);
+  layers::AttentionSpec spec;
+  spec.heads = spec.kv_heads = 3;
+  spec.head_dim = 8;
+  spec.scale = 1.0 / std::sqrt(8.0);
+  RefinerOptions o;
+  o.heads = 3;
+  layers::RefinedAttention core(spec, o);
+  const at::Tensor q = torch::randn({2, 3, 11, 8}), k = torch::randn({2, 3, 11, 8}),
+                   v = torch::randn({2, 3, 11, 8});
+  ops::AttentionMask mask;
+  const at::Tensor plain = ops::attention_reference(q, k, v, mask, spec.scale);
+  core->eval();
+  EXPECT_LT(max_rel(core->forward(q, k, v, mask, nullptr), plain), 1e-6);
+  EXPECT_NE(core->describe().find("expansion 3, kernel 3, BN + ReLU6"), std::string::npos);
+  // The maps it refines are the softmax's: rows that sum to one.
+  EXPECT_TRUE(torch::allclose(core->maps(q, k).sum(-1), torch::ones({2, 3, 11}), 1e-5, 1e-6));
+  mask.causal = true;
+  EXPECT_THROW(core->forward(q, k, v, mask, nullptr), Error);
+}
+
+TEST(Refiner, RefusesWhatItCannotRefine) {
+  RefinerOptions o;
+  o.heads = 2;
+  o.kernel = 4;
+  EXPECT_THROW(MapRefiner{o}, Error);
+  o.kernel = 3;
+  MapRefiner m(o);
+  EXPECT_THROW(m->forward(torch::rand({1, 3, 5, 5})), Error);  // heads
+  EXPECT_THROW(m->forward(torch::rand({1, 2, 5, 4})), Error);  // not square
+  layers::AttentionSpec spec;
+  spec.heads = spec.kv_heads = 3;
+  EXPECT_THROW(layers::RefinedAttention(spec, o), Error);  // 2 heads vs 3
+  spec.heads = spec.kv_heads = 2;
+  spec.causal = true;
+  EXPECT_THROW(layers::RefinedAttention(spec, o), Error);
+}
+
+TEST(RefinerRecipe, ATimmVitConvertsExactlyReloadsAndTrains) {
+  const std::string dir = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures/vit_small_timm";
+  models::ModelPtr source = models::load_model(dir);
+  io::TensorStore inputs = io::TensorStore::open(dir + "/inputs.safetensors");
+  models::Batch batch;
+  batch.pixel_values = inputs.tensor("pixel_values", true);
+  recasts::RecipeOptions o;
+  o.probe = batch;
+  recasts::Conversion c = recasts::get("refiner").convert(*source, o);
+  // Every block (2), 4 heads: 1x1 4->12 (+bias), depthwise 3x3 on 12, 1x1
+  // 12->4, three BNs, a gate.
+  ASSERT_EQ(c.report.size(), 2u);
+  const int64_t per_block = (12 * 4 + 12) + (12 * 9 + 12) + (4 * 12 + 4) + 2 * (12 + 12) + 2 * 4 + 4;
+  EXPECT_EQ(c.manifest["parameters_added"].get<int64_t>(), 2 * per_block);
+  for (const auto& r : c.report) {
+    EXPECT_EQ(r.max_abs_error, 0.0) << r.module;  // the gate is exactly 0
+    EXPECT_NE(r.replaced.find("expansion 3, kernel 3, BN + ReLU6"), std::string::npos);
+  }
+  EXPECT_EQ(c.manifest["options"]["layers"], nlohmann::json::array({0, 1}));
+  torch::NoGradGuard no_grad;
+  source->eval();
+  c.model->eval();
+  const at::Tensor reference = io::TensorStore::open(dir + "/outputs.safetensors").tensor("logits");
+  const at::Tensor logits = c.model->forward(batch);
+  EXPECT_LE(max_rel(logits, reference), 1e-5);
+  EXPECT_TRUE(torch::equal(logits, source->forward(batch)));
+  EXPECT_EQ(c.model->config()["recast_refiner"]["norm"], "bn");
+
+  // An ordinary checkpoint directory: saved, loaded back, the same logits.
+  TempDir out;
+  models::save_model(*c.model, out.path());
+  models::ModelPtr loaded = models::load_model(out.path());
+  loaded->eval();
+  EXPECT_TRUE(torch::equal(loaded->forward(batch), logits));
+
+  // A few fine-tuning steps: the refiners receive gradients and move.
+  {
+    torch::AutoGradMode grad(true);
+    loaded->train();
+    std::vector<at::Tensor> refiner_params;
+    std::vector<at::Tensor> initial;
+    for (const auto& p : loaded->named_parameters()) {
+      if (p.key().find(".refiner.") != std::string::npos) {
+        refiner_params.push_back(p.value());
+        initial.push_back(p.value().detach().clone());
+      }
+    }
+    ASSERT_FALSE(refiner_params.empty());
+    torch::optim::AdamW opt(loaded->parameters(), torch::optim::AdamWOptions(1e-2));
+    const at::Tensor labels = torch::tensor({0, 1, 2, 3, 4}).slice(0, 0, logits.size(0)).remainder(5);
+    for (int step = 0; step < 3; ++step) {
+      opt.zero_grad();
+      at::cross_entropy_loss(loaded->forward(batch), labels).backward();
+      opt.step();
+    }
+    for (size_t i = 0; i < refiner_params.size(); ++i) {
+      EXPECT_FALSE(torch::equal(refiner_params[i].detach(), initial[i])) << "refiner parameter " << i;
+    }
+  }
+
+  // Misuse: converting twice, a model without ViT attention, an even kernel.
+  EXPECT_THROW(recasts::get("refiner").convert(*c.model, o), UsageError);
+  models::ModelPtr gpt = models::create_model(
+      "gpt2", {{"n_layer", 1}, {"n_embd", 8}, {"n_head", 2}, {"vocab_size", 11}});
+  EXPECT_THROW(recasts::get("refiner").convert(*gpt, recasts::RecipeOptions{}), UsageError);
+  recasts::RecipeOptions even = o;
+  even.values["kernel"] = 4;
+  EXPECT_THROW(recasts::get("refiner").convert(*source, even), UsageError);
+}
+
+TEST(RefinerRecipe, TheConfigBlockIsValidatedKeyByKey) {
+  using layers::RefinerConfig;
+  const auto error = [](const char* text) {
+    return error_of([&] { RefinerConfig::parse(nlohmann::json::parse(text)); });
+  };
+  EXPECT_NE(error(R"({"layers": [0], "kernal": 3})").find("unknown key 'kernal'"), std::string::npos);
+  EXPECT_NE(error(R"({"layers": [0], "kernel": 4})").find("'kernel' must be odd"), std::string::npos);
+  EXPECT_NE(error(R"({"layers": [0], "expansion": 0})").find("'expansion' must be in [1, 64]"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"layers": [-1]})").find("block indices >= 0"), std::string::npos);
+  EXPECT_NE(error(R"({"layers": []})").find("'layers' is missing or empty"), std::string::npos);
+  EXPECT_NE(error(R"({"layers": [0], "norm": "ln"})").find("'norm' must be"), std::string::npos);
+  const RefinerConfig c = RefinerConfig::parse(nlohmann::json::parse(R"({"layers": [1, 0], "norm": "none"})"));
+  EXPECT_EQ(c.to_json(), nlohmann::json::parse(R"({"layers": [0, 1], "expansion": 3, "kernel": 3, "norm": "none"})"));
+  // A block index the model does not have is named when the model is built.
+  EXPECT_NE(error_of([] {
+              tiny_model("vit_tiny_patch16_224", {{"recast_refiner", {{"layers", {5}}}}});
+            }).find("block 5 out of range"),
+            std::string::npos);
+  // From scratch (Refined-ViT without shared maps): built, initialised with
+  // the gate closed, and the refiner's tensors are in the checkpoint.
+  models::ModelPtr m = tiny_model("vit_tiny_patch16_224",
+                                  {{"recast_refiner", {{"layers", {0}}, {"expansion", 2}}}}, 3);
+  bool gate = false;
+  for (const auto& p : m->named_parameters()) {
+    if (p.key() == "blocks.0.attn.refiner.gate") {
+      gate = true;
+      EXPECT_EQ(p.value().abs().max().item<double>(), 0.0);
+    }
+  }
+  EXPECT_TRUE(gate);
+  const models::Batch b = m->example_batch(2, 1);
+  EXPECT_EQ(m->forward(b).size(0), 2);
+}
+
+}  // namespace
+}  // namespace recast::testing
