@@ -102,7 +102,7 @@ step "T-CNN: fine-tune the converted ResNet for $TCNN_STEPS steps (the attention
 for m in "resnet-fmnist +0" "resnet-fmnist-tcnn +0" "resnet-fmnist-tcnn-ft +$TCNN_STEPS"; do
   set -- $m
   printf '%-24s %-6s ' "$1" "$2"
-  "$recast" eval --model "$out/$1" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q
+  "$recast" eval --model "$out/$1" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q --summary
 done
 
 step "T-CNN: what the fine-tuned heads attend to, for one test image (maps as PNG)"

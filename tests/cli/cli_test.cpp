@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 namespace recast::testing {
 namespace {
 
@@ -354,6 +356,11 @@ TEST(Cli, AnalyzeShowsEachHeadsAttentionAndDrawsIt) {
   EXPECT_EQ(nlohmann::json::parse(idx.out)["layers"].size(), 8u);
   Result ev = run({"eval", "--model", src, "--data", "fashion-mnist", "--max-batches", "1", "--json"});
   ASSERT_EQ(ev.code, 0) << ev.err;
+  // --summary: the accuracy line, no per-class table.
+  Result line = run({"eval", "--model", src, "--data", "fashion-mnist", "--max-batches", "1", "--summary"});
+  ASSERT_EQ(line.code, 0) << line.err;
+  EXPECT_EQ(line.out.rfind("accuracy ", 0), 0u) << line.out;
+  EXPECT_EQ(std::count(line.out.begin(), line.out.end(), '\n'), 1) << line.out;
   expect_one_line_error(run({"analyze", "--model", model}), 2, "--image");
   expect_one_line_error(run({"analyze", "--model", model, "--index", "3"}), 2, "--data");
   expect_one_line_error(run({"analyze", "--model", model, "--image", image, "--out", dir.file("x.jpg")}), 2, ".png");

@@ -29,12 +29,13 @@ struct EvalCli {
   int64_t batch_size = 16, seq_len = 0, max_batches = 0;
   int64_t seed = -1;
   int threads = 0;
-  bool json = false, bf16 = false;
+  bool json = false, bf16 = false, summary = false;
 };
 
-void print_classifier(const train::EvalResult& r) {
+void print_classifier(const train::EvalResult& r, bool summary) {
   std::printf("accuracy %.4f  loss %.4f  (%lld examples)\n", r.accuracy, r.loss,
               static_cast<long long>(r.count));
+  if (summary) return;
   size_t width = 5;
   for (const auto& c : r.classes) width = std::max(width, c.size());
   std::printf("\n%-*s  accuracy\n", static_cast<int>(width), "class");
@@ -189,7 +190,7 @@ int run_eval(const EvalCli& o) {
     std::printf("loss %.4f  perplexity %.3f  bits/byte %.4f  (%lld tokens)\n", r.loss,
                 r.perplexity, r.bits_per_byte, static_cast<long long>(r.count));
   } else {
-    print_classifier(r);
+    print_classifier(r, o.summary);
   }
   return 0;
 }
@@ -222,6 +223,9 @@ Runner add_eval(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));
   cmd->add_flag("--json", o->json, "Print the metrics as JSON");
+  cmd->add_flag("--summary", o->summary,
+                "One line: a classifier's accuracy and loss, without the per-class table and "
+                "confusion matrix");
   return [o] { return run_eval(*o); };
 }
 
