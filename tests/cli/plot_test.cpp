@@ -415,6 +415,12 @@ TEST(PlotFigure, NamesAreDrawnAsPrintableText) {
   EXPECT_TRUE(has_text(f, "x\"y", "c\xEF\xBF\xBD" "d", "legend text"));
   EXPECT_EQ(texts(f, "", "header"),
             (std::vector<std::string>{"dir/<m>\xEF\xBF\xBD.jsonl (2 records)"}));
+  // A long name is cut for the legend on a character boundary, not inside one.
+  std::string long_name;
+  for (int i = 0; i < 30; ++i) long_name += "\xC3\xA9";  // 30 x e-acute, 60 bytes
+  const Figure cut = figure_of("{\"step\": 0, \"split\": \"" + long_name + "\", \"loss\": 1}\n");
+  const std::string legend = texts(cut, "loss", "legend text").at(0);
+  EXPECT_EQ(legend, long_name.substr(0, 38) + "\xE2\x80\xA6");
   // Both encoders take it (cairo refuses invalid UTF-8 outright).
   EXPECT_FALSE(f.png().empty());
   const std::string svg = f.svg();

@@ -445,6 +445,12 @@ bool segment_meets_box(Pixel a, Pixel b, double left, double top, double right, 
   return t0 <= t1;
 }
 
+// At most n bytes of s, not ending inside a UTF-8 sequence.
+std::string utf8_prefix(const std::string& s, size_t n) {
+  while (n > 0 && n < s.size() && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
 void draw_panel(draw::Figure& fig, const Panel& p, const Axis& x, double px, double py) {
   const double w = kPanelW - kLeft - kRight;
   const double h = kPanelH - kTop - kBottom;
@@ -507,7 +513,7 @@ void draw_panel(draw::Figure& fig, const Panel& p, const Axis& x, double px, dou
   double longest = 0;
   std::vector<std::string> names;
   for (const auto& s : p.series) {
-    names.push_back(s.split.size() > 40 ? s.split.substr(0, 39) + "\xE2\x80\xA6" : s.split);
+    names.push_back(s.split.size() > 40 ? utf8_prefix(s.split, 39) + "\xE2\x80\xA6" : s.split);
     longest = std::max(longest, draw::text_width(names.back(), kTickFont));
   }
   const double lw = 38 + longest;

@@ -239,6 +239,11 @@ Figure::Figure(double width, double height, Colour background)
       height_(std::max(1.0, std::ceil(height))),
       background_(background) {}
 
+void Figure::set_size(double width, double height) {
+  width_ = std::max(1.0, std::ceil(width));
+  height_ = std::max(1.0, std::ceil(height));
+}
+
 Item& Figure::add(Item::Kind kind, Colour c, std::string role, std::string key) {
   Item& it = items_.emplace_back();
   it.kind = kind;

@@ -99,6 +99,8 @@ class Figure {
   void raster(double x, double y, int64_t px_w, int64_t px_h, std::vector<uint8_t> rgb,
               int64_t cell, std::string role = "");
 
+  // For layouts that know their extent only once drawn (rounded up to whole pixels).
+  void set_size(double width, double height);
   double width() const { return width_; }
   double height() const { return height_; }
   const std::vector<Item>& items() const { return items_; }

@@ -167,24 +167,21 @@ void draw_image(draw::Figure& fig, const at::Tensor& image01, const Thumb& t, in
                   static_cast<double>(t.cell + 1), static_cast<double>(t.cell + 1), kRed, 1, "query");
 }
 
-// Where everything goes, in one pass that only measures (fig == nullptr) or
-// also draws: the figure's size must be known before it is made.
-std::pair<int64_t, int64_t> lay_out(draw::Figure* fig, const std::vector<LayerAttention>& layers,
+// Lays out and draws every layer; returns the extent used (width, height).
+std::pair<int64_t, int64_t> lay_out(draw::Figure& fig, const std::vector<LayerAttention>& layers,
                                     const at::Tensor& image01, double query_y, double query_x) {
   int64_t width = 0, y = kMargin;
   for (const auto& l : layers) {
-    if (fig) {
-      fig->set_group(l.name);
-      fig->text(kMargin, static_cast<double>(y + 14),
-                l.name + "  (stride " + std::to_string(l.stride) + ", query row " +
-                    std::to_string(l.query_row) + " col " + std::to_string(l.query_col) +
-                    " of the output grid)",
-                draw::Font{13, true}, kInk, draw::Anchor::start, "title");
-    }
+    fig.set_group(l.name);
+    fig.text(kMargin, static_cast<double>(y + 14),
+             l.name + "  (stride " + std::to_string(l.stride) + ", query row " +
+                 std::to_string(l.query_row) + " col " + std::to_string(l.query_col) +
+                 " of the output grid)",
+             draw::Font{13, true}, kInk, draw::Anchor::start, "title");
     y += kTitle;
     const Thumb thumb = thumb_of(image01);
     const int64_t ih = thumb.h * thumb.cell, iw = thumb.w * thumb.cell;
-    if (fig) draw_image(*fig, image01, thumb, kMargin, y + kLabel, query_y, query_x);
+    draw_image(fig, image01, thumb, kMargin, y + kLabel, query_y, query_x);
     const int64_t ph = l.maps.size(1), pw = l.maps.size(2), c = l.kernel / 2;
     const int64_t s = std::max<int64_t>(2, kTile / std::max(ph, pw));
     const int64_t x0 = kMargin + iw + 2 * kGap;
@@ -192,22 +189,20 @@ std::pair<int64_t, int64_t> lay_out(draw::Figure* fig, const std::vector<LayerAt
     for (int64_t h = 0; h < l.maps.size(0); ++h) {
       const int64_t tx = x0 + (h % l.kernel) * (pw * s + kGap);
       const int64_t ty = y + (h / l.kernel) * (ph * s + kGap + kLabel);
-      if (fig) {
-        fig->text(static_cast<double>(tx), static_cast<double>(ty + 11),
-                  "head " + std::to_string(h) + " g=" + fixed(l.gate[h], 3) +
-                      " d=" + fixed(l.distance[h], 2),
-                  draw::Font{10}, kInk, draw::Anchor::start, "head", std::to_string(h));
-        const at::Tensor a = l.maps[h].contiguous();
-        const double top = std::max(a.max().item<double>(), 1e-12);
-        const float* d = a.data_ptr<float>();
-        std::vector<uint8_t> rgb(static_cast<size_t>(ph * pw * 3));
-        for (int64_t i = 0; i < ph * pw; ++i) heat_colour(d[i] / top, &rgb[static_cast<size_t>(i * 3)]);
-        fig->raster(static_cast<double>(tx), static_cast<double>(ty + kLabel), pw, ph,
-                    std::move(rgb), s, "map");
-        const int64_t qi = l.query_row * l.stride + c, qj = l.query_col * l.stride + c;
-        fig->stroke_rect(static_cast<double>(tx + qj * s), static_cast<double>(ty + kLabel + qi * s),
-                         static_cast<double>(s - 1), static_cast<double>(s - 1), kRed, 1, "query");
-      }
+      fig.text(static_cast<double>(tx), static_cast<double>(ty + 11),
+               "head " + std::to_string(h) + " g=" + fixed(l.gate[h], 3) +
+                   " d=" + fixed(l.distance[h], 2),
+               draw::Font{10}, kInk, draw::Anchor::start, "head", std::to_string(h));
+      const at::Tensor a = l.maps[h].contiguous();
+      const double top = std::max(a.max().item<double>(), 1e-12);
+      const float* d = a.data_ptr<float>();
+      std::vector<uint8_t> rgb(static_cast<size_t>(ph * pw * 3));
+      for (int64_t i = 0; i < ph * pw; ++i) heat_colour(d[i] / top, &rgb[static_cast<size_t>(i * 3)]);
+      fig.raster(static_cast<double>(tx), static_cast<double>(ty + kLabel), pw, ph, std::move(rgb), s,
+                 "map");
+      const int64_t qi = l.query_row * l.stride + c, qj = l.query_col * l.stride + c;
+      fig.stroke_rect(static_cast<double>(tx + qj * s), static_cast<double>(ty + kLabel + qi * s),
+                      static_cast<double>(s - 1), static_cast<double>(s - 1), kRed, 1, "query");
       block_h = std::max(block_h, ty - y + kLabel + ph * s);
       width = std::max(width, tx + pw * s + kMargin);
     }
@@ -222,9 +217,9 @@ draw::Figure attention_figure(const std::vector<LayerAttention>& layers, const a
                               double query_y, double query_x) {
   RECAST_CHECK(image01.dim() == 3 && (image01.size(0) == 1 || image01.size(0) == 3),
                "analyze: expected an image [1 or 3, H, W], found ", image01.sizes());
-  const auto [width, height] = lay_out(nullptr, layers, image01, query_y, query_x);
-  draw::Figure fig(static_cast<double>(width), static_cast<double>(height));
-  lay_out(&fig, layers, image01, query_y, query_x);
+  draw::Figure fig(1, 1);
+  const auto [width, height] = lay_out(fig, layers, image01, query_y, query_x);
+  fig.set_size(static_cast<double>(width), static_cast<double>(height));
   return fig;
 }
 

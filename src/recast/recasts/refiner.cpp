@@ -56,6 +56,14 @@ class RefinerFiller : public models::SlotFiller {
   layers::RefinerConfig c_;
 };
 
+// What `rec` recorded under `name`, in double.
+at::Tensor recorded(const models::Recorder& rec, const std::string& name) {
+  for (const auto& [key, t] : rec.tensors()) {
+    if (key == name) return t.to(at::kDouble);
+  }
+  throw Error(msg("refiner report: no output recorded for ", quote(name)));
+}
+
 // Each block's output on the probe, source against converted: the block
 // whose attention was refined, and every block after it, should not move.
 std::vector<LayerReport> measure(models::Model& source, models::Model& converted,
@@ -73,12 +81,7 @@ std::vector<LayerReport> measure(models::Model& source, models::Model& converted
   std::vector<LayerReport> out;
   for (const auto& attn : chosen) {
     const std::string block = attn.substr(0, attn.rfind('.'));  // "blocks.3.attn" -> "blocks.3"
-    const at::Tensor* a = nullptr;
-    const at::Tensor* b = nullptr;
-    for (const auto& [name, t] : before.tensors()) if (name == block) a = &t;
-    for (const auto& [name, t] : after.tensors()) if (name == block) b = &t;
-    RECAST_CHECK(a && b, "refiner report: no output recorded for ", quote(block));
-    const at::Tensor ref = a->to(at::kDouble), got = b->to(at::kDouble);
+    const at::Tensor ref = recorded(before, block), got = recorded(after, block);
     LayerReport r;
     r.module = attn;
     r.max_abs_error = (got - ref).abs().max().item<double>();
