@@ -16,8 +16,17 @@ torch_prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)'
 "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' | tee "$out/gpu-env.txt"
 nvcc --version | tail -1 | tee -a "$out/gpu-env.txt" || true
 
+# cairo's run-time libraries (and its fonts) from .debs/: an RPATH (not
+# RUNPATH: --disable-new-dtags) on recast's programs finds libcairo's own
+# dependencies there too, without LD_LIBRARY_PATH for the machine's programs.
+# FONTCONFIG_FILE (scripts that run recast export it) points at the fonts.
+mkdir -p "$deps/etc/fonts"
+printf '<?xml version="1.0"?>\n<fontconfig><dir>%s</dir><cachedir>/tmp/recast-fontconfig</cachedir></fontconfig>\n' \
+  "$deps/usr/share/fonts" > "$deps/etc/fonts/recast.conf"
+export FONTCONFIG_FILE=$deps/etc/fonts/recast.conf
 t0=$(date +%s)
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags -Wl,-rpath,$deps/usr/lib/x86_64-linux-gnu" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr;$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/share/cmake" \
   2>&1 | tee "$out/configure.log" | grep -E "recast:|Error|error" || true
 # TARGETS="recast recast-engine bench_factorized": only those (runs that measure).

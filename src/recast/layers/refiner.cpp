@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+
 namespace recast::layers {
 
 namespace {
@@ -89,7 +91,12 @@ at::Tensor MapRefinerImpl::forward(const at::Tensor& a) {
   }
   at::Tensor r = sum + reduce->bias.view({1, h, 1, 1});
   if (bn) r = normalise(r, reduce_norm, 0, h);
-  return a + gate.view({1, h, 1, 1}).to(r.scalar_type()) * r;
+  at::Tensor out = a + gate.view({1, h, 1, 1}).to(r.scalar_type()) * r;
+  if (capture) {
+    captured_raw = a.detach();
+    captured_refined = out.detach();
+  }
+  return out;
 }
 
 at::Tensor MapRefinerImpl::normalise_reference(const at::Tensor& x,
@@ -156,6 +163,92 @@ at::Tensor RefinedAttentionImpl::forward(const at::Tensor& q, const at::Tensor& 
   const int64_t groups = spec().heads / spec().kv_heads;
   const at::Tensor values = groups > 1 ? ops::repeat_kv(v, groups) : v;
   return at::matmul(refiner->forward(maps(q, k)), values);
+}
+
+namespace {
+
+// Rows of `w` [..., N] as distributions: max(w, 0) / its sum (a row with no
+// positive weight counts as uniform).
+at::Tensor as_distribution(const at::Tensor& w) {
+  const at::Tensor p = w.clamp_min(0);
+  const at::Tensor sum = p.sum(-1, /*keepdim=*/true);
+  const at::Tensor uniform = at::full_like(p, 1.0 / static_cast<double>(w.size(-1)));
+  return at::where(sum > 0, p / sum.clamp_min(1e-30), uniform);
+}
+
+at::Tensor entropy(const at::Tensor& p) {  // [..., N] -> [...]
+  return -(p * p.clamp_min(1e-30).log()).sum(-1);
+}
+
+}  // namespace
+
+MapSummary summarise_maps(const at::Tensor& raw_in, const at::Tensor& refined_in) {
+  RECAST_CHECK(raw_in.dim() == 4 && raw_in.sizes() == refined_in.sizes() && raw_in.size(2) == raw_in.size(3),
+               "summarise_maps: expected two maps [B, H, N, N] of one shape, found ", raw_in.sizes(),
+               " and ", refined_in.sizes());
+  const at::Tensor raw = raw_in.to(at::kDouble), refined = refined_in.to(at::kDouble);
+  const int64_t n = raw.size(2);
+  const auto g = static_cast<int64_t>(std::floor(std::sqrt(static_cast<double>(n))));
+  const int64_t lead = n - g * g;  // CLS (and any other non-patch tokens) first
+  MapSummary s;
+  s.change = ((refined - raw).norm() / raw.norm().clamp_min(1e-30)).item<double>();
+  const at::Tensor p_raw = as_distribution(raw.narrow(2, lead, g * g));
+  const at::Tensor p_ref = as_distribution(refined.narrow(2, lead, g * g));
+  const std::vector<int64_t> batch_and_queries = {0, 2};
+  const at::Tensor e_raw = entropy(p_raw).mean(batch_and_queries);
+  const at::Tensor e_ref = entropy(p_ref).mean(batch_and_queries);
+  s.entropy_raw = e_raw.mean().item<double>();
+  s.entropy_refined = e_ref.mean().item<double>();
+  auto to_vector = [](const at::Tensor& t) {
+    const at::Tensor c = t.contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  s.entropy_raw_heads = to_vector(e_raw);
+  s.entropy_refined_heads = to_vector(e_ref);
+  // |pos_j - pos_i| between patches (row-major on the g x g grid).
+  const at::Tensor idx = at::arange(g * g, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor row = (idx / static_cast<double>(g)).floor(), col = idx - row * static_cast<double>(g);
+  const at::Tensor dist =
+      ((row.view({-1, 1}) - row.view({1, -1})).pow(2) + (col.view({-1, 1}) - col.view({1, -1})).pow(2)).sqrt();
+  auto distance = [&](const at::Tensor& maps) {
+    const at::Tensor p = as_distribution(maps.narrow(2, lead, g * g).narrow(3, lead, g * g));
+    return (p * dist).sum(-1).mean().item<double>();
+  };
+  s.distance_raw = distance(raw);
+  s.distance_refined = distance(refined);
+  return s;
+}
+
+nlohmann::json refiner_stats(torch::nn::Module& model, const std::function<void()>& run_forward) {
+  std::vector<std::pair<std::string, MapRefinerImpl*>> found;
+  for (const auto& item : model.named_modules("", false)) {
+    auto* ra = item.value()->as<MapRefiner>();
+    if (!ra) continue;
+    const std::string& name = item.key();
+    const size_t dot = name.rfind('.');
+    found.emplace_back(dot == std::string::npos ? name : name.substr(0, dot), ra);
+  }
+  if (found.empty()) return nullptr;
+  torch::NoGradGuard no_grad;
+  for (auto& l : found) l.second->capture = true;
+  run_forward();
+  nlohmann::json out = nlohmann::json::object();
+  for (auto& [name, ra] : found) {
+    ra->capture = false;
+    const at::Tensor g = ra->gate.detach().to(at::kCPU, at::kDouble).contiguous();
+    nlohmann::json j = {{"gate", std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + g.numel())}};
+    if (ra->captured_raw.defined()) {
+      const MapSummary s = summarise_maps(ra->captured_raw.cpu(), ra->captured_refined.cpu());
+      j.update({{"entropy_raw", s.entropy_raw},
+                {"entropy_refined", s.entropy_refined},
+                {"distance_raw", s.distance_raw},
+                {"distance_refined", s.distance_refined},
+                {"change", s.change}});
+    }
+    ra->captured_raw = ra->captured_refined = at::Tensor();
+    out[name] = j;
+  }
+  return out;
 }
 
 std::string RefinedAttentionImpl::describe() const {

@@ -42,8 +42,10 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace recast::layers {
 
@@ -72,6 +74,10 @@ class MapRefinerImpl : public torch::nn::Module {
   torch::nn::Conv2d reduce{nullptr};  // rH -> H, 1x1
   torch::nn::BatchNorm2d expand_norm{nullptr}, local_norm{nullptr}, reduce_norm{nullptr};
   at::Tensor gate;                    // [H], 0 at insertion
+  // With capture on, forward keeps its last input and output maps (detached;
+  // analysis and the training statistics).
+  bool capture = false;
+  at::Tensor captured_raw, captured_refined;
 
  private:
   // Batch norm of channels [c0, c0 + n) of `norm` for x [B, n, N, N]: batch
@@ -96,6 +102,27 @@ class RefinedAttentionImpl : public AttentionCoreImpl {
   MapRefiner refiner{nullptr};
 };
 TORCH_MODULE(RefinedAttention);
+
+// Summaries of one layer's maps, raw A and refined A' [B, H, N, N], over the
+// patch queries (the leading N - g^2 tokens, CLS, are not patches; g^2 the
+// largest square <= N). A' is not a distribution: its weights are taken as
+// max(A', 0) renormalised per query row.
+//   entropy   -sum_j p_j log p_j over all N keys, in nats, averaged over
+//             batch, heads and queries (log N: uniform; 0: one key)
+//   distance  sum_j p_j |pos_j - pos_i| over the patch keys (p renormalised
+//             over them), in patches, averaged likewise: the mean attention
+//             distance of Dosovitskiy et al.
+//   change    ||A' - A|| / ||A|| (Frobenius, the whole batch)
+struct MapSummary {
+  double entropy_raw = 0, entropy_refined = 0, distance_raw = 0, distance_refined = 0, change = 0;
+  std::vector<double> entropy_raw_heads, entropy_refined_heads;
+};
+MapSummary summarise_maps(const at::Tensor& raw, const at::Tensor& refined);
+
+// Per MapRefiner in `model`, by the name of the attention it sits in
+// ("blocks.3.attn"; a core's children are registered on its attention): gate per head, and the
+// summaries above of the maps `run_forward` produced. Null when there is none.
+nlohmann::json refiner_stats(torch::nn::Module& model, const std::function<void()>& run_forward);
 
 // What config.json's "recast_refiner" block says: which attention layers (by
 // block index) refine their maps, and how.

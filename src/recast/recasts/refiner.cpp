@@ -14,6 +14,7 @@
 #include "recast/recasts/recast.h"
 
 #include "recast/core/error.h"
+#include "recast/train/hooks.h"
 
 #include <torch/torch.h>
 
@@ -54,6 +55,20 @@ class RefinerFiller : public models::SlotFiller {
 
  private:
   layers::RefinerConfig c_;
+};
+
+// Per refined attention, on the probe images: the gate, and the entropy and
+// mean attention distance of the raw and the refined maps (layers/refiner.h).
+class RefinerStatistics : public train::TrainHook {
+ public:
+  std::string name() const override { return "refiner"; }
+  nlohmann::json statistics(models::Model& model, const models::Batch& probe) override {
+    const bool was_training = model.is_training();
+    model.eval();  // BatchNorm statistics stay as they are
+    const nlohmann::json stats = layers::refiner_stats(model, [&] { model.forward(probe); });
+    if (was_training) model.train();
+    return stats.is_null() ? nlohmann::json(nullptr) : nlohmann::json({{"layers", stats}});
+  }
 };
 
 // What `rec` recorded under `name`, in double.
@@ -111,6 +126,14 @@ class Refiner : public Recast {
                 .range(1, 31),
             OptionSpec("--map-norm", "norm", T::String,
                        "refiner: bn (BatchNorm + ReLU6, as released; the default) or none")};
+  }
+
+  std::vector<std::shared_ptr<train::TrainHook>> train_hooks(models::Model& model,
+                                                              const nlohmann::json&) const override {
+    for (const auto& item : model.named_modules("", false)) {
+      if (item.value()->as<layers::MapRefiner>()) return {std::make_shared<RefinerStatistics>()};
+    }
+    return {};
   }
 
   Conversion convert(models::Model& source, const RecipeOptions& o) const override {
