@@ -1,9 +1,10 @@
 // recast analyze --model DIR (--image FILE | --index N --data SPEC) [--query Y,X]
 //                [--layers REGEX] [--out FILE.png|FILE.svg] [--json]
-// A T-CNN's attention for one image: per ConvAttention layer and head, the
-// gate, the key with the most weight (as an offset from the query), its weight
-// and the mean attention distance for the query; with --out, every head's
-// attention map drawn (eval/attention_view.h). The query is in input pixels
+// A T-CNN's or a refined ViT's attention for one image: per ConvAttention
+// layer (refined attention: its maps before and after refinement) and head,
+// the gate, the key with the most weight (as an offset from the query), its
+// weight and the mean attention distance for the query; with --out, every
+// head's attention map drawn (eval/attention_view.h). The query is in input pixels
 // (default: the image's centre) and maps to each layer's grid by position.
 
 #include "recast/cli/train_common.h"
@@ -139,7 +140,8 @@ int run_analyze(const AnalyzeCli& o) {
   std::printf("%s: query (%g, %g) of %lldx%lld\n", source.c_str(), qy, qx,
               static_cast<long long>(h), static_cast<long long>(w));
   for (const auto& l : found) {
-    std::printf("\n%s  (%lldx%lld, stride %lld, query %lld,%lld)\n", l.name.c_str(),
+    std::printf("\n%s%s%s  (%lldx%lld, stride %lld, query %lld,%lld)\n", l.name.c_str(),
+                l.variant.empty() ? "" : " ", l.variant.c_str(),
                 static_cast<long long>(l.in_h), static_cast<long long>(l.in_w),
                 static_cast<long long>(l.stride), static_cast<long long>(l.query_row),
                 static_cast<long long>(l.query_col));
@@ -159,7 +161,7 @@ int run_analyze(const AnalyzeCli& o) {
 Runner add_analyze(CLI::App& app) {
   auto o = std::make_shared<AnalyzeCli>();
   auto* cmd = app.add_subcommand("analyze", verb_info("analyze").summary);
-  cmd->add_option("--model", o->model, "Checkpoint directory (a T-CNN)")->required();
+  cmd->add_option("--model", o->model, "Checkpoint directory (a T-CNN or a refined ViT)")->required();
   cmd->add_option("--image", o->image, "Image file (PNG, JPEG, BMP, GIF)");
   cmd->add_option("--index", o->index, "Image N of --data's split instead of --image")
       ->check(integer_in(0, 9e15));
@@ -168,7 +170,7 @@ Runner add_analyze(CLI::App& app) {
   cmd->add_option("--split-seed,--seed", o->seed, "With --index: split seed (default: the model's)")
       ->check(integer_in(0, 9e15));
   cmd->add_option("--query", o->query, "Query position ROW,COL in input pixels (default: centre)");
-  cmd->add_option("--layers", o->layers, "Regex on layer names (default: every ConvAttention)");
+  cmd->add_option("--layers", o->layers, "Regex on layer names (default: every ConvAttention / refined attention)");
   cmd->add_option("--out", o->out, "Draw the attention maps: FILE.png or FILE.svg");
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_flag("--json", o->json, "Print the numbers as JSON");

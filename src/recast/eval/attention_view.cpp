@@ -2,6 +2,7 @@
 
 #include "recast/core/error.h"
 #include "recast/layers/conv_attention.h"
+#include "recast/layers/refiner.h"
 
 #include <torch/torch.h>
 
@@ -20,9 +21,14 @@ nlohmann::json LayerAttention::to_json() const {
                      {"peak_weight", peak_weight[h]},
                      {"distance", distance[h]}});
   }
-  return {{"layer", name},          {"kernel", kernel},
+  if (!cls_weight.empty()) {
+    for (size_t h = 0; h < heads.size(); ++h) heads[h]["cls_weight"] = cls_weight[h];
+  }
+  nlohmann::json j = {{"layer", name},          {"kernel", kernel},
           {"stride", stride},       {"input", {in_h, in_w}},
           {"query", {query_row, query_col}}, {"heads", heads}};
+  if (!variant.empty()) j["maps"] = variant;
+  return j;
 }
 
 namespace {
@@ -31,6 +37,71 @@ int64_t grid_index(double pos, int64_t image_size, int64_t grid_size) {
   const auto i = static_cast<int64_t>(std::floor(pos / static_cast<double>(image_size) *
                                                  static_cast<double>(grid_size)));
   return std::clamp<int64_t>(i, 0, grid_size - 1);
+}
+
+// A refined ViT's maps at the query patch, raw and refined, per refiner
+// whose attention's name matches.
+std::vector<LayerAttention> refined_attention_at(models::Model& model, const at::Tensor& pixels,
+                                                 double query_y, double query_x,
+                                                 const std::regex& layers) {
+  std::vector<std::pair<std::string, layers::MapRefinerImpl*>> found;
+  for (const auto& item : model.named_modules("", false)) {
+    auto* r = item.value()->as<layers::MapRefiner>();
+    if (!r) continue;
+    const std::string attention = item.key().substr(0, item.key().rfind('.'));
+    if (std::regex_search(attention, layers)) found.emplace_back(attention, r);
+  }
+  RECAST_CHECK(!found.empty(), "--layers matches none of the model's refined attention layers");
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  for (auto& f : found) f.second->capture = true;
+  models::Batch batch;
+  batch.pixel_values = pixels;
+  model.forward(batch);
+  if (was_training) model.train();
+  std::vector<LayerAttention> out;
+  for (auto& [name, r] : found) {
+    r->capture = false;
+    const at::Tensor raw = r->captured_raw, refined = r->captured_refined;
+    r->captured_raw = r->captured_refined = at::Tensor();
+    RECAST_CHECK(raw.defined(), "layer ", name, " did not run in the forward pass");
+    const int64_t heads = raw.size(1), n = raw.size(2);
+    const auto g = static_cast<int64_t>(std::floor(std::sqrt(static_cast<double>(n))));
+    const int64_t lead = n - g * g;
+    RECAST_CHECK(g >= 1 && lead >= 0, "layer ", name, ": ", n, " tokens are no patch grid");
+    const int64_t qr = grid_index(query_y, pixels.size(2), g), qc = grid_index(query_x, pixels.size(3), g);
+    const at::Tensor gate = r->gate.detach().to(at::kCPU, at::kDouble).contiguous();
+    const at::Tensor idx = at::arange(g * g, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor dist = ((idx.div(static_cast<double>(g)).floor() - static_cast<double>(qr)).pow(2) +
+                             (idx.remainder(static_cast<double>(g)) - static_cast<double>(qc)).pow(2))
+                                .sqrt();
+    for (const auto& [variant, maps] : {std::pair<const char*, at::Tensor>{"raw", raw}, {"refined", refined}}) {
+      LayerAttention l;
+      l.name = name;
+      l.variant = variant;
+      l.kernel = r->options().kernel;
+      l.columns = heads;
+      l.in_h = l.in_w = g;
+      l.query_row = qr;
+      l.query_col = qc;
+      const at::Tensor row = maps[0].select(1, lead + qr * g + qc).to(at::kCPU, at::kFloat);  // [H, N]
+      l.maps = row.narrow(1, lead, g * g).reshape({heads, g, g}).contiguous();
+      l.gate.assign(gate.data_ptr<double>(), gate.data_ptr<double>() + heads);
+      for (int64_t h = 0; h < heads; ++h) {
+        const at::Tensor a = l.maps[h].flatten();
+        const int64_t k = a.argmax().item<int64_t>();
+        l.peak.emplace_back(k / g - qr, k % g - qc);
+        l.peak_weight.push_back(a[k].item<double>());
+        const at::Tensor p = a.clamp_min(0);
+        const double total = p.sum().item<double>();
+        l.distance.push_back(total > 0 ? (p * dist).sum().item<double>() / total : 0.0);
+        l.cls_weight.push_back(lead > 0 ? row[h][0].item<double>() : 0.0);
+      }
+      out.push_back(std::move(l));
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -44,14 +115,17 @@ std::vector<LayerAttention> attention_at(models::Model& model, const at::Tensor&
                    query_x < static_cast<double>(img_w),
                "--query ", query_y, ",", query_x, " is outside the ", img_h, "x", img_w, " image");
   std::vector<std::pair<std::string, layers::ConvAttentionImpl*>> found;
-  bool any = false;
+  bool any = false, refined = false;
   for (const auto& item : model.named_modules("", false)) {
+    refined = refined || item.value()->as<layers::MapRefiner>() != nullptr;
     auto* ca = item.value()->as<layers::ConvAttention>();
     if (!ca) continue;
     any = true;
     if (std::regex_search(item.key(), layers)) found.emplace_back(item.key(), ca);
   }
-  RECAST_CHECK(any, "the model has no ConvAttention layer (convert it with --recipe tcnn first)");
+  if (!any && refined) return refined_attention_at(model, pixels, query_y, query_x, layers);
+  RECAST_CHECK(any, "the model has no ConvAttention layer nor refined attention (convert it with "
+                    "--recipe tcnn or --recipe refiner first)");
   RECAST_CHECK(!found.empty(), "--layers matches none of the model's ConvAttention layers");
 
   torch::NoGradGuard no_grad;
@@ -73,6 +147,8 @@ std::vector<LayerAttention> attention_at(models::Model& model, const at::Tensor&
     LayerAttention l;
     l.name = name;
     l.kernel = ca->options().kernel;
+    l.columns = l.kernel;
+    l.pad = l.kernel / 2;
     l.stride = ca->options().stride;
     l.in_h = x.size(2);
     l.in_w = x.size(3);
@@ -172,23 +248,28 @@ std::pair<int64_t, int64_t> lay_out(draw::Figure& fig, const std::vector<LayerAt
                                     const at::Tensor& image01, double query_y, double query_x) {
   int64_t width = 0, y = kMargin;
   for (const auto& l : layers) {
-    fig.set_group(l.name);
-    fig.text(kMargin, static_cast<double>(y + 14),
-             l.name + "  (stride " + std::to_string(l.stride) + ", query row " +
-                 std::to_string(l.query_row) + " col " + std::to_string(l.query_col) +
-                 " of the output grid)",
+    fig.set_group(l.variant.empty() ? l.name : l.name + " " + l.variant);
+    const std::string title =
+        l.variant.empty()
+            ? l.name + "  (stride " + std::to_string(l.stride) + ", query row " +
+                  std::to_string(l.query_row) + " col " + std::to_string(l.query_col) + " of the output grid)"
+            : l.name + "  " + l.variant + " maps  (query patch row " + std::to_string(l.query_row) +
+                  " col " + std::to_string(l.query_col) + " of " + std::to_string(l.in_h) + "x" +
+                  std::to_string(l.in_w) + ")";
+    fig.text(kMargin, static_cast<double>(y + 14), title,
              draw::Font{13, true}, kInk, draw::Anchor::start, "title");
     y += kTitle;
     const Thumb thumb = thumb_of(image01);
     const int64_t ih = thumb.h * thumb.cell, iw = thumb.w * thumb.cell;
     draw_image(fig, image01, thumb, kMargin, y + kLabel, query_y, query_x);
-    const int64_t ph = l.maps.size(1), pw = l.maps.size(2), c = l.kernel / 2;
+    const int64_t ph = l.maps.size(1), pw = l.maps.size(2), c = l.pad;
     const int64_t s = std::max<int64_t>(2, kTile / std::max(ph, pw));
     const int64_t x0 = kMargin + iw + 2 * kGap;
     int64_t block_h = ih + kLabel;
     for (int64_t h = 0; h < l.maps.size(0); ++h) {
-      const int64_t tx = x0 + (h % l.kernel) * (pw * s + kGap);
-      const int64_t ty = y + (h / l.kernel) * (ph * s + kGap + kLabel);
+      const int64_t cols = std::max<int64_t>(1, l.columns);
+      const int64_t tx = x0 + (h % cols) * (pw * s + kGap);
+      const int64_t ty = y + (h / cols) * (ph * s + kGap + kLabel);
       fig.text(static_cast<double>(tx), static_cast<double>(ty + 11),
                "head " + std::to_string(h) + " g=" + fixed(l.gate[h], 3) +
                    " d=" + fixed(l.distance[h], 2),

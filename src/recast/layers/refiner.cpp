@@ -137,12 +137,16 @@ at::Tensor MapRefinerImpl::forward_reference(const at::Tensor& a) {
   return a + gate.view({1, h, 1, 1}) * r;
 }
 
-RefinedAttentionImpl::RefinedAttentionImpl(AttentionSpec spec, const RefinerOptions& o)
-    : AttentionCoreImpl(spec) {
+RefinedAttentionImpl::RefinedAttentionImpl(AttentionSpec spec, const std::optional<RefinerOptions>& o,
+                                           std::shared_ptr<MapHandoff> give_to,
+                                           std::shared_ptr<MapHandoff> take_from)
+    : AttentionCoreImpl(spec), give(std::move(give_to)), take(std::move(take_from)) {
   RECAST_CHECK(!spec.causal, "refined attention is bidirectional (a ViT's); this attention is causal");
-  RECAST_CHECK(o.heads == spec.heads, "refined attention: the refiner has ", o.heads,
-               " heads, the attention ", spec.heads);
-  refiner = register_module("refiner", MapRefiner(o));
+  if (o) {
+    RECAST_CHECK(o->heads == spec.heads, "refined attention: the refiner has ", o->heads,
+                 " heads, the attention ", spec.heads);
+    refiner = register_module("refiner", MapRefiner(*o));
+  }
 }
 
 at::Tensor RefinedAttentionImpl::maps(const at::Tensor& q, const at::Tensor& k) const {
@@ -158,11 +162,41 @@ at::Tensor RefinedAttentionImpl::forward(const at::Tensor& q, const at::Tensor& 
   RECAST_CHECK(cache == nullptr, "refined attention has no KV cache (it is a ViT's)");
   RECAST_CHECK(!mask.causal && !mask.key_padding.defined(),
                "refined attention takes no mask (every patch sees every patch)");
-  RECAST_CHECK(q.size(2) == k.size(2), "refined attention: ", q.size(2), " queries but ", k.size(2),
-               " keys (the maps must be square)");
+  at::Tensor a;
+  if (take) {
+    a = std::move(take->maps);
+    take->maps = at::Tensor();
+    RECAST_CHECK(a.defined(), "refined attention with shared maps: the block before handed over no maps");
+    RECAST_CHECK(a.size(0) == v.size(0) && a.size(2) == v.size(2), "refined attention with shared maps: ",
+                 "maps ", a.sizes(), " handed over for values ", v.sizes());
+  } else {
+    RECAST_CHECK(q.size(2) == k.size(2), "refined attention: ", q.size(2), " queries but ", k.size(2),
+                 " keys (the maps must be square)");
+    a = maps(q, k);
+  }
+  if (give) give->maps = a;
+  if (refiner) a = refiner->forward(a);
   const int64_t groups = spec().heads / spec().kv_heads;
   const at::Tensor values = groups > 1 ? ops::repeat_kv(v, groups) : v;
-  return at::matmul(refiner->forward(maps(q, k)), values);
+  return at::matmul(a.to(values.scalar_type()), values);
+}
+
+ValueProjectionImpl::ValueProjectionImpl(int64_t in, int64_t width, int64_t lead, bool with_bias)
+    : lead_(lead) {
+  RECAST_CHECK(in >= 1 && width >= 1 && lead >= 0, "ValueProjection: bad sizes ", in, " -> ", lead,
+               " + ", width);
+  // torch.nn.Linear's default init (kaiming_uniform with a = sqrt(5)).
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight = register_parameter("weight", torch::empty({width, in}).uniform_(-bound, bound));
+  if (with_bias) bias = register_parameter("bias", torch::empty({width}).uniform_(-bound, bound));
+}
+
+at::Tensor ValueProjectionImpl::forward(const at::Tensor& x) {
+  const at::Tensor v = at::linear(x, weight, bias);
+  if (lead_ == 0) return v;
+  std::vector<int64_t> shape = v.sizes().vec();
+  shape.back() = lead_;
+  return at::cat({at::zeros(shape, v.options()), v}, -1);
 }
 
 namespace {
@@ -252,9 +286,12 @@ nlohmann::json refiner_stats(torch::nn::Module& model, const std::function<void(
 }
 
 std::string RefinedAttentionImpl::describe() const {
+  const std::string source = take ? "the previous block's softmax maps" : "softmax attention";
+  const std::string handed = give ? ", its maps shared with the next block" : "";
+  if (!refiner) return source + handed;
   const auto& o = refiner->options();
-  return msg("softmax attention with refined maps (expansion ", o.expansion, ", kernel ", o.kernel,
-             o.batch_norm ? ", BN + ReLU6" : ", no norm", ")");
+  return msg(source, " with refined maps (expansion ", o.expansion, ", kernel ", o.kernel,
+             o.batch_norm ? ", BN + ReLU6" : ", no norm", ")", handed);
 }
 
 RefinerConfig RefinerConfig::parse(const nlohmann::json& block) {
@@ -283,19 +320,30 @@ RefinerConfig RefinerConfig::parse(const nlohmann::json& block) {
       RECAST_CHECK(value.is_string() && (value == "bn" || value == "none"), where,
                    ": 'norm' must be \"bn\" or \"none\", found ", value.dump());
       c.batch_norm = value == "bn";
+    } else if (key == "shared") {
+      RECAST_CHECK(value.is_boolean(), where, ": 'shared' must be true or false, found ", value.dump());
+      c.shared = value.get<bool>();
     } else {
-      throw Error(msg(where, ": unknown key '", key, "' (expected layers, expansion, kernel, norm)"));
+      throw Error(msg(where, ": unknown key '", key, "' (expected layers, expansion, kernel, norm, shared)"));
     }
   }
   RECAST_CHECK(!c.layers.empty(), where, ": 'layers' is missing or empty");
+  if (c.shared) {
+    bool odd = false;
+    for (int64_t l : c.layers) odd = odd || l % 2 == 1;
+    RECAST_CHECK(odd, where, ": 'shared' needs an odd block in 'layers' (odd blocks take the maps of "
+                             "the block before), found only even ones");
+  }
   return c;
 }
 
 nlohmann::json RefinerConfig::to_json() const {
-  return {{"layers", std::vector<int64_t>(layers.begin(), layers.end())},
-          {"expansion", expansion},
-          {"kernel", kernel},
-          {"norm", batch_norm ? "bn" : "none"}};
+  nlohmann::json j = {{"layers", std::vector<int64_t>(layers.begin(), layers.end())},
+                      {"expansion", expansion},
+                      {"kernel", kernel},
+                      {"norm", batch_norm ? "bn" : "none"}};
+  if (shared) j["shared"] = true;
+  return j;
 }
 
 RefinerOptions RefinerConfig::options(int64_t heads) const {

@@ -43,6 +43,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -89,17 +91,50 @@ class MapRefinerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MapRefiner);
 
+// Shared maps (the released Refiner-ViT's share_atten): a block with no
+// queries and keys works on the softmax maps of the block before it. The
+// giving core leaves its raw maps here in its forward; the taking core takes
+// them (and empties the hand-off) in its own, so autograd carries the taker's
+// gradient back to the giver's queries and keys.
+struct MapHandoff {
+  at::Tensor maps;
+};
+
+// The projection of a block that takes its maps: only the values,
+// v = W x + b [.., in] -> [.., width], returned behind `lead` zero columns
+// (the queries' and keys' place in a fused qkv output), so the attention
+// module that splits its qkv runs unchanged. Its tensors are "weight"
+// [width, in] and "bias" [width] (the released Linear(dim, dim)).
+class ValueProjectionImpl : public torch::nn::Module {
+ public:
+  ValueProjectionImpl(int64_t in, int64_t width, int64_t lead, bool bias);
+  at::Tensor forward(const at::Tensor& x);
+  int64_t lead() const { return lead_; }
+  at::Tensor weight, bias;
+
+ private:
+  int64_t lead_;
+};
+TORCH_MODULE(ValueProjection);
+
 // The attention core that refines its maps: softmax(q k^T * scale), refined,
 // applied to v. Bidirectional (a ViT's attention); no KV cache.
+// With shared maps: `give` set, its raw maps are handed to the next block;
+// `take` set, q and k are not used and the maps are the ones handed over.
+// Without a refiner (options none) the maps are applied as they are (a
+// block that only gives its maps).
 class RefinedAttentionImpl : public AttentionCoreImpl {
  public:
-  RefinedAttentionImpl(AttentionSpec spec, const RefinerOptions& o);
+  RefinedAttentionImpl(AttentionSpec spec, const std::optional<RefinerOptions>& o,
+                       std::shared_ptr<MapHandoff> give = nullptr,
+                       std::shared_ptr<MapHandoff> take = nullptr);
   at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const ops::AttentionMask& mask, KVCache* cache) override;
   std::string describe() const override;
   // The softmax maps before refinement [B, H, N, N] (for analysis).
   at::Tensor maps(const at::Tensor& q, const at::Tensor& k) const;
-  MapRefiner refiner{nullptr};
+  MapRefiner refiner{nullptr};  // null: the maps pass unrefined
+  std::shared_ptr<MapHandoff> give, take;
 };
 TORCH_MODULE(RefinedAttention);
 
@@ -126,11 +161,15 @@ nlohmann::json refiner_stats(torch::nn::Module& model, const std::function<void(
 
 // What config.json's "recast_refiner" block says: which attention layers (by
 // block index) refine their maps, and how.
-//   {"layers": [0, 1, ...], "expansion": 3, "kernel": 3, "norm": "bn" | "none"}
+//   {"layers": [0, 1, ...], "expansion": 3, "kernel": 3, "norm": "bn" | "none",
+//    "shared": false}
+// shared (from scratch; the released Refiner-ViT): every odd block of
+// `layers` has no queries and keys and refines the raw maps of the block
+// before it (which refines its own maps only if it is in `layers` too).
 struct RefinerConfig {
   std::set<int64_t> layers;
   int64_t expansion = 3, kernel = 3;
-  bool batch_norm = true;
+  bool batch_norm = true, shared = false;
   // Validates every key (unknown ones, types, ranges), naming the key.
   static RefinerConfig parse(const nlohmann::json& block);
   nlohmann::json to_json() const;

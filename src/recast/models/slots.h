@@ -11,7 +11,9 @@
 // built it checks that every layer a block names found its slot.
 //
 // A new recast needs no edit of any family: it claims slots by their kind,
-// name, role and shape.
+// name, role and shape. Where a family offers an attention slot before the
+// projections that feed it (the ViT), a recast may claim those by the
+// attention's Source names (Refiner's shared maps do).
 
 #include "recast/layers/attention_core.h"
 

@@ -40,8 +40,8 @@ nn::AnyModule linear(Slots& slots, nn::Module& parent, const std::string& prefix
 struct AttentionImpl : nn::Module {
   AttentionImpl(const VitConfig& c, const std::string& prefix, int64_t layer, Slots& slots)
       : heads(c.heads) {
-    qkv = linear(slots, *this, prefix, "qkv", c.width, 3 * c.width, c.qkv_bias);
-    proj = linear(slots, *this, prefix, "proj", c.width, c.width, true);
+    // The attention slot first, then the projections that feed it (a recast
+    // that reshapes them, Refiner's shared maps, knows the core by then).
     Slot s;
     s.name = prefix.substr(0, prefix.size() - 1);  // "blocks.N.attn"
     s.attention.layer = layer, s.attention.heads = s.attention.kv_heads = c.heads;
@@ -50,6 +50,8 @@ struct AttentionImpl : nn::Module {
     s.query = {prefix + "qkv", 0}, s.key = {prefix + "qkv", c.width};
     s.value = {prefix + "qkv", 2 * c.width}, s.output = prefix + "proj";
     core = slots.attention(*this, s);
+    qkv = linear(slots, *this, prefix, "qkv", c.width, 3 * c.width, c.qkv_bias);
+    proj = linear(slots, *this, prefix, "proj", c.width, c.width, true);
   }
   at::Tensor forward(const at::Tensor& x) {
     const int64_t b = x.size(0), n = x.size(1), w = x.size(2), d = w / heads;

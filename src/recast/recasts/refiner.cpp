@@ -19,6 +19,8 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
+#include <set>
 
 namespace recast::recasts {
 namespace {
@@ -27,19 +29,49 @@ constexpr const char* kKey = "recast_refiner";
 
 class RefinerFiller : public models::SlotFiller {
  public:
-  explicit RefinerFiller(layers::RefinerConfig c) : c_(std::move(c)) {}
+  explicit RefinerFiller(layers::RefinerConfig c) : c_(std::move(c)), state_(std::make_shared<State>()) {
+    if (!c_.shared) return;
+    for (int64_t l : c_.layers) {
+      if (l % 2 == 1) takers_.insert(l);
+    }
+  }
   bool claims(const models::Slot& s) const override {
-    return s.kind == models::SlotKind::Attention && c_.layers.count(s.attention.layer) != 0;
+    if (s.kind == models::SlotKind::Linear) return state_->value_rows.count(s.name) != 0;
+    return s.kind == models::SlotKind::Attention &&
+           (c_.layers.count(s.attention.layer) != 0 || takers_.count(s.attention.layer + 1) != 0);
+  }
+  // A taker's projection: only its values.
+  torch::nn::AnyModule build(const models::Slot& s) const override {
+    const int64_t lead = state_->value_rows.at(s.name);
+    RECAST_CHECK(lead < s.out, "config 'recast_refiner': ", quote(s.name), " has ", s.out,
+                 " outputs, its values start at ", lead);
+    return torch::nn::AnyModule(layers::ValueProjection(s.in, s.out - lead, lead, s.bias));
   }
   std::shared_ptr<layers::AttentionCoreImpl> build_attention(const models::Slot& s) const override {
     RECAST_CHECK(!s.attention.causal, "config 'recast_refiner': ", quote(s.name),
                  " is causal attention; Refiner refines a ViT's bidirectional maps");
-    return std::make_shared<layers::RefinedAttentionImpl>(s.attention, c_.options(s.attention.heads));
+    const int64_t l = s.attention.layer;
+    std::optional<layers::RefinerOptions> o;
+    if (c_.layers.count(l) != 0) o = c_.options(s.attention.heads);
+    std::shared_ptr<layers::MapHandoff> give, take;
+    if (takers_.count(l + 1) != 0) give = handoff(l);
+    if (takers_.count(l) != 0) {
+      take = handoff(l - 1);
+      state_->value_rows[s.value.slot] = s.value.row;
+    }
+    return std::make_shared<layers::RefinedAttentionImpl>(s.attention, o, give, take);
   }
-  // A new refiner: torch.nn's conv / BN init, the gate closed.
-  void init(const models::Slot&, torch::nn::Module& layer, const models::DenseInitFn&) const override {
+  // New layers: torch.nn's conv / BN init, the gate closed; a taker's values
+  // from the family's init of its qkv projection's value rows.
+  void init(const models::Slot& s, torch::nn::Module& layer, const models::DenseInitFn& dense) const override {
+    if (auto* v = layer.as<layers::ValueProjection>()) {
+      const models::DenseInit d = dense(s);
+      v->weight.copy_(d.weight.narrow(0, v->lead(), v->weight.size(0)));
+      if (v->bias.defined() && d.bias.defined()) v->bias.copy_(d.bias.narrow(0, v->lead(), v->bias.size(0)));
+      return;
+    }
     auto& core = dynamic_cast<layers::RefinedAttentionImpl&>(layer);
-    core.refiner->gate.zero_();
+    if (core.refiner) core.refiner->gate.zero_();
   }
   void check_placed(const std::vector<const models::Slot*>& claimed,
                     const std::vector<models::Slot>& offered) const override {
@@ -47,14 +79,34 @@ class RefinerFiller : public models::SlotFiller {
     for (const auto& s : offered) attention += s.kind == models::SlotKind::Attention;
     for (int64_t l : c_.layers) {
       bool found = false;
-      for (const auto* s : claimed) found = found || s->attention.layer == l;
+      for (const auto* s : claimed) found = found || (s->kind == models::SlotKind::Attention && s->attention.layer == l);
       RECAST_CHECK(found, "config 'recast_refiner': block ", l, " out of range for the model's ",
                    attention, " attention layers");
+    }
+    for (const auto& [slot, row] : state_->value_rows) {
+      bool found = false;
+      for (const auto* s : claimed) found = found || s->name == slot;
+      RECAST_CHECK(found, "config 'recast_refiner': 'shared' needs the value projection ", quote(slot),
+                   " built after its attention; the model builds it before");
     }
   }
 
  private:
+  // One hand-off per giving block, and where each taker's values start in
+  // its qkv projection (known once its attention is built: the family builds
+  // an attention slot before the projections that feed it).
+  struct State {
+    std::map<int64_t, std::shared_ptr<layers::MapHandoff>> handoffs;
+    std::map<std::string, int64_t> value_rows;
+  };
+  std::shared_ptr<layers::MapHandoff> handoff(int64_t giver) const {
+    auto& h = state_->handoffs[giver];
+    if (!h) h = std::make_shared<layers::MapHandoff>();
+    return h;
+  }
   layers::RefinerConfig c_;
+  std::set<int64_t> takers_;
+  std::shared_ptr<State> state_;
 };
 
 // Per refined attention, on the probe images: the gate, and the entropy and
