@@ -159,6 +159,28 @@ int main(int argc, char** argv) {
       const double refiner_ms = median_ms(dev, iters, [&] {
         refined->refiner->forward(maps).to(at::kFloat).sum().backward();
       });
+      {  // The fast path on this device against the explicit one (in double, 4 maps).
+        recast::layers::MapRefiner check(ro);
+        check->to(dev, at::kDouble);
+        check->train();
+        {
+          torch::NoGradGuard g;
+          check->gate.fill_(0.5);
+        }
+        const at::Tensor a = maps.detach().narrow(0, 0, 4).to(at::kDouble).requires_grad_(true);
+        const at::Tensor w = torch::randn_like(a);
+        const at::Tensor ref = check->forward_reference(a);
+        (ref * w).sum().backward();
+        const at::Tensor ref_grad = a.grad().clone();
+        a.mutable_grad().zero_();
+        const at::Tensor fast = check->forward(a);
+        (fast * w).sum().backward();
+        auto rel = [](const at::Tensor& x, const at::Tensor& y) {
+          return ((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item<double>();
+        };
+        j["check_forward_rel"] = rel(fast.detach(), ref.detach());
+        j["check_dmaps_rel"] = rel(a.grad(), ref_grad);
+      }
       j["plain_core_ms"] = plain_core;
       j["refined_core_ms"] = refined_core;
       j["refiner_ms"] = refiner_ms;

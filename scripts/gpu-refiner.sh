@@ -12,6 +12,10 @@
 #                                    refined (every block, defaults), seeds $SEEDS, the
 #                                    fine-tunes of all seeds at once; clean and corruption
 #                                    accuracy, mCE of (b) against (a) of the same seed
+#   scripts/gpu-refiner.sh refined   the finetune job's (b) alone: the base pretrained again
+#                                    (seed 0, beside (c) for FT steps from scratch), converted,
+#                                    fine-tuned refined for seeds $SEEDS at once; mCE against (a)
+#                                    by tools/refiner_results.py from the corruption files
 #   scripts/gpu-refiner.sh scratch   (c) Refined-ViT from scratch for FT steps and for
 #                                    BASE + FT steps (seed 0), and the plain ViT for
 #                                    BASE + FT steps, the three at once
@@ -77,7 +81,7 @@ for job in "$@"; do
   case $job in
     bench)
       build-gpu/bench/bench_refiner --device cuda --iters 20 | tee "$res/bench_refiner.jsonl"
-      "$python" tools/bench_refiner.py --iters 20 | tee "$res/bench_refiner_torch.jsonl" || true
+      "$python" tools/bench_refiner.py --iters 20 --profile "$res/bench_refiner_profile.txt" | tee "$res/bench_refiner_torch.jsonl" || true
       pack bench
       ;;
     finetune)
@@ -102,6 +106,29 @@ for job in "$@"; do
         pack finetune
       done
       ;;
+    refined)
+      rm -rf "$runs/rf-base" "$runs/rf-conv" "$runs"/rf-refined-* "$runs/rf-scratch-short"
+      sc=("${data[@]}" --lr 1e-3 --weight-decay 0.05 --warmup 200 --eval-every 211 --seed 0)
+      together <<EOF || true
+base|$recast pretrain ${vit[*]} ${data[*]} --steps $BASE_STEPS --lr 1e-3 --weight-decay 0.05 --warmup 200 --eval-every 700 --seed 0 --out $runs/rf-base
+refined-scratch-$FT_STEPS|$recast pretrain ${vit[*]} --set 'recast_refiner=$all' ${sc[*]} --steps $FT_STEPS --out $runs/rf-scratch-short
+EOF
+      evaluate base "$runs/rf-base"
+      "$recast" convert --recipe refiner --model "$runs/rf-base" --out "$runs/rf-conv" \
+        --data fashion-mnist > "$res/convert.txt" 2>&1
+      cp "$runs/rf-conv/recast_manifest.json" "$res/convert-manifest.json"
+      pack refined
+      jobs=""
+      for seed in $SEEDS; do
+        jobs+="refined-ft-$seed|$recast finetune --model $runs/rf-conv ${ft[*]} --seed $seed --out $runs/rf-refined-$seed"$'\n'
+      done
+      together <<< "$jobs" || true
+      pack refined
+      evaluate "refined-scratch-$FT_STEPS" "$runs/rf-scratch-short" &
+      for seed in $SEEDS; do evaluate "refined-ft-$seed" "$runs/rf-refined-$seed" & done
+      wait
+      pack refined
+      ;;
     scratch)
       rm -rf "$runs"/rf-scratch-*
       sc=("${data[@]}" --lr 1e-3 --weight-decay 0.05 --warmup 200 --eval-every 700 --seed 0)
@@ -116,6 +143,6 @@ EOF
       evaluate "plain-scratch-$total" "$runs/rf-scratch-plain" || true
       pack scratch
       ;;
-    *) echo "gpu-refiner: unknown job '$job' (bench, finetune, scratch)" >&2; exit 2 ;;
+    *) echo "gpu-refiner: unknown job '$job' (bench, finetune, refined, scratch)" >&2; exit 2 ;;
   esac
 done

@@ -72,9 +72,13 @@ at::Tensor MapRefinerImpl::forward(const at::Tensor& a) {
   if (bn && is_training()) {
     for (auto* n : {&expand_norm, &local_norm, &reduce_norm}) (*n)->num_batches_tracked.add_(1);
   }
+  // On CUDA the maps go channels-last: ATen's NCHW BatchNorm kernels spread
+  // their work over the channels (here a handful of heads), and were two
+  // thirds of the refiner's time (docs/recasts/refiner.md, Speed).
+  const at::Tensor x = a.is_cuda() ? a.contiguous(at::MemoryFormat::ChannelsLast) : a;
   at::Tensor sum;  // W_r D without its bias, accumulated over the chunks
   for (int64_t c0 = 0; c0 < expanded(); c0 += h) {
-    at::Tensor e = at::conv2d(a, expand->weight.narrow(0, c0, h), expand->bias.narrow(0, c0, h));
+    at::Tensor e = at::conv2d(x, expand->weight.narrow(0, c0, h), expand->bias.narrow(0, c0, h));
     if (bn) e = act(normalise(e, expand_norm, c0, h));
     at::Tensor d = at::conv2d(e, local->weight.narrow(0, c0, h), local->bias.narrow(0, c0, h),
                               /*stride=*/1, /*padding=*/k / 2, /*dilation=*/1, /*groups=*/h);
@@ -91,7 +95,7 @@ at::Tensor MapRefinerImpl::forward(const at::Tensor& a) {
   }
   at::Tensor r = sum + reduce->bias.view({1, h, 1, 1});
   if (bn) r = normalise(r, reduce_norm, 0, h);
-  at::Tensor out = a + gate.view({1, h, 1, 1}).to(r.scalar_type()) * r;
+  at::Tensor out = a + gate.view({1, h, 1, 1}).to(r.scalar_type()) * r.contiguous();
   if (capture) {
     captured_raw = a.detach();
     captured_refined = out.detach();
