@@ -11,12 +11,15 @@
 #      decode speed after a 4k-token prompt, T2R vs softmax + KV cache;
 #   4. recast the ResNet's last stage to T-CNN (exact at init: the report says
 #      so per layer), fine-tune briefly, accuracy before / after;
-#   5. factorize the GPT's Linear layers to low rank (spectral init) so that it
+#   5. pretrain a small ViT on Fashion-MNIST and refine its attention maps
+#      (Refiner: exact at insertion, the per-block report), fine-tune briefly,
+#      and draw one image's maps before and after refinement;
+#   6. factorize the GPT's Linear layers to low rank (spectral init) so that it
 #      keeps 50% of its parameters: the per-layer report (rank, numbers, FLOPs,
 #      reconstruction error); the same with data-aware factors (--whiten, the
 #      output errors beside the plain SVD's), a short fine-tune with Frobenius
 #      decay, perplexity before / after;
-#   6. plot the training curves (PNG + SVG), inspect the checkpoint, and show a pickle file
+#   7. plot the training curves (PNG + SVG), inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
@@ -29,6 +32,8 @@ T2R_STEPS=${T2R_STEPS:-100}
 RESNET_STEPS=${RESNET_STEPS:-300}
 TCNN_STEPS=${TCNN_STEPS:-60}
 FACTORIZE_STEPS=${FACTORIZE_STEPS:-60}
+VIT_STEPS=${VIT_STEPS:-400}
+REFINER_STEPS=${REFINER_STEPS:-60}
 started=$SECONDS
 # Each step's heading says how long the demo has run so far (m:ss).
 step() {
@@ -88,6 +93,17 @@ step "pretrain a ResNet-18 (channels 32-256) on Fashion-MNIST: $RESNET_STEPS ste
 step "evaluate on the Fashion-MNIST test split"
 "$recast" eval --model "$out/resnet-fmnist" --data fashion-mnist --split test --batch-size 250
 
+# Test accuracy (2000 images) of a classifier, its conversion and the
+# conversion fine-tuned for $4 steps, a row each.
+image_rows() {
+  local m
+  for m in "$1 +0" "$2 +0" "$3 +$4"; do
+    set -- $m
+    printf '%-24s %-6s ' "$1" "$2"
+    "$recast" eval --model "$out/$1" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q --summary
+  done
+}
+
 step "T-CNN: the ResNet's last-stage 3x3 convolutions -> gated positional self-attention"
 # Exactly the same network at init: the report gives each layer's error against
 # the convolution it replaced, and the whole network's logits change, on test images.
@@ -99,15 +115,31 @@ step "T-CNN: fine-tune the converted ResNet for $TCNN_STEPS steps (the attention
   --steps "$TCNN_STEPS" --lr 5e-4 --eval-batches 10 --out "$out/resnet-fmnist-tcnn-ft"
 # (the converted model is exact at init, so the first two rows agree; the last
 # one has $TCNN_STEPS more steps than the ResNet: a gain there is not all T-CNN's)
-for m in "resnet-fmnist +0" "resnet-fmnist-tcnn +0" "resnet-fmnist-tcnn-ft +$TCNN_STEPS"; do
-  set -- $m
-  printf '%-24s %-6s ' "$1" "$2"
-  "$recast" eval --model "$out/$1" --data fashion-mnist --split test --batch-size 250 --max-batches 8 -q --summary
-done
+image_rows resnet-fmnist resnet-fmnist-tcnn resnet-fmnist-tcnn-ft "$TCNN_STEPS"
 
 step "T-CNN: what the fine-tuned heads attend to, for one test image (maps as PNG)"
 "$recast" analyze --model "$out/resnet-fmnist-tcnn-ft" --data fashion-mnist --index 0 \
   --layers 'layer4.1.conv2' --out "$out/resnet-fmnist-tcnn-ft/attention.png"
+
+step "pretrain a ViT (4 blocks x 96, 3 heads, patch 7: 16 patches + CLS) on Fashion-MNIST: $VIT_STEPS steps"
+"$recast" pretrain --arch vit_tiny_patch16_224 --set patch_size=7 --set depth=4 --set embed_dim=96 \
+  --set num_heads=3 --data fashion-mnist --batch-size 64 --steps "$VIT_STEPS" --lr 2e-3 \
+  --weight-decay 0.05 --warmup 40 --eval-every 200 --eval-batches 10 --out "$out/vit-fmnist"
+
+step "Refiner: refine every block's attention maps (expansion across heads, 3x3 conv over each map)"
+# A gate per head starts at 0: the refined ViT is the ViT, to the bit (the report).
+"$recast" convert --recipe refiner --model "$out/vit-fmnist" --out "$out/vit-fmnist-refined" \
+  --data fashion-mnist --batch-size 64
+
+step "Refiner: fine-tune the refined ViT for $REFINER_STEPS steps (the gates open)"
+"$recast" finetune --model "$out/vit-fmnist-refined" --data fashion-mnist --batch-size 64 \
+  --steps "$REFINER_STEPS" --lr 1e-3 --eval-batches 10 --out "$out/vit-fmnist-refined-ft"
+# (as for T-CNN: the last row has $REFINER_STEPS more steps than the ViT)
+image_rows vit-fmnist vit-fmnist-refined vit-fmnist-refined-ft "$REFINER_STEPS"
+
+step "Refiner: one test image's attention in the last block, raw vs refined maps (PNG)"
+"$recast" analyze --model "$out/vit-fmnist-refined-ft" --data fashion-mnist --index 0 \
+  --layers 'blocks\.3\.' --out "$out/vit-fmnist-refined-ft/attention.png"
 
 step "factorize: the GPT's Linear layers -> low-rank U V^T, 50% of the parameters (spectral init)"
 "$recast" convert --recipe factorize --model "$out/gpt-sotu" --out "$out/gpt-sotu-f50" --params 0.5 \
@@ -152,6 +184,7 @@ cat <<EOF
   softmax control at equal steps            $out/gpt-sotu-ft
   ResNet-18 on Fashion-MNIST                $out/resnet-fmnist (metrics.png/.svg)
   T-CNN (exact at init), fine-tuned         $out/resnet-fmnist-tcnn, $out/resnet-fmnist-tcnn-ft (attention.png)
+  ViT on Fashion-MNIST, refined (Refiner)   $out/vit-fmnist, $out/vit-fmnist-refined, $out/vit-fmnist-refined-ft (attention.png)
   factorized to 50% (SVD / data-aware)      $out/gpt-sotu-f50, $out/gpt-sotu-w50, $out/gpt-sotu-w50-ft
   each converted model's per-layer error    recast_manifest.json in its directory
 Next: 'recast eval --model DIR --data ...', 'recast generate --model DIR --prompt ...',

@@ -64,6 +64,13 @@ evaluate() {  # name dir [baseline dir]
   echo "$1: clean $(grep -m1 '"accuracy"' "$res/$1-eval.json" | tr -d ' ,') $(grep -m1 '"mce"' "$res/$1-corrupt.json" | tr -d ' ,')"
 }
 
+convert_base() {  # the base evaluated, then refined with the defaults
+  evaluate base "$runs/rf-base"
+  "$recast" convert --recipe refiner --model "$runs/rf-base" --out "$runs/rf-conv" \
+    --data fashion-mnist > "$res/convert.txt" 2>&1
+  cp "$runs/rf-conv/recast_manifest.json" "$res/convert-manifest.json"
+}
+
 together() {  # runs "name|command..." lines at once, waits for all; fails if any failed
   local pids=() failed=0
   while IFS= read -r line; do
@@ -88,10 +95,7 @@ for job in "$@"; do
       rm -rf "$runs/rf-base" "$runs/rf-conv"
       timed base "$recast" pretrain "${vit[@]}" "${data[@]}" --steps "$BASE_STEPS" --lr 1e-3 \
         --weight-decay 0.05 --warmup 200 --eval-every 700 --seed 0 --out "$runs/rf-base"
-      evaluate base "$runs/rf-base"
-      "$recast" convert --recipe refiner --model "$runs/rf-base" --out "$runs/rf-conv" \
-        --data fashion-mnist > "$res/convert.txt" 2>&1
-      cp "$runs/rf-conv/recast_manifest.json" "$res/convert-manifest.json"
+      convert_base
       pack finetune
       jobs=""
       for seed in $SEEDS; do
@@ -113,10 +117,7 @@ for job in "$@"; do
 base|$recast pretrain ${vit[*]} ${data[*]} --steps $BASE_STEPS --lr 1e-3 --weight-decay 0.05 --warmup 200 --eval-every 700 --seed 0 --out $runs/rf-base
 refined-scratch-$FT_STEPS|$recast pretrain ${vit[*]} --set 'recast_refiner=$all' ${sc[*]} --steps $FT_STEPS --out $runs/rf-scratch-short
 EOF
-      evaluate base "$runs/rf-base"
-      "$recast" convert --recipe refiner --model "$runs/rf-base" --out "$runs/rf-conv" \
-        --data fashion-mnist > "$res/convert.txt" 2>&1
-      cp "$runs/rf-conv/recast_manifest.json" "$res/convert-manifest.json"
+      convert_base
       pack refined
       jobs=""
       for seed in $SEEDS; do

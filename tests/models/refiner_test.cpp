@@ -179,12 +179,18 @@ TEST(Refiner, ExactAtInsertionYetTrainable) {
   }
 }
 
-TEST(Refiner, TheRefinedCoreIsSoftmaxAttentionAtInsertion) {
-  torch::manual_seed(7);
+// A ViT attention's spec: 3 heads of 8.
+layers::AttentionSpec three_heads() {
   layers::AttentionSpec spec;
   spec.heads = spec.kv_heads = 3;
   spec.head_dim = 8;
   spec.scale = 1.0 / std::sqrt(8.0);
+  return spec;
+}
+
+TEST(Refiner, TheRefinedCoreIsSoftmaxAttentionAtInsertion) {
+  torch::manual_seed(7);
+  const layers::AttentionSpec spec = three_heads();
   RefinerOptions o;
   o.heads = 3;
   layers::RefinedAttention core(spec, o);
@@ -206,10 +212,7 @@ TEST(Refiner, TheRefinedCoreIsSoftmaxAttentionAtInsertion) {
 // taker's loss reaches the giver's queries and keys through them.
 TEST(Refiner, SharedMapsAreTheRawMapsOfTheBlockBefore) {
   torch::manual_seed(11);
-  layers::AttentionSpec spec;
-  spec.heads = spec.kv_heads = 3;
-  spec.head_dim = 8;
-  spec.scale = 1.0 / std::sqrt(8.0);
+  const layers::AttentionSpec spec = three_heads();
   RefinerOptions o;
   o.heads = 3;
   auto handoff = std::make_shared<layers::MapHandoff>();

@@ -140,16 +140,25 @@ int run_analyze(const AnalyzeCli& o) {
   std::printf("%s: query (%g, %g) of %lldx%lld\n", source.c_str(), qy, qx,
               static_cast<long long>(h), static_cast<long long>(w));
   for (const auto& l : found) {
-    std::printf("\n%s%s%s  (%lldx%lld, stride %lld, query %lld,%lld)\n", l.name.c_str(),
-                l.variant.empty() ? "" : " ", l.variant.c_str(),
-                static_cast<long long>(l.in_h), static_cast<long long>(l.in_w),
-                static_cast<long long>(l.stride), static_cast<long long>(l.query_row),
-                static_cast<long long>(l.query_col));
-    std::printf("%5s %8s %10s %8s %9s\n", "head", "gate", "peak", "weight", "distance");
+    const bool refined = !l.variant.empty();
+    if (refined) {
+      std::printf("\n%s %s maps  (%lldx%lld patches, query patch %lld,%lld)\n", l.name.c_str(),
+                  l.variant.c_str(), static_cast<long long>(l.in_h), static_cast<long long>(l.in_w),
+                  static_cast<long long>(l.query_row), static_cast<long long>(l.query_col));
+    } else {
+      std::printf("\n%s  (%lldx%lld, stride %lld, query %lld,%lld)\n", l.name.c_str(),
+                  static_cast<long long>(l.in_h), static_cast<long long>(l.in_w),
+                  static_cast<long long>(l.stride), static_cast<long long>(l.query_row),
+                  static_cast<long long>(l.query_col));
+    }
+    std::printf("%5s %8s %10s %8s %9s%s\n", "head", "gate", "peak", "weight", "distance",
+                refined ? "   cls" : "");
     for (size_t i = 0; i < l.gate.size(); ++i) {
       const std::string peak = msg("(", l.peak[i].first, ",", l.peak[i].second, ")");
-      std::printf("%5zu %8.4f %10s %8.4f %9.3f\n", i, l.gate[i], peak.c_str(), l.peak_weight[i],
+      std::printf("%5zu %8.4f %10s %8.4f %9.3f", i, l.gate[i], peak.c_str(), l.peak_weight[i],
                   l.distance[i]);
+      if (refined) std::printf(" %6.4f", l.cls_weight[i]);
+      std::printf("\n");
     }
   }
   if (!o.out.empty()) std::printf("\nwrote %s\n", o.out.c_str());
