@@ -43,12 +43,12 @@ inline constexpr VerbInfo kVerbs[] = {
     {"finetune", "Fine-tune a checkpoint on a data set (new classifier head when needed)", true},
     {"eval", "Evaluate a checkpoint: perplexity and bits per byte, or accuracy and confusion", true},
     {"generate", "Generate text from a language model with the KV cache", true},
-    {"convert", "Recast a checkpoint with a recipe (t2r: softmax -> linear attention)", true},
+    {"convert", "Recast a checkpoint with a recipe (t2r, tcnn, factorize, merge, refiner; see 'recast list')", true},
     {"analyze",
-     "Show a T-CNN's attention for one image: gates, peaks, distances; draw the maps (PNG/SVG)",
+     "Show a T-CNN's or a refined ViT's attention for one image: gates, peaks, distances; draw the maps (PNG/SVG)",
      true},
     {"bench", "Measure: 'bench decode' = ms per token and memory after a long prompt", true},
-    {"plot", "Draw training curves from a metrics.jsonl file as SVG", false},
+    {"plot", "Draw training curves from a metrics.jsonl file as PNG or SVG", false},
 };
 
 const VerbInfo& verb_info(const std::string& name);
