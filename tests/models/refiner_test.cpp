@@ -400,7 +400,9 @@ TEST(RefinerRecipe, SharedMapsFromScratch) {
   // projection (not torch.nn's default for a D x D Linear): timm's ViT
   // init draws them from a truncated normal with std 0.02.
   for (const auto& p : m->named_parameters()) {
-    if (p.key() == "blocks.1.attn.qkv.weight") EXPECT_LT(p.value().std().item<double>(), 0.05);
+    if (p.key() == "blocks.1.attn.qkv.weight") {
+      EXPECT_LT(p.value().std().item<double>(), 0.05);
+    }
   }
   m->eval();
   const models::Batch b = m->example_batch(2, 1);
