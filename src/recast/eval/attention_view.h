@@ -34,7 +34,7 @@ struct LayerAttention {
   int64_t pad = 0;           // the zero ring around the key grid (T-CNN: K / 2)
   int64_t query_row = 0, query_col = 0;  // on the layer's output grid
   int64_t in_h = 0, in_w = 0;            // the layer's input grid
-  at::Tensor maps;           // [heads, in_h + 2c, in_w + 2c] float, CPU: A_h[query, :]
+  at::Tensor maps;           // [heads, in_h + 2 pad, in_w + 2 pad] float, CPU: A_h[query, :]
   std::vector<double> gate;  // per head
   // Per head: the key with the most weight, as (dy, dx) from the query in the
   // layer's input pixels (Refiner: patches), its weight, and

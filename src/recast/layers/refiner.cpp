@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <utility>
 
 namespace recast::layers {
 
@@ -168,8 +169,7 @@ at::Tensor RefinedAttentionImpl::forward(const at::Tensor& q, const at::Tensor& 
                "refined attention takes no mask (every patch sees every patch)");
   at::Tensor a;
   if (take) {
-    a = std::move(take->maps);
-    take->maps = at::Tensor();
+    a = std::exchange(take->maps, at::Tensor());  // taken, not kept
     RECAST_CHECK(a.defined(), "refined attention with shared maps: the block before handed over no maps");
     RECAST_CHECK(a.size(0) == v.size(0) && a.size(2) == v.size(2), "refined attention with shared maps: ",
                  "maps ", a.sizes(), " handed over for values ", v.sizes());
