@@ -16,6 +16,7 @@ packages=(
   zlib1g-dev
   libstb-dev              # stb_image: PNG / JPEG image folders
   libcairo2-dev           # plots and attention maps, PNG and SVG
+  libsentencepiece-dev    # SentencePiece models (T5 spiece.model, tokenizer.model)
   fonts-dejavu-core       # the sans-serif face their text is drawn in (fontconfig)
   dataset-fashion-mnist   # real IDX files the tests read (and the demo will train on)
 )

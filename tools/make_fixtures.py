@@ -14,7 +14,7 @@ on the CPU in fp32:
     <out>/manifest.json                           library versions, seeds, fixture list
 
 Run on the GPU machine (which has PyTorch, transformers and timm):
-    python3 tools/make_fixtures.py tests/fixtures
+    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only]
 Every parameter and BatchNorm statistic is perturbed after the library's own
 initialisation so that biases, norms and running statistics are all exercised.
 """
@@ -155,6 +155,119 @@ def tokenizer_fixture(out):
     return "tokenizer_bpe"
 
 
+def t5_model(out, name, config, src_len=13, tgt_len=7):
+    """A T5ForConditionalGeneration with a right-padded encoder batch; the
+    reference logits from decoder_input_ids, the loss from labels (-100 at the
+    padded targets, shifted right by the model itself), intermediates of every
+    block, and 9 greedy tokens per row (no stop at EOS)."""
+    torch.manual_seed(SEED)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    perturb(model, scale=0.05)
+    d = out / name
+    model.save_pretrained(d, safe_serialization=True)
+    g = torch.Generator().manual_seed(SEED + 3)
+    ids = torch.randint(2, config.vocab_size, (2, src_len), generator=g)
+    am = torch.ones_like(ids)
+    am[1, src_len - 4:] = 0
+    ids[1, src_len - 4:] = config.pad_token_id
+    dec = torch.randint(2, config.vocab_size, (2, tgt_len), generator=g)
+    dec[:, 0] = config.decoder_start_token_id
+    labels = torch.randint(2, config.vocab_size, (2, tgt_len), generator=g)
+    labels[1, tgt_len - 2:] = -100
+    names = ([f"encoder.block.{i}" for i in range(config.num_layers)] + ["encoder.final_layer_norm"] +
+             [f"decoder.block.{i}" for i in range(config.num_decoder_layers)] +
+             ["decoder.final_layer_norm"])
+    got = capture(model, names)
+    with torch.no_grad():
+        res = model(input_ids=ids, attention_mask=am, decoder_input_ids=dec)
+        outputs = {"logits": res.logits.float(),
+                   "encoder_last_hidden_state": res.encoder_last_hidden_state.float().clone(), **got}
+        lab = model(input_ids=ids, attention_mask=am, labels=labels)
+        outputs["labels_logits"] = lab.logits.float()
+        outputs["loss"] = lab.loss.float().reshape(1)
+        # Greedy decoding by transformers' own forward, a token at a time
+        # (5.17's generate sizes the decoder's cache by num_layers and fails
+        # when num_decoder_layers differs; without the cache it returned only
+        # padding here).
+        gen = torch.full((ids.shape[0], 1), config.decoder_start_token_id, dtype=torch.long)
+        for _ in range(9):
+            step = model(input_ids=ids, attention_mask=am, decoder_input_ids=gen).logits[:, -1]
+            gen = torch.cat([gen, step.argmax(-1, keepdim=True)], 1)
+    save(d, {"input_ids": ids, "attention_mask": am, "decoder_input_ids": dec, "labels": labels},
+         outputs)
+    (d / "generate.json").write_text(json.dumps({"max_new_tokens": 9,
+                                                  "sequences": gen.tolist()}) + "\n")
+    return name
+
+
+SPIECE_CASES = TOKENIZER_CASES + [
+    "Translate English to German: That is good.",
+    "The <extra_id_0> walks in <extra_id_1> park</s>",
+    "a<extra_id_0>b <extra_id_99> c <pad> d <unk> e",
+    "  leading and trailing spaces  ",
+    "UPPER lower MiXeD 12 345 6789",
+]
+
+
+def spiece_fixture(out):
+    """A SentencePiece unigram model trained with the sentencepiece library on
+    T5's id layout (pad 0, eos 1, unk 2, no bos), and the ids transformers'
+    T5Tokenizer gives (100 extra ids, </s> appended; slow and fast where both exist)."""
+    import sentencepiece as spm
+    d = out / "tokenizer_spiece"
+    d.mkdir(parents=True, exist_ok=True)
+    corpus = d / "corpus.txt"
+    corpus.write_text("\n".join(TOKENIZER_CORPUS * 20) + "\n")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(d / "spiece"), vocab_size=200,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, seed_sentencepiece_size=100000,
+                                   num_threads=1, minloglevel=2)
+    corpus.unlink()
+    (d / "spiece.vocab").unlink()
+    sp = spm.SentencePieceProcessor(model_file=str(d / "spiece.model"))
+    toks = {}
+    for kind in ("T5Tokenizer", "T5TokenizerFast"):
+        cls = getattr(transformers, kind, None)
+        if cls is None:
+            continue
+        try:  # as users load it: from the directory holding spiece.model
+            toks[kind] = cls.from_pretrained(str(d), extra_ids=100)
+        except Exception as e:  # a backend that is not installed
+            print(f"{kind}: {e}")
+        if kind in toks and len(toks[kind]) != sp.get_piece_size() + 100:
+            print(f"{kind}: {len(toks[kind])} ids, expected {sp.get_piece_size() + 100}; left out")
+            del toks[kind]
+    ref = toks.get("T5Tokenizer") or toks["T5TokenizerFast"]
+    cases = []
+    for text in SPIECE_CASES:
+        ids = {k: t(text).input_ids for k, t in toks.items()}
+        first = next(iter(ids.values()))
+        case = {"text": text, "ids": first, "no_special": ref(text, add_special_tokens=False).input_ids,
+                "sentencepiece": sp.encode(text), "decoded": ref.decode(first, skip_special_tokens=True)}
+        if len({json.dumps(v) for v in ids.values()}) > 1:
+            case["differs"] = ids
+        cases.append(case)
+    (d / "cases.json").write_text(json.dumps({"tokenizers": sorted(toks), "vocab": len(ref),
+                                               "cases": cases}, ensure_ascii=False, indent=1) + "\n")
+    return "tokenizer_spiece"
+
+
+def t5_fixtures(out):
+    made = []
+    base = dict(dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    made.append(t5_model(out, "t5_v10", transformers.T5Config(
+        vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        feed_forward_proj="relu", tie_word_embeddings=True, layer_norm_epsilon=1e-6, **base)))
+    made.append(t5_model(out, "t5_v11", transformers.T5Config(
+        vocab_size=88, d_model=40, d_kv=12, d_ff=56, num_layers=3, num_decoder_layers=2, num_heads=3,
+        relative_attention_num_buckets=10, relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, layer_norm_epsilon=1e-5, **base),
+        src_len=15, tgt_len=9))
+    spiece_fixture(out)
+    return made
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +275,14 @@ def main():
         print("wrote", tokenizer_fixture(out))
         return
     torch.set_grad_enabled(False)
+    if len(sys.argv) > 2 and sys.argv[2] == "--t5-only":
+        made = t5_fixtures(out)
+        manifest_path = out / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest["seq2seq"] = made
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        print("wrote", made, "and tokenizer_spiece")
+        return
     made = []
     tokenizer_fixture(out)
 
@@ -203,6 +324,7 @@ def main():
         "transformers": transformers.__version__,
         "timm": timm.__version__,
         "fixtures": made,
+        "seq2seq": t5_fixtures(out),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

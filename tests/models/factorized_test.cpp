@@ -356,7 +356,7 @@ TEST(FactorizeRecipe, MergeReturnsTheProductOfTheFactors) {
   const at::Tensor x = torch::randn({2, 1, 32, 32});
   c.model->eval();
   merged.model->eval();
-  EXPECT_LT(rel(merged.model->forward({{}, {}, x, {}}), c.model->forward({{}, {}, x, {}})), 1e-4);
+  EXPECT_LT(rel(merged.model->forward({{}, {}, x, {}, {}}), c.model->forward({{}, {}, x, {}, {}})), 1e-4);
 }
 
 TEST(FactorizeRecipe, RanksFollowTheRuleAndTheBudgetHolds) {

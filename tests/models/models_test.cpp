@@ -96,11 +96,11 @@ TEST(Models, KvCacheDecodingEqualsFullForward) {
     models::ModelPtr model = models::load_model(kFixtures + "/" + name);
     torch::NoGradGuard no_grad;
     at::Tensor ids = read_inputs(kFixtures + "/" + name).input_ids;
-    at::Tensor full = model->forward({ids, {}, {}});
+    at::Tensor full = model->forward({ids, {}, {}, {}, {}});
     models::KVCache cache;
-    std::vector<at::Tensor> steps = {model->forward({ids.slice(1, 0, 5), {}, {}}, nullptr, &cache)};
+    std::vector<at::Tensor> steps = {model->forward({ids.slice(1, 0, 5), {}, {}, {}, {}}, nullptr, &cache)};
     for (int64_t t = 5; t < ids.size(1); ++t) {
-      steps.push_back(model->forward({ids.slice(1, t, t + 1), {}, {}}, nullptr, &cache));
+      steps.push_back(model->forward({ids.slice(1, t, t + 1), {}, {}, {}, {}}, nullptr, &cache));
     }
     EXPECT_EQ(cache.length(), ids.size(1));
     EXPECT_LE(relative_error(at::cat(steps, 1), full), 1e-5) << name;
@@ -159,7 +159,9 @@ TEST(Models, EveryFamilyRefusesBadConfigsNamingTheKey) {
         EXPECT_TRUE(one_line(e)) << e;
       }
       EXPECT_NE(refused(k.name, 2.5).find("'" + k.name + "': expected an integer"), std::string::npos);
-      if (k.name.find("head") != std::string::npos && k.name != "head_dim") {
+      // T5's heads divide nothing (their width is num_heads x d_kv).
+      const bool t5 = arch == "t5" || arch == "mt5";
+      if (k.name.find("head") != std::string::npos && k.name != "head_dim" && !t5) {
         // 3 does not divide the tiny configs' widths (32).
         ++heads;
         const std::string e = refused(k.name, 3);
@@ -171,14 +173,17 @@ TEST(Models, EveryFamilyRefusesBadConfigsNamingTheKey) {
     if (arch == "gpt2" || arch == "llama" || arch.rfind("vit", 0) == 0) EXPECT_GE(heads, 1);
     // Within every range, but far beyond this machine's memory: the
     // parameter estimate refuses it.
+    const bool t5 = arch == "t5" || arch == "mt5";
     const std::string big = arch == "gpt2"    ? "n_layer"
                             : arch == "llama" ? "num_hidden_layers"
                             : arch.rfind("vit", 0) == 0 ? "depth"
+                            : t5                        ? "num_layers"
                                                          : "";
     if (!big.empty()) {
       nlohmann::json c = f.tiny;
       models::set_config_value(c, arch, big, 4000);
-      models::set_config_value(c, arch, arch == "gpt2" ? "n_embd" : arch == "llama" ? "hidden_size" : "embed_dim",
+      models::set_config_value(c, arch,
+                               arch == "gpt2" ? "n_embd" : arch == "llama" ? "hidden_size" : t5 ? "d_model" : "embed_dim",
                                16384);
       const std::string e = error_of([&] { models::create_model(arch, c); });
       EXPECT_NE(e.find("parameters"), std::string::npos) << e;
@@ -265,7 +270,7 @@ TEST(Models, BadConfigsAndInputsAreNamed) {
   models::ModelPtr model = models::load_model(kFixtures + "/gpt2");
   at::Tensor ids = at::tensor({1, 2, 96}, at::kLong).view({1, 3});
   try {
-    model->forward({ids, {}, {}});
+    model->forward({ids, {}, {}, {}, {}});
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("token id 96 at [0, 2] is outside the vocabulary [0, 96)"),
@@ -273,7 +278,7 @@ TEST(Models, BadConfigsAndInputsAreNamed) {
         << e.what();
   }
   models::ModelPtr vit = models::load_model(kFixtures + "/vit_tiny_timm");
-  EXPECT_THROW(vit->forward({{}, {}, at::zeros({1, 3, 48, 48}), {}}), Error);
+  EXPECT_THROW(vit->forward({{}, {}, at::zeros({1, 3, 48, 48}), {}, {}}), Error);
 }
 
 }  // namespace

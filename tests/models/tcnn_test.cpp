@@ -183,7 +183,7 @@ TEST(Tcnn, ConvertedResNetReproducesTheLogitsAndReportsEachLayer) {
       source->eval();
       c.model->eval();
       const at::Tensor x = torch::randn({3, 1, 28, 28});
-      models::Batch b{{}, {}, x, {}};
+      models::Batch b{{}, {}, x, {}, {}};
       EXPECT_LT(max_rel(c.model->forward(b), source->forward(b)), 1e-4) << arch << " " << layers;
       EXPECT_LT(c.manifest["logits_change"]["relative"].get<double>(), 1e-4);
     }

@@ -24,6 +24,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <thread>
 
 namespace recast::testing {
@@ -271,6 +272,83 @@ TEST_F(TrainCli, DivergenceStopsBeforeTheUpdateAndKeepsTheLastGoodCheckpoint) {
   EXPECT_FALSE(fs::exists(out + "/checkpoints/" + name(bad_step)));
   EXPECT_NO_THROW(io::TensorStore::open(out + "/checkpoints/" + name(bad_step - 1)));
   EXPECT_FALSE(fs::exists(out + "/model.safetensors"));
+}
+
+// T5 end to end on text no test had: a SentencePiece tokenizer trained with
+// the library, tokenize, span-corruption pretraining killed mid-run and
+// resumed to the same bits, eval (loss on span corruption) and generation.
+TEST_F(TrainCli, T5SpanCorruptionTrainsResumesExactlyEvaluatesAndGenerates) {
+  TempDir t;
+  Result tok = run({"tokenizer", "train", "--data", corpus(), "--vocab-size", "30", "--out",
+                    t.file("tok")});
+  ASSERT_EQ(tok.code, 0) << tok.err;
+  ASSERT_TRUE(fs::exists(t.file("tok/spiece.model")));
+  Result ids = run({"tokenize", "--model", t.file("tok"), "--text", "the union <extra_id_0> strong",
+                    "--json"});
+  ASSERT_EQ(ids.code, 0) << ids.err;
+  const auto j = nlohmann::json::parse(ids.out)["ids"];
+  ASSERT_GE(j.size(), 4u);
+  EXPECT_EQ(j.back(), 1);                        // </s> appended
+  EXPECT_NE(std::find(j.begin(), j.end(), 129), j.end());  // <extra_id_0> = 30 + 100 - 1
+  Result plain = run({"tokenize", "--model", t.file("tok"), "--text", "the union", "--no-special"});
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  EXPECT_EQ(plain.out.find(",1\n"), std::string::npos) << plain.out;
+
+  auto args = [&](const std::string& out) {
+    return std::vector<std::string>{
+        "pretrain", "--arch", "t5", "--set", "d_model=32", "--set", "d_kv=8", "--set", "d_ff=48",
+        "--set", "num_layers=2", "--set", "num_heads=4", "--set", "relative_attention_num_buckets=8",
+        "--set", "relative_attention_max_distance=16", "--tokenizer", t.file("tok"), "--data",
+        corpus(), "--seq-len", "24", "--batch-size", "4", "--steps", "16", "--lr", "3e-3",
+        "--save-every", "2", "--log-every", "1", "--threads", "2", "--no-progress", "-q", "--out",
+        out};
+  };
+  Result ref = run(args(t.file("ref")));
+  ASSERT_EQ(ref.code, 0) << ref.err;
+  {
+    Child child(args(t.file("cut")), t.file("cut.log"));
+    ASSERT_TRUE(wait_for_step(t.file("cut"), 7));
+    child.signal(SIGKILL);
+    child.wait();
+  }
+  auto resume = args(t.file("cut"));
+  resume.push_back("--resume");
+  Result resumed = run(resume);
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_TRUE(read_bytes(t.file("cut/model.safetensors")) == read_bytes(t.file("ref/model.safetensors")))
+      << "a killed and resumed T5 run ends with other weights";
+  const auto manifest = nlohmann::json::parse(read_bytes(t.file("ref/recast_manifest.json")));
+  EXPECT_EQ(manifest["objective"], "span-corruption");
+
+  Result ev = run({"eval", "--model", t.file("ref"), "--data", corpus(), "--split", "test", "--json",
+                   "--threads", "2"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  const auto e = nlohmann::json::parse(ev.out);
+  EXPECT_GT(e["perplexity"].get<double>(), 1.0);
+  EXPECT_LT(e["perplexity"].get<double>(), 130.0);  // below uniform over the vocabulary
+  Result gen = run({"generate", "--model", t.file("ref"), "--prompt", "the union <extra_id_0> strong",
+                    "--prompt", "we shall", "--max-tokens", "6", "--temperature", "0", "--json"});
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  std::istringstream lines(gen.out);
+  int rows = 0;
+  for (std::string line; std::getline(lines, line); ++rows) {
+    const auto g = nlohmann::json::parse(line);
+    EXPECT_LE(g["ids"].size(), 6u);
+    EXPECT_TRUE(g.contains("text"));
+  }
+  EXPECT_EQ(rows, 2);
+  // The byte tokenizer works as ByT5's: bytes, </s>, 100 sentinels.
+  auto bytes = args(t.file("bytes"));
+  set_arg(bytes, "--tokenizer", "bytes");
+  set_arg(bytes, "--steps", "2");
+  Result b = run(bytes);
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(t.file("bytes/config.json")))["vocab_size"], 357);
+  // Misuse is named.
+  auto lm = args(t.file("bad"));
+  lm.insert(lm.end(), {"--objective", "lm"});
+  expect_one_line_error(run(lm), 2, "--objective");
+  expect_one_line_error(run({"tokenize", "--model", t.file("tok")}), 2, "--text");
 }
 
 TEST_F(TrainCli, ExistingCheckpointsNeedResume) {

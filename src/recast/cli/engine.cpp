@@ -49,5 +49,7 @@ int main(int argc, char** argv) {
                   {"convert", add_convert},
                   {"bench", add_bench},
                   {"analyze", add_analyze},
-                  {"plot", add_plot}});
+                  {"plot", add_plot},
+                  {"tokenize", add_tokenize},
+                  {"tokenizer", add_tokenizer}});
 }

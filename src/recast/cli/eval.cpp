@@ -14,6 +14,7 @@
 #include "recast/core/log.h"
 #include "recast/core/progress.h"
 #include "recast/eval/corruptions.h"
+#include "recast/models/seq2seq.h"
 #include "recast/train/objectives.h"
 
 #include <torch/torch.h>
@@ -152,7 +153,8 @@ int run_eval(const EvalCli& o) {
   models::ModelPtr model = models::load_model(o.model);
   const nlohmann::json manifest = manifest_of(o.model);
   const train::DataKind kind = train::sniff_data_kind(o.data);
-  const bool lm = model->task() == models::Task::CausalLM;
+  const bool seq2seq = model->task() == models::Task::Seq2SeqLM;
+  const bool lm = model->task() == models::Task::CausalLM || seq2seq;
   if (lm != (kind == train::DataKind::Text)) {
     throw UsageError(msg("--model ", o.model, " is a ", lm ? "language model" : "classifier",
                          " but --data ", o.data, " is ", train::data_kind_name(kind), " data"));
@@ -170,6 +172,18 @@ int run_eval(const EvalCli& o) {
                        : split_seed_of(manifest);
   d.seq_len = o.seq_len > 0 ? o.seq_len : manifest_int(manifest, "seq_len", 128);
   d.text_field = o.text_field;
+  if (seq2seq) {
+    // Span corruption as the model was pretrained with it (T5's defaults
+    // without a manifest).
+    auto number = [&](const char* key, double fallback) {
+      auto it = manifest.find(key);
+      return it != manifest.end() && it->is_number() ? it->get<double>() : fallback;
+    };
+    d.span_corruption = true;
+    d.noise_density = number("noise_density", 0.15);
+    d.mean_span = number("mean_span", 3.0);
+    d.decoder_start = static_cast<const models::Seq2SeqModel&>(*model).decoder_start_token();
+  }
   auto data = train::open_dataset(d, tok.get(), &norm);
   model->to(device);
   train::EvalOptions eo;

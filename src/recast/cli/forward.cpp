@@ -1,7 +1,9 @@
 // recast forward --model PATH --input IN.safetensors --output OUT.safetensors
 //                [--dump REGEX] [--arch NAME] [--set key=value]... [--device D] [--dtype T]
 // Runs a model on the inputs in IN (input_ids [+ attention_mask] for language
-// models, pixel_values for vision models: the names transformers and timm use)
+// models, + decoder_input_ids or labels (shifted right as transformers does)
+// for encoder-decoders, pixel_values for vision models: the names
+// transformers and timm use)
 // and writes `logits` (float32) plus every intermediate whose name matches
 // REGEX. The hook for comparing recast with other implementations.
 
@@ -11,6 +13,7 @@
 #include "recast/core/log.h"
 #include "recast/io/checkpoint.h"
 #include "recast/models/model.h"
+#include "recast/models/seq2seq.h"
 
 #include <torch/torch.h>
 
@@ -28,23 +31,29 @@ struct ForwardOptions {
 
 models::Batch read_batch(const std::string& path, const models::Model& model) {
   io::TensorStore store = io::TensorStore::open(path);
-  const bool lm = model.task() == models::Task::CausalLM;
-  const std::set<std::string> known = lm ? std::set<std::string>{"input_ids", "attention_mask"}
-                                         : std::set<std::string>{"pixel_values"};
+  const models::Task task = model.task();
+  const bool seq2seq = task == models::Task::Seq2SeqLM;
+  const bool text = task == models::Task::CausalLM || task == models::Task::SequenceClassification || seq2seq;
+  std::set<std::string> known = text ? std::set<std::string>{"input_ids", "attention_mask"}
+                                     : std::set<std::string>{"pixel_values"};
+  if (seq2seq) known.insert({"decoder_input_ids", "labels"});
+  const std::string takes =
+      seq2seq ? "input_ids, attention_mask and decoder_input_ids or labels"
+              : text ? "input_ids and attention_mask" : "pixel_values";
   for (const auto& e : store.entries()) {
     if (!known.count(e.info->name)) {
       throw Error(msg(path, ": unexpected tensor ", quote(e.info->name), " (a ", model.arch(),
-                      " model takes ", lm ? "input_ids and attention_mask" : "pixel_values", ")"));
+                      " model takes ", takes, ")"));
     }
   }
   models::Batch batch;
-  const char* required = lm ? "input_ids" : "pixel_values";
+  const char* required = text ? "input_ids" : "pixel_values";
   if (store.find(required) == nullptr) {
     throw Error(msg(path, ": no tensor '", required, "' (a ", model.arch(), " model takes ",
-                    lm ? "input_ids int64 [B, T]" : "pixel_values float32 [B, C, H, W]", ")"));
+                    text ? "input_ids int64 [B, T]" : "pixel_values float32 [B, C, H, W]", ")"));
   }
   try {
-    if (lm) {
+    if (text) {
       batch.input_ids = store.tensor("input_ids", /*copy=*/true);
       if (store.find("attention_mask")) batch.attention_mask = store.tensor("attention_mask", true);
     } else {
@@ -52,6 +61,25 @@ models::Batch read_batch(const std::string& path, const models::Model& model) {
       RECAST_CHECK(batch.pixel_values.is_floating_point(),
                    "pixel_values: expected floating point, found ",
                    batch.pixel_values.scalar_type());
+    }
+    if (seq2seq) {
+      const bool given = store.find("decoder_input_ids") != nullptr;
+      const bool labels = store.find("labels") != nullptr;
+      if (given == labels) {
+        throw Error(msg("expected one of decoder_input_ids or labels (int64 [B, T_dec]), found ",
+                        given ? "both" : "neither"));
+      }
+      if (given) {
+        batch.decoder_input_ids = store.tensor("decoder_input_ids", true);
+      } else {
+        // As transformers does with labels: shifted right behind the start token.
+        const auto& s2s = static_cast<const models::Seq2SeqModel&>(model);
+        const at::Tensor l = store.tensor("labels", true);
+        RECAST_CHECK(!l.is_floating_point() && l.scalar_type() != at::kBool,
+                     "labels: expected integer token ids, found ", l.scalar_type());
+        batch.decoder_input_ids =
+            models::shift_right(l.to(at::kLong), s2s.decoder_start_token(), s2s.pad_token());
+      }
     }
   } catch (const Error& e) {
     throw e.with_context(path);
@@ -71,6 +99,7 @@ int run_forward(const ForwardOptions& o) {
   model->to(device, dtype);
   if (batch.input_ids.defined()) batch.input_ids = batch.input_ids.to(device);
   if (batch.attention_mask.defined()) batch.attention_mask = batch.attention_mask.to(device);
+  if (batch.decoder_input_ids.defined()) batch.decoder_input_ids = batch.decoder_input_ids.to(device);
   if (batch.pixel_values.defined()) batch.pixel_values = batch.pixel_values.to(device, dtype);
   torch::NoGradGuard no_grad;
   at::Tensor logits;
@@ -98,7 +127,8 @@ Runner add_forward(CLI::App& app) {
   cmd->add_option("--model", o->model, "Checkpoint directory, or a .safetensors file with --arch")
       ->required();
   cmd->add_option("--input", o->input,
-                  "safetensors file with input_ids [+ attention_mask] or pixel_values")
+                  "safetensors file with input_ids [+ attention_mask] [+ decoder_input_ids or "
+                  "labels] or pixel_values")
       ->required();
   cmd->add_option("--output", o->output, "safetensors file to write logits (+ intermediates) to")
       ->required();

@@ -6,6 +6,7 @@
 #include "recast/cli/verbs.h"
 #include "recast/core/error.h"
 #include "recast/core/signals.h"
+#include "recast/io/sentencepiece_server.h"
 
 #include <unistd.h>
 
@@ -46,6 +47,8 @@ std::string engine_path() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The sentencepiece library's process (io/sentencepiece.h): not a verb.
+  if (argc == 2 && std::strcmp(argv[1], "__sentencepiece") == 0) return recast::io::sentencepiece_server();
   const recast::cli::VerbInfo* verb = find_verb(argc, argv);
   if (verb != nullptr && verb->needs_torch) {
     std::string engine = engine_path();

@@ -2,7 +2,8 @@
 //                 [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
 //                 [--seed S] [--json]
 // Autoregressive sampling with the KV cache / recurrent state
-// (models/generate.h). One text prompt streams to stdout as it is generated;
+// (models/generate.h); an encoder-decoder reads the prompt with its encoder
+// and generates the decoder's tokens. One text prompt streams to stdout as it is generated;
 // several (repeat --prompt) run as one left-padded batch and print in order.
 // --json prints {"prompt_ids": [...], "ids": [...], "text": "..."} per prompt,
 // one line each. With --prompt-ids it needs no tokenizer (ids in, ids out).
@@ -12,6 +13,7 @@
 #include "recast/core/device.h"
 #include "recast/core/error.h"
 #include "recast/models/generate.h"
+#include "recast/models/seq2seq.h"
 
 #include <torch/torch.h>
 
@@ -87,7 +89,8 @@ int run_generate(const GenerateCli& o) {
   RECAST_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p: expected in (0, 1], found ", o.top_p);
   const c10::Device device = select_device(o.device);
   models::ModelPtr model = models::load_model(o.model);
-  if (model->task() != models::Task::CausalLM) {
+  const bool seq2seq = model->task() == models::Task::Seq2SeqLM;
+  if (model->task() != models::Task::CausalLM && !seq2seq) {
     throw UsageError(msg("--model ", o.model, " is not a language model (", model->arch(), ")"));
   }
   std::unique_ptr<io::Tokenizer> tok = tokenizer_of_checkpoint(o.model);
@@ -110,7 +113,8 @@ int run_generate(const GenerateCli& o) {
   g.sampling = {o.temperature, o.top_k, o.top_p};
   g.max_tokens = o.max_tokens;
   g.eos = o.ignore_eos ? -1 : eos;
-  g.pad = std::max<int64_t>(eos, 0);
+  g.pad = seq2seq ? static_cast<const models::Seq2SeqModel&>(*model).pad_token()
+                  : std::max<int64_t>(eos, 0);
   g.context = model->context_length();
   model->to(device);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);

@@ -26,6 +26,10 @@ struct TrainCli {
   int64_t save_every = 0, eval_every = 0, eval_batches = 20, log_every = 10;
   double lr = 3e-4, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
   double distill_alpha = 0.5, temperature = 2.0;
+  // pretrain: "lm" (decoders) or "span-corruption" (encoder-decoders); "" =
+  // the architecture's own.
+  std::string objective;
+  double noise_density = 0.15, mean_span = 3.0;
   // The registered recasts' training options as given, by recast then key.
   std::map<std::string, nlohmann::json> recast_values;
   int keep = 2, threads = 0;
@@ -51,8 +55,10 @@ void add_recast_hooks(models::Model& model, const TrainCli& o, train::TrainOptio
 // counts physical cores and finds one on these 2-vCPU machines).
 void set_threads(int threads);
 
-// "bytes" -> the byte tokenizer; a directory -> its tokenizer files.
-std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec);
+// "bytes" -> the byte tokenizer (with `sentinels`: </s> and T5's 100
+// <extra_id_N> above the bytes, for span corruption); a directory -> its
+// tokenizer files.
+std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec, bool sentinels = false);
 // The tokenizer saved with a checkpoint directory, or nullptr when it has none.
 std::unique_ptr<io::Tokenizer> tokenizer_of_checkpoint(const std::string& dir);
 

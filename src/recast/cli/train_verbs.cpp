@@ -71,7 +71,8 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--resume", o.resume, "Continue from the newest checkpoint in OUT/checkpoints");
   cmd->add_option("--tokenizer", o.tokenizer,
-                  "bytes, or a directory with vocab.json + merges.txt (GPT-2 BPE)");
+                  "bytes, or a directory with vocab.json + merges.txt (GPT-2 BPE), spiece.model "
+                  "or tokenizer.model (SentencePiece)");
   cmd->add_option("--text-field", o.text_field, "JSON field holding the text (default text)");
   cmd->add_option("--device", o.device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_flag("--bf16", o.bf16, "bf16 autocast on CUDA (fp32 weights and optimizer state)");
@@ -144,11 +145,19 @@ void set_threads(int threads) {
   at::set_num_threads(n);
 }
 
-std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec) {
-  if (spec.empty() || spec == "bytes") return std::make_unique<io::ByteTokenizer>();
+std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec, bool sentinels) {
+  if (spec.empty() || spec == "bytes") {
+    if (!sentinels) return std::make_unique<io::ByteTokenizer>();
+    // ByT5's layout in recast's byte tokenizer: bytes, </s>, then the
+    // sentinels with <extra_id_0> on top (T5's id = vocab_size - 1 - N).
+    std::vector<std::string> specials = {"</s>"};
+    for (int n = 99; n >= 0; --n) specials.push_back(msg("<extra_id_", n, ">"));
+    return std::make_unique<io::ByteTokenizer>(std::move(specials));
+  }
   if (!io::is_directory(spec)) {
     throw UsageError(msg("--tokenizer ", quote(spec),
-                         ": expected 'bytes' or a directory with vocab.json + merges.txt"));
+                         ": expected 'bytes' or a directory with vocab.json + merges.txt, "
+                         "spiece.model or tokenizer.model"));
   }
   return io::load_tokenizer(spec);
 }
@@ -156,8 +165,11 @@ std::unique_ptr<io::Tokenizer> tokenizer_from_option(const std::string& spec) {
 std::unique_ptr<io::Tokenizer> tokenizer_of_checkpoint(const std::string& dir) {
   const fs::path d(dir);
   if (!io::is_directory(dir)) return nullptr;
-  if (!fs::exists(d / "vocab.json") && !fs::exists(d / "tokenizer_config.json")) return nullptr;
-  return io::load_tokenizer(dir);
+  bool any = false;
+  for (const char* f : {"vocab.json", "tokenizer_config.json", "spiece.model", "tokenizer.model"}) {
+    any = any || fs::exists(d / f);
+  }
+  return any ? io::load_tokenizer(dir) : nullptr;
 }
 
 train::Normalization normalization_of(const nlohmann::json& config) {
@@ -213,6 +225,7 @@ const char* task_name(models::Task t) {
     case models::Task::CausalLM: return "a language model";
     case models::Task::ImageClassification: return "an image model";
     case models::Task::SequenceClassification: return "a text classifier";
+    case models::Task::Seq2SeqLM: return "an encoder-decoder language model";
   }
   return "?";
 }
@@ -238,10 +251,11 @@ namespace {
 
 // The facts of a data set a model is fitted to.
 models::DataFacts facts_of(train::DataKind kind, const io::Tokenizer* tok, const train::Dataset& data,
-                           int64_t seq_len) {
+                           int64_t seq_len, bool seq2seq) {
   models::DataFacts f;
   f.task = kind == train::DataKind::ImageClassification ? models::Task::ImageClassification
            : kind == train::DataKind::TextClassification ? models::Task::SequenceClassification
+           : seq2seq                                     ? models::Task::Seq2SeqLM
                                                          : models::Task::CausalLM;
   f.classes = data.classes();
   f.seq_len = seq_len;
@@ -296,12 +310,22 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
                       train::Normalization norm) {
   Prepared p;
   p.kind = train::sniff_data_kind(o.data);
+  const bool spans = o.objective == "span-corruption";
   if (p.kind != train::DataKind::ImageClassification) {
-    p.tokenizer = tok ? std::move(tok) : tokenizer_from_option(o.tokenizer);
+    p.tokenizer = tok ? std::move(tok) : tokenizer_from_option(o.tokenizer, spans);
   }
   p.norm = std::move(norm);
   RECAST_CHECK(o.split_seed >= 0, "prepare_data: the split seed is resolved by the verb");
   train::DataOptions d{o.data, "train", static_cast<uint64_t>(o.split_seed), o.seq_len, o.text_field};
+  if (spans) {
+    if (p.kind != train::DataKind::Text) {
+      throw UsageError(msg("--objective span-corruption: --data ", quote(o.data), " is ",
+                           train::data_kind_name(p.kind), " data; span corruption takes plain text"));
+    }
+    d.span_corruption = true;
+    d.noise_density = o.noise_density;
+    d.mean_span = o.mean_span;
+  }
   p.train = train::open_dataset(d, p.tokenizer.get(), &p.norm);
   if (p.kind != train::DataKind::Text && p.train->classes().size() == 1) {
     log::warn("--data ", o.data, " has a single class (", quote(p.train->classes()[0]),
@@ -389,11 +413,20 @@ int run_pretrain(TrainCli& o) {
   set_tf32(o.tf32);
   const auto& factory = models::factory_of(o.arch);
   if (o.split_seed < 0) o.split_seed = 0;
+  const bool seq2seq = std::find(factory.tasks.begin(), factory.tasks.end(),
+                                 models::Task::Seq2SeqLM) != factory.tasks.end();
+  if (o.objective.empty()) o.objective = seq2seq ? "span-corruption" : "lm";
+  if ((o.objective == "span-corruption") != seq2seq) {
+    throw UsageError(msg("--objective ", o.objective, ": ", o.arch, " is ",
+                         seq2seq ? "an encoder-decoder (span-corruption)"
+                                 : "not an encoder-decoder (span-corruption needs one: t5, mt5)"));
+  }
   Prepared p = prepare_data(o, nullptr, {});
   nlohmann::json config = nlohmann::json::object();
   config[factory.style == models::ConfigStyle::Transformers ? "model_type" : "architecture"] = o.arch;
-  fit_config_to_data(config, o.arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len), o.set,
-                     false, o.data);
+  fit_config_to_data(config, o.arch,
+                     facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len, seq2seq), o.set, false,
+                     o.data);
   models::apply_overrides(config, o.arch, o.set);
   if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
   at::manual_seed(o.seed);
@@ -405,6 +438,11 @@ int run_pretrain(TrainCli& o) {
   model->to(t.device);
   nlohmann::json manifest = base_manifest("pretrain", o, p);
   manifest["arch"] = o.arch;
+  manifest["objective"] = o.objective;
+  if (o.objective == "span-corruption") {
+    manifest["noise_density"] = o.noise_density;
+    manifest["mean_span"] = o.mean_span;
+  }
   manifest["set"] = o.set;
   train::train(*model, *p.train, p.val.get(), t, {manifest, p.tokenizer.get()});
   return 0;  // also when stopped by a signal (checkpoint saved; --resume continues)
@@ -436,7 +474,7 @@ int run_finetune(TrainCli& o) {
     }
   }
   // A classifier head sized for this data (timm num_classes / GPT-2 score).
-  fit_config_to_data(config, arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len), o.set,
+  fit_config_to_data(config, arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len, false), o.set,
                      true, o.data);
   if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
   models::apply_overrides(config, arch, o.set);
@@ -482,6 +520,15 @@ Runner add_pretrain(CLI::App& app) {
   auto* cmd = app.add_subcommand("pretrain", verb_info("pretrain").summary);
   cmd->add_option("--arch", o->arch, "Architecture (see 'recast list')")->required();
   cmd->add_option("--set", o->set, "Config value key=value (JSON value); repeatable");
+  cmd->add_option("--objective", o->objective,
+                  "lm (decoders) or span-corruption (encoder-decoders: T5's objective; "
+                  "--seq-len is the encoder's input length); default: the architecture's")
+      ->check(CLI::IsMember({"lm", "span-corruption"}));
+  cmd->add_option("--noise-density", o->noise_density,
+                  "Span corruption: fraction of tokens dropped (default 0.15)")
+      ->check(number_in(0, 1, true));
+  cmd->add_option("--mean-span", o->mean_span, "Span corruption: mean span length (default 3)")
+      ->check(number_in(1, 1e6));
   add_train_options(cmd, *o);
   return [o] { return with_out_dir(*o, [&] { return run_pretrain(*o); }); };
 }

@@ -49,6 +49,8 @@ inline constexpr VerbInfo kVerbs[] = {
      true},
     {"bench", "Measure: 'bench decode' = ms per token and memory after a long prompt", true},
     {"plot", "Draw training curves from a metrics.jsonl file as PNG or SVG", false},
+    {"tokenize", "Print the token ids of a text as a checkpoint's tokenizer gives them", true},
+    {"tokenizer", "'tokenizer train': train a SentencePiece tokenizer on a text data set", true},
 };
 
 const VerbInfo& verb_info(const std::string& name);
@@ -75,6 +77,8 @@ Runner add_generate(CLI::App& app);
 Runner add_convert(CLI::App& app);
 Runner add_bench(CLI::App& app);
 Runner add_analyze(CLI::App& app);
+Runner add_tokenize(CLI::App& app);
+Runner add_tokenizer(CLI::App& app);
 
 // A CLI11 check: the value is a finite number in [lo, hi] (lo excluded with
 // open_lo), integer-valued with `integer`; the message names what was

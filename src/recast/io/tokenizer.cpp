@@ -3,6 +3,7 @@
 #include "recast/core/error.h"
 #include "recast/io/file.h"
 #include "recast/io/json_strict.h"
+#include "recast/io/sentencepiece.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -123,8 +124,11 @@ std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
 }
 
 int64_t ByteTokenizer::eos_id() const {
-  auto it = std::find(specials_.begin(), specials_.end(), "<|endoftext|>");
-  return it == specials_.end() ? -1 : 256 + (it - specials_.begin());
+  for (const char* eos : {"<|endoftext|>", "</s>"}) {  // GPT-2's, T5's
+    auto it = std::find(specials_.begin(), specials_.end(), eos);
+    if (it != specials_.end()) return 256 + (it - specials_.begin());
+  }
+  return -1;
 }
 
 void ByteTokenizer::save(const std::string& dir) const {
@@ -309,6 +313,42 @@ void BpeTokenizer::save(const std::string& dir) const {
   write_file_atomic((d / "merges.txt").string(), text);
 }
 
+namespace {
+
+// What transformers adds around a SentencePiece model: T5Tokenizer
+// (spiece.model) appends </s> and has `extra_ids` sentinels (100 unless the
+// config says otherwise); LlamaTokenizer (tokenizer.model) prepends <s>
+// unless add_bos_token is false, and appends </s> only with add_eos_token.
+SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config, const char* file,
+                                                   const std::string& config_path) {
+  SentencePieceConventions c;
+  c.file = file;
+  const bool t5 = std::string(file) == "spiece.model";
+  auto flag = [&](const char* key, bool fallback) {
+    auto it = config.find(key);
+    if (it == config.end() || it->is_null()) return fallback;
+    if (!it->is_boolean()) throw Error(msg(config_path, ": ", key, ": expected true or false"));
+    return it->get<bool>();
+  };
+  c.add_bos = flag("add_bos_token", !t5);
+  c.add_eos = flag("add_eos_token", t5);
+  c.tokenizer_class = config.value("tokenizer_class", t5 ? "T5Tokenizer" : "LlamaTokenizer");
+  if (t5) {
+    c.extra_ids = 100;
+    auto it = config.find("extra_ids");
+    if (it != config.end() && !it->is_null()) {
+      if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > 100000) {
+        throw Error(msg(config_path, ": extra_ids: expected an integer in [0, 100000], found ",
+                        it->dump()));
+      }
+      c.extra_ids = it->get<int64_t>();
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   const std::filesystem::path d(dir);
   const auto vocab = (d / "vocab.json").string();
@@ -316,8 +356,14 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   if (is_regular_file(vocab) && is_regular_file(merges))
     return BpeTokenizer::from_files(vocab, merges);
   const auto config_path = (d / "tokenizer_config.json").string();
+  nlohmann::json config = nlohmann::json::object();
+  if (is_regular_file(config_path)) config = read_json_file(config_path);
+  for (const char* file : {"spiece.model", "tokenizer.model"}) {
+    const auto model = (d / file).string();
+    if (!is_regular_file(model)) continue;
+    return SentencePieceTokenizer::from_file(model, sentencepiece_conventions(config, file, config_path));
+  }
   if (is_regular_file(config_path)) {
-    const nlohmann::json config = read_json_file(config_path);
     if (config.is_object() && config.value("tokenizer_class", "") == "recast-bytes") {
       std::vector<std::string> specials;
       auto it = config.find("special_tokens");
@@ -333,8 +379,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
       return std::make_unique<ByteTokenizer>(std::move(specials));
     }
   }
-  throw Error(msg(dir, ": no tokenizer (looked for vocab.json + merges.txt, or a "
-                       "tokenizer_config.json of class recast-bytes)"));
+  throw Error(msg(dir, ": no tokenizer (looked for vocab.json + merges.txt, spiece.model, "
+                       "tokenizer.model, or a tokenizer_config.json of class recast-bytes)"));
 }
 
 }  // namespace recast::io

@@ -18,7 +18,12 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   // Throws recast::Error on text that is not valid UTF-8.
+  // The ids with the special tokens the checkpoint's tokenizer adds by
+  // default (T5: </s> appended; Llama: <s> prepended).
   virtual std::vector<int64_t> encode(std::string_view text) const = 0;
+  // The text's own ids, without them (--no-special); special tokens written
+  // in the text are still matched.
+  virtual std::vector<int64_t> encode_plain(std::string_view text) const { return encode(text); }
   // Throws on ids outside [0, vocab_size()).
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;

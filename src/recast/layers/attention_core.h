@@ -28,6 +28,9 @@ namespace recast::layers {
 // (T2R) layers. The model advances `tokens` after each forward.
 struct KVCache {
   std::vector<at::Tensor> keys, values;
+  // Encoder-decoder models: each layer's cross-attention keys and values,
+  // projected from the encoder's states once, on the first decoding step.
+  std::vector<at::Tensor> cross_keys, cross_values;
   std::vector<ops::LinearState> linear;
   int64_t tokens = 0;
   int64_t length() const { return tokens; }

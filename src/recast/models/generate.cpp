@@ -2,6 +2,7 @@
 
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/models/seq2seq.h"
 
 #include <torch/torch.h>
 
@@ -29,6 +30,72 @@ int64_t sample_token(const at::Tensor& raw, const SamplingOptions& o, at::Genera
   return at::multinomial(logits.softmax(0), 1, false, gen).item<int64_t>();
 }
 
+namespace {
+
+// Samples the next token of every row still going from logits [B, 1, V];
+// stopped rows get `pad`. Returns false when every row has stopped.
+bool sample_rows(const at::Tensor& logits, const GenerateOptions& o, at::Generator& gen,
+                 std::vector<bool>& done, std::vector<std::vector<int64_t>>& out,
+                 std::vector<int64_t>& next,
+                 const std::function<void(size_t, int64_t)>& on_token) {
+  const at::Tensor last = logits.select(1, logits.size(1) - 1).to(at::kCPU, at::kFloat);
+  bool going = false;
+  for (size_t r = 0; r < out.size(); ++r) {
+    next[r] = o.pad;
+    if (done[r]) continue;
+    const int64_t id = sample_token(last[static_cast<int64_t>(r)], o.sampling, gen);
+    if (id == o.eos && o.eos >= 0) {
+      done[r] = true;
+      continue;
+    }
+    next[r] = id;
+    out[r].push_back(id);
+    if (on_token) on_token(r, id);
+    going = true;
+  }
+  return going;
+}
+
+// Encoder-decoders: the prompts (right-padded, masked) go through the encoder
+// once; the decoder starts from decoder_start_token_id and extends its cache
+// one token per step, its cross-attention keys and values projected once.
+// Relative positions bound no context, so there is no window to slide.
+std::vector<std::vector<int64_t>> generate_seq2seq(
+    Seq2SeqModel& model, const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& o,
+    at::Generator& gen, const std::function<void(size_t, int64_t)>& on_token) {
+  const auto rows = static_cast<int64_t>(prompts.size());
+  const c10::Device device = model.device();
+  const auto ids_options = at::TensorOptions().dtype(at::kLong);
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  std::vector<int64_t> ids(static_cast<size_t>(rows) * longest, o.pad), real(ids.size(), 0);
+  bool padded = false;
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    std::copy(prompts[r].begin(), prompts[r].end(), ids.begin() + static_cast<ptrdiff_t>(r * longest));
+    std::fill_n(real.begin() + static_cast<ptrdiff_t>(r * longest), prompts[r].size(), 1);
+    padded = padded || prompts[r].size() != longest;
+  }
+  const auto s = static_cast<int64_t>(longest);
+  Batch enc;
+  enc.input_ids = at::tensor(ids, ids_options).view({rows, s}).to(device);
+  at::Tensor mask;
+  if (padded) mask = at::tensor(real, ids_options).view({rows, s}).to(device);
+  enc.attention_mask = mask;
+  const at::Tensor memory = model.encode(enc);
+  KVCache cache;
+  std::vector<std::vector<int64_t>> out(prompts.size());
+  std::vector<bool> done(prompts.size(), false);
+  std::vector<int64_t> next(prompts.size(), model.decoder_start_token());
+  for (int64_t step = 0; step < o.max_tokens; ++step) {
+    const at::Tensor step_ids = at::tensor(next, ids_options).view({rows, 1}).to(device);
+    const at::Tensor logits = model.decode(step_ids, memory, mask, nullptr, &cache);
+    if (!sample_rows(logits, o, gen, done, out, next, on_token)) break;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::vector<int64_t>> generate(Model& model,
                                            const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& o, at::Generator& gen,
@@ -36,6 +103,10 @@ std::vector<std::vector<int64_t>> generate(Model& model,
   RECAST_CHECK(!prompts.empty(), "generate: no prompt");
   for (size_t r = 0; r < prompts.size(); ++r) {
     RECAST_CHECK(!prompts[r].empty(), "generate: prompt ", r, " is empty");
+  }
+  if (model.task() == Task::Seq2SeqLM) {
+    torch::NoGradGuard no_grad;
+    return generate_seq2seq(static_cast<Seq2SeqModel&>(model), prompts, o, gen, on_token);
   }
   RECAST_CHECK(o.context == 0 || o.context >= 2, "generate: context ", o.context, " is too short");
   const auto rows = static_cast<int64_t>(prompts.size());
@@ -95,22 +166,8 @@ std::vector<std::vector<int64_t>> generate(Model& model,
       prefill(tails);
     }
     const at::Tensor logits = model.forward(batch, nullptr, &cache);
-    const at::Tensor last = logits.select(1, logits.size(1) - 1).to(at::kCPU, at::kFloat);
     std::vector<int64_t> next(prompts.size(), o.pad);
-    bool all_done = true;
-    for (size_t r = 0; r < prompts.size(); ++r) {
-      if (done[r]) continue;
-      const int64_t id = sample_token(last[static_cast<int64_t>(r)], o.sampling, gen);
-      if (id == o.eos && o.eos >= 0) {
-        done[r] = true;
-        continue;
-      }
-      next[r] = id;
-      out[r].push_back(id);
-      if (on_token) on_token(r, id);
-      all_done = false;
-    }
-    if (all_done) break;
+    if (!sample_rows(logits, o, gen, done, out, next, on_token)) break;
     batch.input_ids = at::tensor(next, ids_options).view({rows, 1}).to(device);
     if (padded) {
       mask = at::cat({mask, at::ones({rows, 1}, ids_options)}, 1);

@@ -6,7 +6,10 @@
 // position ids start at 0 on every row's first real token, so each row
 // continues exactly as it would alone (tested). Linear-attention layers
 // prefill with the chunked form and then run the recurrence: their memory per
-// sequence does not grow with its length.
+// sequence does not grow with its length. An encoder-decoder (T5) reads the
+// prompts with its encoder (right-padded, masked) and generates the decoder's
+// tokens from decoder_start_token_id, its cross-attention keys and values
+// projected once.
 
 #include "recast/models/model.h"
 

@@ -221,6 +221,7 @@ class Gpt2 : public Model {
         at::randint(c_.vocab, {batch_size, std::min<int64_t>(16, c_.positions)}, gen, at::kLong),
         {},
         {},
+        {},
         {}};
   }
 

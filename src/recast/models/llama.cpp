@@ -223,7 +223,7 @@ class Llama : public Model {
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
     auto gen = at::detail::createCPUGenerator(seed);
-    return {at::randint(c_.vocab, {batch_size, 16}, gen, at::kLong), {}, {}, {}};
+    return {at::randint(c_.vocab, {batch_size, 16}, gen, at::kLong), {}, {}, {}, {}};
   }
 
  private:

@@ -21,7 +21,7 @@
 
 namespace recast::models {
 
-enum class Task { CausalLM, ImageClassification, SequenceClassification };
+enum class Task { CausalLM, ImageClassification, SequenceClassification, Seq2SeqLM };
 
 // Inputs by the names transformers and timm use.
 struct Batch {
@@ -32,6 +32,9 @@ struct Batch {
   // As transformers' generate does for left-padded batches: the first real
   // token of every row is position 0.
   at::Tensor position_ids;
+  // Encoder-decoder models: the decoder's tokens, int64 [B, T_dec]
+  // (transformers' decoder_input_ids: the targets shifted right).
+  at::Tensor decoder_input_ids;
 };
 
 // Records intermediates whose stable names match a regex (`--dump`). Names are

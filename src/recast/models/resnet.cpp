@@ -163,7 +163,7 @@ class ResNet : public Model {
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
     auto gen = at::detail::createCPUGenerator(seed);
-    return {{}, {}, at::randn({batch_size, c_.in_chans, 64, 64}, gen, at::kFloat), {}};
+    return {{}, {}, at::randn({batch_size, c_.in_chans, 64, 64}, gen, at::kFloat), {}, {}};
   }
 
  private:

@@ -204,7 +204,7 @@ class Vit : public Model {
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {
     auto gen = at::detail::createCPUGenerator(seed);
-    return {{}, {}, at::randn({batch_size, c_.in_chans, c_.img_h, c_.img_w}, gen, at::kFloat), {}};
+    return {{}, {}, at::randn({batch_size, c_.in_chans, c_.img_h, c_.img_w}, gen, at::kFloat), {}, {}};
   }
 
  private:

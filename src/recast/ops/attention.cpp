@@ -69,6 +69,7 @@ at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const a
   at::Tensor kk = repeat_kv(k, groups);
   at::Tensor vv = repeat_kv(v, groups);
   at::Tensor scores = at::matmul(q, kk.transpose(-2, -1)) * s;
+  if (mask.bias.defined()) scores = scores + mask.bias.to(scores.scalar_type());
   at::Tensor m = additive_mask(mask, q.size(2), k.size(2), scores.scalar_type(), q.device());
   if (m.defined()) scores = scores + m;
   at::Tensor p = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
@@ -88,9 +89,13 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   at::Tensor kk = repeat_kv(k, groups);
   at::Tensor vv = repeat_kv(v, groups);
   const bool plain_causal = mask.causal && !mask.key_padding.defined() && mask.query_offset == 0 &&
-                            q.size(2) == k.size(2);
+                            q.size(2) == k.size(2) && !mask.bias.defined();
   at::Tensor m;
   if (!plain_causal) m = additive_mask(mask, q.size(2), k.size(2), q.scalar_type(), q.device());
+  if (mask.bias.defined()) {
+    const at::Tensor bias = mask.bias.to(q.scalar_type());
+    m = m.defined() ? m + bias : bias;
+  }
   return at::scaled_dot_product_attention(q, kk, vv,
                                           m.defined() ? std::optional<at::Tensor>(m) : std::nullopt,
                                           0.0, plain_causal, scale);

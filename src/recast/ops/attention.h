@@ -17,6 +17,9 @@ struct AttentionMask {
   // Queries sit at absolute positions [offset, offset + Tq) among the keys
   // (KV-cache decoding); only used with `causal`.
   int64_t query_offset = 0;
+  // Added to the scores before the softmax, after any scaling: [B or 1,
+  // H, Tq, Tk] (T5's relative position bias). Undefined: none.
+  at::Tensor bias;
 };
 
 // q: [B, H, Tq, d]; k: [B, Hkv, Tk, d], v: [B, Hkv, Tk, dv] (dv may differ from
@@ -34,7 +37,7 @@ at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const a
                                std::optional<double> scale = std::nullopt);
 
 // [B, 1, Tq, Tk] additive mask (0 or lowest) for `mask`, or an undefined
-// tensor when nothing is masked.
+// tensor when nothing is masked. mask.bias is not part of it.
 at::Tensor additive_mask(const AttentionMask& mask, int64_t tq, int64_t tk, at::ScalarType dtype,
                          at::Device device);
 

@@ -1,5 +1,7 @@
 #include "recast/train/data.h"
 
+#include "recast/train/span_corruption.h"
+
 #include "recast/core/error.h"
 #include "recast/core/log.h"
 #include "recast/io/file.h"
@@ -91,37 +93,59 @@ std::string with_commas(int64_t n) {
 
 // ---------------------------------------------------------------- language modelling
 
+}  // namespace
+
+std::vector<io::Document> text_documents(const std::string& spec, const std::string& field) {
+  std::string source = spec;
+  if (spec == "sotu") source = named_dir(spec);
+  if (spec == "moby-dick") source = (fs::path(named_dir(spec)) / "data.txt").string();
+  return io::read_text_documents(source, field);
+}
+
+TextTokens text_split_tokens(const std::vector<io::Document>& docs, const DataOptions& o,
+                             const io::Tokenizer& tok) {
+  TextTokens out;
+  const auto n_docs = static_cast<int64_t>(docs.size());
+  // Many documents: split by document. Few: split one token stream (tail = test).
+  out.by_document = n_docs >= 20 || o.split == "all";
+  std::vector<int64_t> chosen;
+  if (out.by_document) {
+    chosen = split_indices(n_docs, o.seed, 0.05, 0.05, o.split);
+  } else {
+    chosen.resize(static_cast<size_t>(n_docs));
+    std::iota(chosen.begin(), chosen.end(), 0);
+  }
+  const int64_t eos = tok.eos_id();
+  for (int64_t d : chosen) {
+    // The text's own ids (a T5 tokenizer's </s> is the separator below).
+    const auto ids = tok.encode_plain(docs[static_cast<size_t>(d)].text);
+    out.tokens.insert(out.tokens.end(), ids.begin(), ids.end());
+    if (eos >= 0) out.tokens.push_back(static_cast<int32_t>(eos));
+  }
+  if (!out.by_document) {
+    const auto n = static_cast<int64_t>(out.tokens.size());
+    const int64_t test_start = n - n / 20, val_start = test_start - n / 20;
+    int64_t lo = 0, hi = val_start;
+    if (o.split == "val") lo = val_start, hi = test_start;
+    if (o.split == "test") lo = test_start, hi = n;
+    out.tokens = std::vector<int32_t>(out.tokens.begin() + lo, out.tokens.begin() + hi);
+  }
+  out.documents = static_cast<int64_t>(chosen.size());
+  return out;
+}
+
+namespace {
+
 class TextLmDataset : public Dataset {
  public:
   TextLmDataset(const std::string& name, const std::vector<io::Document>& docs,
                 const DataOptions& o, const io::Tokenizer& tok)
       : seq_len_(o.seq_len) {
     RECAST_CHECK(seq_len_ >= 1, "--seq-len: expected >= 1, found ", seq_len_);
-    const auto n_docs = static_cast<int64_t>(docs.size());
-    // Many documents: split by document. Few: split one token stream (tail = test).
-    const bool by_document = n_docs >= 20 || o.split == "all";
-    std::vector<int64_t> chosen;
-    if (by_document) {
-      chosen = split_indices(n_docs, o.seed, 0.05, 0.05, o.split);
-    } else {
-      chosen.resize(static_cast<size_t>(n_docs));
-      std::iota(chosen.begin(), chosen.end(), 0);
-    }
-    const int64_t eos = tok.eos_id();
-    for (int64_t d : chosen) {
-      const auto ids = tok.encode(docs[static_cast<size_t>(d)].text);
-      tokens_.insert(tokens_.end(), ids.begin(), ids.end());
-      if (eos >= 0) tokens_.push_back(static_cast<int32_t>(eos));
-    }
-    if (!by_document) {
-      const auto n = static_cast<int64_t>(tokens_.size());
-      const int64_t test_start = n - n / 20, val_start = test_start - n / 20;
-      int64_t lo = 0, hi = val_start;
-      if (o.split == "val") lo = val_start, hi = test_start;
-      if (o.split == "test") lo = test_start, hi = n;
-      tokens_ = std::vector<int32_t>(tokens_.begin() + lo, tokens_.begin() + hi);
-    }
-    docs_ = static_cast<int64_t>(chosen.size());
+    TextTokens text = text_split_tokens(docs, o, tok);
+    tokens_ = std::move(text.tokens);
+    const bool by_document = text.by_document;
+    docs_ = text.documents;
     windows_ = tokens_.size() > 1 ? (static_cast<int64_t>(tokens_.size()) - 1) / seq_len_ : 0;
     if (windows_ == 0) {
       throw Error(msg("data ", quote(name), " (", o.split, "): empty data set (", tokens_.size(),
@@ -328,7 +352,8 @@ const io::Tokenizer& need_tokenizer(const io::Tokenizer* tok, const std::string&
 
 models::Batch to_device(const models::Batch& batch, c10::Device device, bool non_blocking) {
   models::Batch out = batch;
-  for (at::Tensor* t : {&out.input_ids, &out.attention_mask, &out.pixel_values}) {
+  for (at::Tensor* t : {&out.input_ids, &out.attention_mask, &out.pixel_values, &out.position_ids,
+                        &out.decoder_input_ids}) {
     if (t->defined()) *t = t->to(device, non_blocking);
   }
   return out;
@@ -421,11 +446,8 @@ std::unique_ptr<Dataset> open_dataset(const DataOptions& o, const io::Tokenizer*
     }
     case DataKind::Text: {
       const auto& tok = need_tokenizer(tokenizer, spec);
-      std::string source = spec;
-      if (spec == "sotu") source = named_dir(spec);
-      if (spec == "moby-dick") source = (fs::path(named_dir(spec)) / "data.txt").string();
-      return std::make_unique<TextLmDataset>(spec, io::read_text_documents(source, o.text_field),
-                                             o, tok);
+      if (o.span_corruption) return open_span_corruption(spec, text_documents(spec, o.text_field), o, tok);
+      return std::make_unique<TextLmDataset>(spec, text_documents(spec, o.text_field), o, tok);
     }
   }
   throw Error("unreachable");

@@ -6,6 +6,7 @@
 // seeded permutations epoch after epoch and whose position can be saved and
 // restored (exact resume).
 
+#include "recast/io/text_data.h"
 #include "recast/io/tokenizer.h"
 #include "recast/models/model.h"
 
@@ -25,8 +26,14 @@ struct DataOptions {
   std::string spec;             // named set or path (file, directory, glob)
   std::string split = "train";  // train | val | test | all
   uint64_t seed = 0;            // the split's seed (not the shuffling's)
-  int64_t seq_len = 128;        // LM window / classification truncation
+  int64_t seq_len = 128;        // LM window / classification truncation / encoder input
   std::string text_field = "text";
+  // Text as T5's span corruption (train/span_corruption.h) for an
+  // encoder-decoder: seq_len encoder tokens per example, the decoder's
+  // targets as long as T5's random_spans_helper makes them.
+  bool span_corruption = false;
+  double noise_density = 0.15, mean_span = 3.0;
+  int64_t decoder_start = 0;  // decoder_input_ids = [start, targets[:-1]]
 };
 
 // A batch: model inputs plus targets ([B, T] next tokens for LMs, [B] labels
@@ -37,6 +44,20 @@ struct Example {
   int64_t tokens = 0;  // target tokens (LMs) or examples (classifiers)
   int64_t bytes = 0;   // bytes of text the LM targets stand for (bits per byte)
 };
+
+// The documents of a text SPEC: a named set (sotu, moby-dick) or a path.
+std::vector<io::Document> text_documents(const std::string& spec, const std::string& field = "text");
+
+// A text split as one token stream: each document's own ids (no BOS / EOS
+// the tokenizer adds) followed by EOS. Twenty documents or more are split by
+// document (5 % val, 5 % test, by seed), fewer by position (the tail).
+struct TextTokens {
+  std::vector<int32_t> tokens;
+  int64_t documents = 0;
+  bool by_document = true;
+};
+TextTokens text_split_tokens(const std::vector<io::Document>& docs, const DataOptions& options,
+                             const io::Tokenizer& tokenizer);
 
 // The batch's tensors on `device` (pixel values in `dtype` when given).
 models::Batch to_device(const models::Batch& batch, c10::Device device, bool non_blocking = false);

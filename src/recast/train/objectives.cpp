@@ -45,8 +45,10 @@ at::Tensor distillation_kl(const at::Tensor& student_logits, const at::Tensor& t
 }
 
 at::Tensor TaskObjective::operator()(const at::Tensor& logits, const Example& ex) const {
-  at::Tensor task_loss = task_ == models::Task::CausalLM ? causal_lm_loss(logits, ex.labels)
-                                                         : classification_loss(logits, ex.labels);
+  // Encoder-decoders: the decoder's logits against the targets, position by position.
+  const bool tokens = task_ == models::Task::CausalLM || task_ == models::Task::Seq2SeqLM;
+  at::Tensor task_loss =
+      tokens ? causal_lm_loss(logits, ex.labels) : classification_loss(logits, ex.labels);
   if (!teacher_) return task_loss;
   at::Tensor teacher_logits;
   {

@@ -3,8 +3,12 @@
 #include "recast/core/error.h"
 #include "recast/train/data.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <string>
 
 namespace recast::train {
 namespace {
@@ -122,6 +126,101 @@ std::pair<int64_t, int64_t> span_corruption_lengths(int64_t inputs_length, const
     --targets;
   }
   return {tokens, targets};
+}
+
+namespace {
+
+class SpanCorruptionDataset : public Dataset {
+ public:
+  SpanCorruptionDataset(const std::string& name, const std::vector<io::Document>& docs,
+                        const DataOptions& o, const io::Tokenizer& tok)
+      : options_{o.noise_density, o.mean_span}, vocab_(tok.vocab_size()), eos_(tok.eos_id()),
+        start_(o.decoder_start) {
+    raw_ = span_corruption_lengths(o.seq_len, options_).first;
+    const SpanCounts c = span_counts(raw_, options_);
+    inputs_ = raw_ - c.noise + c.spans + (eos_ >= 0 ? 1 : 0);
+    targets_ = c.noise + c.spans + (eos_ >= 0 ? 1 : 0);
+    // The sentinels must be the tokenizer's own top ids.
+    for (int64_t i = 0; i < c.spans; ++i) {
+      const int64_t id = vocab_ - 1 - i;
+      if (id < 0 || !tok.is_special(id) || tok.decode({id}) != msg("<extra_id_", i, ">")) {
+        throw Error(msg("span corruption: ", c.spans, " spans per example need the sentinels <extra_id_0> .. <extra_id_",
+                        c.spans - 1, "> at the top of the vocabulary; the ", tok.kind(),
+                        " tokenizer has ", id >= 0 ? quote(tok.decode({id})) : std::string("nothing"),
+                        " at id ", id));
+      }
+    }
+    RECAST_CHECK(start_ >= 0 && start_ < vocab_, "span corruption: decoder start token ", start_,
+                 " is outside the vocabulary [0, ", vocab_, ")");
+    TextTokens text = text_split_tokens(docs, o, tok);
+    tokens_ = std::move(text.tokens);
+    windows_ = static_cast<int64_t>(tokens_.size()) / raw_;
+    if (windows_ == 0) {
+      throw Error(msg("data ", quote(name), " (", o.split, "): empty data set (", tokens_.size(),
+                      " tokens, fewer than the ", raw_, " one example of --seq-len ", o.seq_len,
+                      " corrupts)"));
+    }
+    // Seeds differ by split so that no two splits share masks.
+    seed_ = o.seed * 1000003 + std::hash<std::string>{}(o.split);
+    byte_len_.resize(static_cast<size_t>(vocab_));
+    for (int64_t id = 0; id < vocab_; ++id) {
+      byte_len_[static_cast<size_t>(id)] =
+          tok.is_special(id) ? 0 : static_cast<int32_t>(tok.decode({id}).size());
+    }
+    describe_ = msg(name, " (", o.split, "): ", windows_,
+                    " span-corruption examples (", raw_, " tokens -> ", inputs_, " inputs, ", targets_,
+                    " targets; noise density ", options_.noise_density, ", mean span ",
+                    options_.mean_span, "; ", text.documents, " documents, ", tok.kind(), " tokenizer)");
+  }
+
+  DataKind kind() const override { return DataKind::Text; }
+  int64_t size() const override { return windows_; }
+  std::string describe() const override { return describe_; }
+
+  Example batch(const std::vector<int64_t>& indices) const override {
+    const auto b = static_cast<int64_t>(indices.size());
+    at::Tensor x = at::empty({b, inputs_}, at::kLong), y = at::empty({b, targets_}, at::kLong);
+    Example ex;
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t w = indices[static_cast<size_t>(r)];
+      RECAST_CHECK(w >= 0 && w < windows_, "example ", w, " out of range [0, ", windows_, ")");
+      const std::vector<int64_t> raw(tokens_.begin() + w * raw_, tokens_.begin() + (w + 1) * raw_);
+      const CorruptedSpans c =
+          corrupt_spans(raw, random_spans_noise_mask(raw_, options_, seed_ + static_cast<uint64_t>(w)),
+                        vocab_, eos_);
+      RECAST_CHECK(static_cast<int64_t>(c.inputs.size()) == inputs_ &&
+                       static_cast<int64_t>(c.targets.size()) == targets_,
+                   "span corruption: lengths ", c.inputs.size(), " / ", c.targets.size(), ", expected ",
+                   inputs_, " / ", targets_);
+      std::copy(c.inputs.begin(), c.inputs.end(), x.data_ptr<int64_t>() + r * inputs_);
+      std::copy(c.targets.begin(), c.targets.end(), y.data_ptr<int64_t>() + r * targets_);
+      for (const int64_t t : c.targets) ex.bytes += byte_len_[static_cast<size_t>(t)];
+    }
+    ex.inputs.input_ids = x;
+    at::Tensor dec = at::empty_like(y);
+    dec.select(1, 0).fill_(start_);
+    dec.narrow(1, 1, targets_ - 1).copy_(y.narrow(1, 0, targets_ - 1));
+    ex.inputs.decoder_input_ids = dec;
+    ex.labels = y;
+    ex.tokens = b * targets_;
+    return ex;
+  }
+
+ private:
+  SpanCorruptionOptions options_;
+  int64_t vocab_, eos_, start_, raw_ = 0, inputs_ = 0, targets_ = 0, windows_ = 0;
+  uint64_t seed_ = 0;
+  std::vector<int32_t> tokens_, byte_len_;
+  std::string describe_;
+};
+
+}  // namespace
+
+std::unique_ptr<Dataset> open_span_corruption(const std::string& name,
+                                              const std::vector<io::Document>& docs,
+                                              const DataOptions& options,
+                                              const io::Tokenizer& tokenizer) {
+  return std::make_unique<SpanCorruptionDataset>(name, docs, options, tokenizer);
 }
 
 }  // namespace recast::train

@@ -20,7 +20,10 @@
 // The shuffles draw from recast's seeded permutation (train/data.h), not
 // TensorFlow's generator: the same distribution, not the same draws.
 
+#include "recast/train/data.h"
+
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -52,5 +55,20 @@ CorruptedSpans corrupt_spans(const std::vector<int64_t>& tokens, const std::vect
 // inputs fill `inputs_length` exactly (EOS included), and the targets'
 // length then (512 -> 568 raw tokens, 114 targets at the defaults).
 std::pair<int64_t, int64_t> span_corruption_lengths(int64_t inputs_length, const SpanCorruptionOptions& o);
+
+// The text split of `options` as span-corruption examples for an
+// encoder-decoder: the token stream (text_split_tokens) cut into windows of
+// the raw length random_spans_helper gives for options.seq_len encoder
+// tokens, each corrupted with sentinels from the tokenizer's top id down
+// (the tokenizer must spell them <extra_id_N> there: T5's SentencePiece
+// models, or the byte tokenizer recast builds for encoder-decoders).
+// Example: input_ids [B, inputs], decoder_input_ids = [decoder_start,
+// targets[:-1]], labels = targets [B, targets]. A window's noise mask is a
+// function of the split seed and the window's index alone, so an epoch, a
+// resumed run and an evaluation see the same corruption of the same text.
+std::unique_ptr<Dataset> open_span_corruption(const std::string& name,
+                                              const std::vector<io::Document>& docs,
+                                              const DataOptions& options,
+                                              const io::Tokenizer& tokenizer);
 
 }  // namespace recast::train

@@ -253,7 +253,7 @@ void Trainer::log_window(const StepStats& s, double lr) {
   const double window_s = std::chrono::duration<double>(now - window_start_).count();
   last_throughput_ = window_s > 0 ? static_cast<double>(window_tokens_) / window_s : 0.0;
   if (step_ % o_.log_every != 0 && step_ != o_.steps) return;
-  const bool lm = model_.task() == models::Task::CausalLM;
+  const bool lm = (model_.task() == models::Task::CausalLM || model_.task() == models::Task::Seq2SeqLM);
   nlohmann::json line = {{"step", step_},
                          {"split", "train"},
                          {"loss", window_loss_ / static_cast<double>(window_steps_)},
@@ -345,7 +345,7 @@ TrainResult Trainer::run() {
   bar.set_position(step_);
   result_.step = step_;
   model_.train();
-  const char* throughput_name = model_.task() == models::Task::CausalLM ? "tok/s" : "ex/s";
+  const char* throughput_name = (model_.task() == models::Task::CausalLM || model_.task() == models::Task::Seq2SeqLM) ? "tok/s" : "ex/s";
   started_ = window_start_ = std::chrono::steady_clock::now();
   while (step_ < o_.steps) {
     const double lr = cosine_lr(step_, o_.steps, o_.warmup, o_.lr, o_.min_lr_ratio);
