@@ -19,7 +19,10 @@
 #      reconstruction error); the same with data-aware factors (--whiten, the
 #      output errors beside the plain SVD's), a short fine-tune with Frobenius
 #      decay, perplexity before / after;
-#   7. plot the training curves (PNG + SVG), inspect the checkpoint, and show a pickle file
+#   7. train a SentencePiece tokenizer (T5's layout, 100 sentinels) on State of
+#      the Union and pretrain a small T5 with span corruption (T5's objective):
+#      held-out loss, and the model filling the sentinels of a corrupted input;
+#   8. plot the training curves (PNG + SVG), inspect the checkpoint, and show a pickle file
 #      being refused.
 # The models stay in out/demo/ for the recasts to start from.
 set -euo pipefail
@@ -34,6 +37,7 @@ TCNN_STEPS=${TCNN_STEPS:-60}
 FACTORIZE_STEPS=${FACTORIZE_STEPS:-60}
 VIT_STEPS=${VIT_STEPS:-400}
 REFINER_STEPS=${REFINER_STEPS:-60}
+T5_STEPS=${T5_STEPS:-400}
 started=$SECONDS
 # Each step's heading says how long the demo has run so far (m:ss).
 step() {
@@ -159,6 +163,21 @@ row gpt-sotu-f50 "+0" --data sotu --split test --max-batches 50
 row gpt-sotu-w50 "+0" --data sotu --split test --max-batches 50
 row gpt-sotu-w50-ft "+$FACTORIZE_STEPS" --data sotu --split test --max-batches 50
 
+step "T5: a SentencePiece tokenizer (1000 pieces + 100 sentinels) trained on State of the Union"
+"$recast" tokenizer train --data sotu --vocab-size 1000 --out "$out/spm-sotu"
+"$recast" tokenize --model "$out/spm-sotu" --text "The state of the Union <extra_id_0> strong" --json
+
+step "T5 (2 + 2 blocks x 128) pretrained with span corruption on State of the Union: $T5_STEPS steps"
+"$recast" pretrain --arch t5 --set d_model=128 --set d_kv=32 --set num_heads=4 --set d_ff=256 \
+  --set num_layers=2 --tokenizer "$out/spm-sotu" --data sotu --seq-len 64 --batch-size 16 \
+  --steps "$T5_STEPS" --lr 3e-3 --eval-every 200 --eval-batches 5 --save-every 200 --out "$out/t5-sotu"
+"$recast" eval --model "$out/t5-sotu" --data sotu --split test --max-batches 20
+echo "corrupted input: The state of the <extra_id_0> is strong, and <extra_id_1> of the United States"
+echo "its target:      <extra_id_0> Union <extra_id_1> the people"
+printf 'the prediction:  '
+"$recast" generate --model "$out/t5-sotu" --temperature 0 --max-tokens 12 \
+  --prompt "The state of the <extra_id_0> is strong, and <extra_id_1> of the United States"
+
 step "training curves -> PNG and SVG (cairo), beside each metrics.jsonl"
 "$recast" plot "$out/gpt-sotu/metrics.jsonl"
 "$recast" plot "$out/resnet-fmnist/metrics.jsonl"
@@ -186,6 +205,7 @@ cat <<EOF
   T-CNN (exact at init), fine-tuned         $out/resnet-fmnist-tcnn, $out/resnet-fmnist-tcnn-ft (attention.png)
   ViT on Fashion-MNIST, refined (Refiner)   $out/vit-fmnist, $out/vit-fmnist-refined, $out/vit-fmnist-refined-ft (attention.png)
   factorized to 50% (SVD / data-aware)      $out/gpt-sotu-f50, $out/gpt-sotu-w50, $out/gpt-sotu-w50-ft
+  T5 by span corruption, its tokenizer      $out/t5-sotu, $out/spm-sotu
   each converted model's per-layer error    recast_manifest.json in its directory
 Next: 'recast eval --model DIR --data ...', 'recast generate --model DIR --prompt ...',
 'recast plot DIR/metrics.jsonl -o curves.png'; docs/ holds the guides.

@@ -132,7 +132,9 @@ int run_generate(const GenerateCli& o) {
       printed = upto;
     }
   };
-  if (streaming) {
+  // A decoder continues its prompt, which is printed first; an
+  // encoder-decoder's output is a sequence of its own.
+  if (streaming && !seq2seq) {
     const std::string head = tok->decode(prompts[0]);
     std::fwrite(head.data(), 1, head.size(), stdout);
   }
@@ -152,7 +154,8 @@ int run_generate(const GenerateCli& o) {
       if (tok) j["text"] = tok->decode(generated[r]);
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else if (tok) {
-      std::cout << (r ? "\n" : "") << tok->decode(prompts[r]) << tok->decode(generated[r]) << "\n";
+      std::cout << (r ? "\n" : "") << (seq2seq ? std::string() : tok->decode(prompts[r]))
+                << tok->decode(generated[r]) << "\n";
     } else {
       for (size_t i = 0; i < generated[r].size(); ++i) {
         std::cout << (i ? "," : "") << generated[r][i];
