@@ -1,5 +1,12 @@
 #!/usr/bin/env python3
-"""Training throughput of transformers' GPT2LMHeadModel in eager PyTorch.
+"""Training throughput of transformers' GPT2LMHeadModel (or, with --family t5,
+T5ForConditionalGeneration) in eager PyTorch.
+
+--family t5: T5Config(d_model=--width, d_kv=width/heads, d_ff=4*width,
+num_layers=num_decoder_layers=--layers, relu, tied head, dropout 0); a step
+takes random input_ids [B, --seq-len] and labels [B, --target-len] (t5-small's
+span-corruption shape: 512 / 114), and tokens/s counts target tokens, as
+recast's trainer does for span corruption.
 
 The reference number for recast's own trainer: the same GPT-2 shape, batch,
 optimizer and step (forward + loss, backward, grad-norm clip, AdamW step,
@@ -58,6 +65,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="write the results as a JSON object here")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--family", choices=["gpt2", "t5"], default="gpt2")
+    p.add_argument("--target-len", type=int, default=114, help="t5: decoder tokens per example")
     args = p.parse_args()
     if args.steps < 1 or args.warmup_steps < 0:
         p.error("need --steps >= 1 and --warmup-steps >= 0")
@@ -65,6 +74,15 @@ def parse_args():
 
 
 def build_model(args, device):
+    if args.family == "t5":
+        cfg = transformers.T5Config(vocab_size=args.vocab, d_model=args.width,
+                                    d_kv=args.width // args.heads, d_ff=4 * args.width,
+                                    num_layers=args.layers, num_decoder_layers=args.layers,
+                                    num_heads=args.heads, dropout_rate=0.0,
+                                    feed_forward_proj="relu", decoder_start_token_id=0)
+        model = transformers.T5ForConditionalGeneration(cfg).float().to(device)
+        model.train()
+        return model, getattr(model.config, "_attn_implementation", None) or "eager"
     kw = dict(n_layer=args.layers, n_embd=args.width, n_head=args.heads,
               vocab_size=args.vocab, n_positions=max(args.seq_len, 1024),
               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -87,7 +105,7 @@ def param_groups(model, weight_decay):
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_embedding = ".wte." in name or ".wpe." in name
+        is_embedding = ".wte." in name or ".wpe." in name or name == "shared.weight"
         (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
@@ -131,10 +149,15 @@ def main():
     gen.manual_seed(args.seed)
     B, T = args.batch_size, args.seq_len
 
+    targets = args.target_len if args.family == "t5" else T
+
     def step():
         input_ids = torch.randint(0, args.vocab, (B, T), device=device, generator=gen)
+        labels = input_ids
+        if args.family == "t5":
+            labels = torch.randint(0, args.vocab, (B, targets), device=device, generator=gen)
         with autocast():
-            loss = model(input_ids, labels=input_ids).loss
+            loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip)
@@ -156,13 +179,13 @@ def main():
     seconds = time.perf_counter() - t0
 
     result = {
-        "bench": "hf_gpt2_train",
+        "bench": f"hf_{args.family}_train",
         "args": vars(args),
-        "tokens_per_s": B * T * args.steps / seconds,
+        "tokens_per_s": B * targets * args.steps / seconds,
         "ms_per_step": 1000.0 * seconds / args.steps,
         "seconds": seconds,
         "steps": args.steps,
-        "tokens_per_step": B * T,
+        "tokens_per_step": B * targets,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
         "params": n_params,
         "params_decay": sum(p.numel() for p in groups[0]["params"]),
@@ -181,7 +204,7 @@ def main():
     }
 
     mem = result["peak_memory_bytes"]
-    print(f"hf GPT2LMHeadModel train {args.layers}x{args.width} h{args.heads} "
+    print(f"hf {type(model).__name__} train {args.layers}x{args.width} h{args.heads} "
           f"V{args.vocab} B{B} T{T} {args.dtype}: {result['tokens_per_s']:.0f} tok/s, "
           f"{result['ms_per_step']:.2f} ms/step, "
           f"peak {'n/a' if mem is None else f'{mem / 2**30:.2f} GiB'}, "

@@ -171,7 +171,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, T5Reference, ::testing::ValuesIn(kT5),
 // carry the scale), so the untied layout is rebuilt here from t5_v11 with
 // lm_head = a copy of shared: the same logits.
 TEST(T5, ReadsTransformers4ConfigsAndUntiedHeads) {
-  for (const std::string name : kT5) {
+  for (const std::string& name : kT5) {
     SCOPED_TRACE(name);
     const std::string src = kFixtures + "/" + name;
     nlohmann::json config = io::read_json_file(src + "/config.json");
@@ -194,6 +194,31 @@ TEST(T5, ReadsTransformers4ConfigsAndUntiedHeads) {
     torch::NoGradGuard no_grad;
     EXPECT_LE(relative_error(model->forward(f.batch), f.outputs.tensor("logits")), 1e-5);
   }
+}
+
+// mT5 as transformers 5.17 saves it: model_type mt5, tie_word_embeddings true,
+// no scale_decoder_outputs, and no rescale in its forward (found on the GPU
+// machine: the first mt5 check was off by 0.82 until this). t5_v11 is that
+// layout's arithmetic: tied, unscaled, gated-gelu.
+TEST(T5, Mt5SavedByTransformers5IsTiedAndUnscaled) {
+  const std::string src = kFixtures + "/t5_v11";
+  nlohmann::json config = io::read_json_file(src + "/config.json");
+  config.erase("scale_decoder_outputs");
+  config["model_type"] = "mt5";
+  config["architectures"] = {"MT5ForConditionalGeneration"};
+  TempDir dir;
+  write_bytes(dir.file("config.json"), config.dump());
+  io::save_weights(dir.path(), io::TensorStore::open(src + "/model.safetensors").load_all(true));
+  auto model = models::load_model(dir.path());
+  EXPECT_EQ(model->arch(), "mt5");
+  T5Fixture f = open_fixture("t5_v11");
+  torch::NoGradGuard no_grad;
+  EXPECT_LE(relative_error(model->forward(f.batch), f.outputs.tensor("logits")), 1e-5);
+  // A 4.x mt5 config that ties its head was scaled, as T5 was.
+  config["transformers_version"] = "4.46.0";
+  write_bytes(dir.file("config.json"), config.dump());
+  EXPECT_GT(relative_error(models::load_model(dir.path())->forward(f.batch), f.outputs.tensor("logits")),
+            1e-2);
 }
 
 // transformers' _relative_position_bucket worked by hand. Bidirectional, 32

@@ -9,7 +9,8 @@
 // all its layers, feed-forward "relu" (T5 v1.0) or gated ("gated-gelu":
 // gelu_new, v1.1 / flan-t5 / mT5; "gated-silu"), and the decoder output
 // rescaled by d_model^-0.5 before a tied head (transformers 5.x saves this
-// as scale_decoder_outputs; 4.x configs imply it by tie_word_embeddings).
+// as scale_decoder_outputs; 4.x configs imply it by tie_word_embeddings; mT5
+// saved by 5.x is tied and unscaled).
 // Dropout is not applied (recast trains without it, as T5 v1.1 pretrains).
 
 #include "recast/core/error.h"
@@ -290,6 +291,18 @@ ops::AttentionMask padding_mask(const at::Tensor& mask, const at::Tensor& ids, c
   return m;
 }
 
+// Without scale_decoder_outputs: transformers 4.x scaled the decoder output
+// exactly when the head was tied (T5 and mT5 alike); 5.x writes the key for T5
+// and never scales mT5 (MT5Config forces a tied head and MT5's forward has no
+// rescale), so an mT5 config saved by 5.x is unscaled.
+bool implied_scale(const std::string& arch, const nlohmann::json& config, bool tied) {
+  if (arch != "mt5") return tied;
+  auto it = config.find("transformers_version");
+  const bool v5 = it != config.end() && it->is_string() && !it->get<std::string>().empty() &&
+                  it->get<std::string>()[0] >= '5';
+  return tied && !v5;
+}
+
 class T5 : public Seq2SeqModel {
  public:
   T5(const std::string& arch, const nlohmann::json& config, const ConfigSpec& spec)
@@ -309,7 +322,8 @@ class T5 : public Seq2SeqModel {
     const auto [gated, act] = t5_feed_forward(v.s("feed_forward_proj"));
     c_.gated = gated, c_.act = act;
     c_.tied = v.b("tie_word_embeddings");
-    c_.scale_output = v.has("scale_decoder_outputs") ? v.b("scale_decoder_outputs") : c_.tied;
+    c_.scale_output = v.has("scale_decoder_outputs") ? v.b("scale_decoder_outputs")
+                                                     : implied_scale(arch, config, c_.tied);
     c_.pad = v.i("pad_token_id");
     c_.eos = v.has("eos_token_id") ? v.i("eos_token_id") : -1;
     c_.start = v.has("decoder_start_token_id") ? v.i("decoder_start_token_id") : c_.pad;
