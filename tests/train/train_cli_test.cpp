@@ -337,6 +337,39 @@ TEST_F(TrainCli, T5SpanCorruptionTrainsResumesExactlyEvaluatesAndGenerates) {
     EXPECT_TRUE(g.contains("text"));
   }
   EXPECT_EQ(rows, 2);
+  // Text to text: input / target pairs and labelled text (the label's name is
+  // the target); eval reports the loss and the exact-match accuracy of the
+  // generated targets.
+  {
+    std::string pairs, labelled;
+    const char* words[] = {"union", "people", "strong", "fail"};
+    for (int i = 0; i < 60; ++i) {
+      const std::string w = words[i % 4];
+      pairs += nlohmann::json({{"input", "repeat: " + w}, {"target", w}}).dump() + "\n";
+      labelled += nlohmann::json({{"text", "we shall " + w}, {"label", i % 2 ? "odd" : "even"}}).dump() + "\n";
+    }
+    write_bytes(t.file("pairs.jsonl"), pairs);
+    write_bytes(t.file("labelled.jsonl"), labelled);
+  }
+  for (const char* data : {"pairs.jsonl", "labelled.jsonl"}) {
+    SCOPED_TRACE(data);
+    const std::string out = t.file(std::string("ft-") + data);
+    Result ft = run({"finetune", "--model", t.file("ref"), "--data", t.file(data), "--steps", "20",
+                     "--batch-size", "8", "--lr", "3e-3", "--threads", "2", "--no-progress", "-q",
+                     "--out", out});
+    ASSERT_EQ(ft.code, 0) << ft.err;
+    Result e2 = run({"eval", "--model", out, "--data", t.file(data), "--split", "test", "--json",
+                     "--threads", "2"});
+    ASSERT_EQ(e2.code, 0) << e2.err;
+    const auto j2 = nlohmann::json::parse(e2.out);
+    EXPECT_GE(j2["accuracy"].get<double>(), 0.0);
+    EXPECT_LE(j2["accuracy"].get<double>(), 1.0);
+    EXPECT_GT(j2["perplexity"].get<double>(), 1.0);
+    EXPECT_EQ(nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"))["objective"], "text-to-text");
+  }
+  // Pairs are an encoder-decoder's data.
+  expect_one_line_error(run({"eval", "--model", dir_->file("reference"), "--data", t.file("pairs.jsonl")}), 2,
+                        "pairs.jsonl");
   // The byte tokenizer works as ByT5's: bytes, </s>, 100 sentinels.
   auto bytes = args(t.file("bytes"));
   set_arg(bytes, "--tokenizer", "bytes");

@@ -14,7 +14,9 @@
 #include "recast/core/log.h"
 #include "recast/core/progress.h"
 #include "recast/eval/corruptions.h"
+#include "recast/models/generate.h"
 #include "recast/models/seq2seq.h"
+#include "recast/train/data.h"
 #include "recast/train/objectives.h"
 
 #include <torch/torch.h>
@@ -145,6 +147,45 @@ int run_corruptions(const EvalCli& o, models::Model& model, const train::Dataset
   return 0;
 }
 
+// The share of examples whose greedy generation is exactly the target
+// (text-to-text: a classifier's label name, a pair's target), compared as
+// token ids up to </s>.
+double exact_match(models::Seq2SeqModel& model, const train::Dataset& data, const train::EvalOptions& o) {
+  train::Loader loader(data.size(), o.batch_size, 0, /*shuffle=*/false, /*drop_last=*/false);
+  int64_t batches = loader.batches_per_epoch();
+  if (o.max_batches > 0) batches = std::min(batches, o.max_batches);
+  const bool was_training = model.is_training();
+  model.eval();
+  int64_t right = 0, total = 0;
+  at::Generator gen = at::detail::createCPUGenerator(0);
+  for (int64_t b = 0; b < batches; ++b) {
+    const train::Example ex = data.batch(loader.next());
+    const at::Tensor ids = ex.inputs.input_ids, mask = ex.inputs.attention_mask, labels = ex.labels;
+    std::vector<std::vector<int64_t>> prompts, targets;
+    for (int64_t r = 0; r < ids.size(0); ++r) {
+      const int64_t n = mask[r].sum().item<int64_t>();
+      prompts.emplace_back(ids[r].data_ptr<int64_t>(), ids[r].data_ptr<int64_t>() + n);
+      std::vector<int64_t> t;
+      for (int64_t i = 0; i < labels.size(1); ++i) {
+        const int64_t id = labels[r][i].item<int64_t>();
+        if (id < 0 || id == model.eos_token()) break;
+        t.push_back(id);
+      }
+      targets.push_back(std::move(t));
+    }
+    models::GenerateOptions g;
+    g.sampling.temperature = 0;
+    g.max_tokens = labels.size(1);
+    g.eos = model.eos_token();
+    g.pad = model.pad_token();
+    const auto got = models::generate(model, prompts, g, gen);
+    for (size_t r = 0; r < got.size(); ++r) right += got[r] == targets[r];
+    total += static_cast<int64_t>(got.size());
+  }
+  if (was_training) model.train();
+  return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
+}
+
 int run_eval(const EvalCli& o) {
   if (!o.baseline.empty() && o.corrupt.empty()) throw UsageError("--baseline needs --corrupt");
   if (!o.corrupt.empty()) eval::parse_corruptions(o.corrupt);  // bad names fail before any work
@@ -155,7 +196,11 @@ int run_eval(const EvalCli& o) {
   const train::DataKind kind = train::sniff_data_kind(o.data);
   const bool seq2seq = model->task() == models::Task::Seq2SeqLM;
   const bool lm = model->task() == models::Task::CausalLM || seq2seq;
-  if (lm != (kind == train::DataKind::Text)) {
+  // An encoder-decoder reads every kind of text: plain (span corruption),
+  // labelled or paired (text to text).
+  const bool text_to_text = seq2seq && (kind == train::DataKind::TextClassification ||
+                                        kind == train::DataKind::TextPairs);
+  if (!text_to_text && lm != (kind == train::DataKind::Text)) {
     throw UsageError(msg("--model ", o.model, " is a ", lm ? "language model" : "classifier",
                          " but --data ", o.data, " is ", train::data_kind_name(kind), " data"));
   }
@@ -172,7 +217,11 @@ int run_eval(const EvalCli& o) {
                        : split_seed_of(manifest);
   d.seq_len = o.seq_len > 0 ? o.seq_len : manifest_int(manifest, "seq_len", 128);
   d.text_field = o.text_field;
-  if (seq2seq) {
+  if (text_to_text) {
+    d.text_to_text = true;
+    d.pad = static_cast<const models::Seq2SeqModel&>(*model).pad_token();
+    d.decoder_start = static_cast<const models::Seq2SeqModel&>(*model).decoder_start_token();
+  } else if (seq2seq) {
     // Span corruption as the model was pretrained with it (T5's defaults
     // without a manifest).
     auto number = [&](const char* key, double fallback) {
@@ -194,8 +243,11 @@ int run_eval(const EvalCli& o) {
   if (!o.json) log::info("evaluating on ", data->describe());
   if (!o.corrupt.empty()) return run_corruptions(o, *model, *data, norm, eo, device);
   const train::EvalResult r = train::evaluate(*model, *data, eo);
+  double exact = -1;
+  if (text_to_text) exact = exact_match(static_cast<models::Seq2SeqModel&>(*model), *data, eo);
   if (o.json) {
     nlohmann::json j = r.to_json();
+    if (exact >= 0) j["accuracy"] = exact;
     j["model"] = o.model;
     j["data"] = o.data;
     j["split"] = o.split;
@@ -203,6 +255,7 @@ int run_eval(const EvalCli& o) {
   } else if (lm) {
     std::printf("loss %.4f  perplexity %.3f  bits/byte %.4f  (%lld tokens)\n", r.loss,
                 r.perplexity, r.bits_per_byte, static_cast<long long>(r.count));
+    if (exact >= 0) std::printf("accuracy %.4f  (exact match of the generated target)\n", exact);
   } else {
     print_classifier(r, o.summary);
   }

@@ -28,8 +28,11 @@ struct TrainCli {
   double distill_alpha = 0.5, temperature = 2.0;
   // pretrain: "lm" (decoders) or "span-corruption" (encoder-decoders); "" =
   // the architecture's own.
+  // finetune of an encoder-decoder: "span-corruption" (plain text) or
+  // "text-to-text" (labelled text, input / target pairs), from the data.
   std::string objective;
   double noise_density = 0.15, mean_span = 3.0;
+  int64_t decoder_start = 0, pad = 0;  // the encoder-decoder's (text-to-text batches)
   // The registered recasts' training options as given, by recast then key.
   std::map<std::string, nlohmann::json> recast_values;
   int keep = 2, threads = 0;

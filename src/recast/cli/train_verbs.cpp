@@ -235,6 +235,7 @@ models::Task task_of(train::DataKind kind) {
     case train::DataKind::Text: return models::Task::CausalLM;
     case train::DataKind::TextClassification: return models::Task::SequenceClassification;
     case train::DataKind::ImageClassification: return models::Task::ImageClassification;
+    case train::DataKind::TextPairs: return models::Task::Seq2SeqLM;
   }
   return models::Task::CausalLM;
 }
@@ -254,8 +255,8 @@ models::DataFacts facts_of(train::DataKind kind, const io::Tokenizer* tok, const
                            int64_t seq_len, bool seq2seq) {
   models::DataFacts f;
   f.task = kind == train::DataKind::ImageClassification ? models::Task::ImageClassification
-           : kind == train::DataKind::TextClassification ? models::Task::SequenceClassification
            : seq2seq                                     ? models::Task::Seq2SeqLM
+           : kind == train::DataKind::TextClassification ? models::Task::SequenceClassification
                                                          : models::Task::CausalLM;
   f.classes = data.classes();
   f.seq_len = seq_len;
@@ -311,6 +312,7 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
   Prepared p;
   p.kind = train::sniff_data_kind(o.data);
   const bool spans = o.objective == "span-corruption";
+  const bool text_to_text = o.objective == "text-to-text";
   if (p.kind != train::DataKind::ImageClassification) {
     p.tokenizer = tok ? std::move(tok) : tokenizer_from_option(o.tokenizer, spans);
   }
@@ -325,6 +327,14 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
     d.span_corruption = true;
     d.noise_density = o.noise_density;
     d.mean_span = o.mean_span;
+    d.decoder_start = o.decoder_start;
+  }
+  if (text_to_text) {
+    d.text_to_text = true;
+    d.decoder_start = o.decoder_start;
+    d.pad = o.pad;
+  } else if (p.kind == train::DataKind::TextPairs) {
+    throw UsageError(msg("--data ", quote(o.data), " holds input / target pairs, for an encoder-decoder (t5)"));
   }
   p.train = train::open_dataset(d, p.tokenizer.get(), &p.norm);
   if (p.kind != train::DataKind::Text && p.train->classes().size() == 1) {
@@ -460,6 +470,24 @@ int run_finetune(TrainCli& o) {
   }
   nlohmann::json config = io::read_json_file(config_path);
   const std::string arch = models::arch_from_config(config, config_path);
+  const auto& tasks = models::factory_of(arch).tasks;
+  const bool seq2seq = std::find(tasks.begin(), tasks.end(), models::Task::Seq2SeqLM) != tasks.end();
+  if (seq2seq) {
+    // Plain text continues span corruption (as the model was pretrained);
+    // labelled text and input / target pairs train text to text.
+    const train::DataKind kind = train::sniff_data_kind(o.data);
+    if (kind == train::DataKind::ImageClassification) {
+      throw UsageError(msg("--data ", quote(o.data), " is image data; ", o.model, " is an encoder-decoder"));
+    }
+    o.objective = kind == train::DataKind::Text ? "span-corruption" : "text-to-text";
+    o.pad = models::cfg_int(config, "pad_token_id", 0);
+    o.decoder_start = models::cfg_int(config, "decoder_start_token_id", o.pad);
+    const nlohmann::json source = manifest_of(o.model);
+    if (source.contains("noise_density") && source["noise_density"].is_number()) {
+      o.noise_density = source["noise_density"];
+    }
+    if (source.contains("mean_span") && source["mean_span"].is_number()) o.mean_span = source["mean_span"];
+  }
   std::unique_ptr<io::Tokenizer> tok =
       o.tokenizer.empty() ? tokenizer_of_checkpoint(o.model) : tokenizer_from_option(o.tokenizer);
   // The source model's split, whatever --seed says: a new split would put
@@ -474,7 +502,7 @@ int run_finetune(TrainCli& o) {
     }
   }
   // A classifier head sized for this data (timm num_classes / GPT-2 score).
-  fit_config_to_data(config, arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len, false), o.set,
+  fit_config_to_data(config, arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len, seq2seq), o.set,
                      true, o.data);
   if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
   models::apply_overrides(config, arch, o.set);
@@ -509,6 +537,13 @@ int run_finetune(TrainCli& o) {
   nlohmann::json manifest = base_manifest("finetune", o, p);
   manifest["from"] = o.model;
   manifest["arch"] = arch;
+  if (seq2seq) {
+    manifest["objective"] = o.objective;
+    if (o.objective == "span-corruption") {
+      manifest["noise_density"] = o.noise_density;
+      manifest["mean_span"] = o.mean_span;
+    }
+  }
   train::train(*model, *p.train, p.val.get(), t, {manifest, p.tokenizer.get()});
   return 0;  // also when stopped by a signal (checkpoint saved; --resume continues)
 }

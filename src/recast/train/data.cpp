@@ -197,6 +197,78 @@ class TextLmDataset : public Dataset {
 
 // ---------------------------------------------------------------- text classification
 
+// Encoder-decoder examples (input text -> target text): classes' names as
+// targets, or JSONL pairs. Padded per batch; labels -100 at the padding.
+class TextToTextDataset : public Dataset {
+ public:
+  TextToTextDataset(const std::string& name, const io::LabeledTexts& all, const DataOptions& o,
+                    const io::Tokenizer& tok)
+      : start_(o.decoder_start), pad_(o.pad) {
+    const auto chosen =
+        split_indices(static_cast<int64_t>(all.items.size()), o.seed, 0.1, 0.1, o.split);
+    if (chosen.empty()) throw Error(msg("data ", quote(name), " (", o.split, "): empty data set"));
+    auto encode = [&](const std::string& text, const std::string& source) {
+      std::vector<int64_t> ids = tok.encode(text);
+      if (ids.empty() && tok.eos_id() >= 0) ids.push_back(tok.eos_id());
+      if (ids.empty()) throw Error(msg(source, ": empty text"));
+      if (static_cast<int64_t>(ids.size()) > o.seq_len) {  // keep the start and the </s>
+        const int64_t last = ids.back();
+        ids.resize(static_cast<size_t>(o.seq_len));
+        if (last == tok.eos_id()) ids.back() = last;
+      }
+      return ids;
+    };
+    int64_t longest_target = 0;
+    for (int64_t i : chosen) {
+      const auto& item = all.items[static_cast<size_t>(i)];
+      inputs_.push_back(encode(item.text, item.source));
+      targets_.push_back(encode(all.classes[static_cast<size_t>(item.label)], item.source));
+      longest_target = std::max<int64_t>(longest_target, static_cast<int64_t>(targets_.back().size()));
+    }
+    describe_ = msg(name, " (", o.split, "): ", with_commas(size()), " input -> target pairs (",
+                    all.classes.size(), " distinct targets, up to ", longest_target,
+                    " target tokens; inputs up to ", o.seq_len, ")");
+  }
+
+  DataKind kind() const override { return DataKind::TextPairs; }
+  int64_t size() const override { return static_cast<int64_t>(inputs_.size()); }
+  std::string describe() const override { return describe_; }
+
+  Example batch(const std::vector<int64_t>& indices) const override {
+    const auto b = static_cast<int64_t>(indices.size());
+    size_t s = 1, t = 1;
+    for (int64_t i : indices) {
+      RECAST_CHECK(i >= 0 && i < size(), "example ", i, " out of range [0, ", size(), ")");
+      s = std::max(s, inputs_[static_cast<size_t>(i)].size());
+      t = std::max(t, targets_[static_cast<size_t>(i)].size());
+    }
+    const auto S = static_cast<int64_t>(s), T = static_cast<int64_t>(t);
+    at::Tensor x = at::full({b, S}, pad_, at::kLong), mask = at::zeros({b, S}, at::kLong);
+    at::Tensor y = at::full({b, T}, -100, at::kLong);
+    Example ex;
+    for (int64_t r = 0; r < b; ++r) {
+      const auto& in = inputs_[static_cast<size_t>(indices[static_cast<size_t>(r)])];
+      const auto& out = targets_[static_cast<size_t>(indices[static_cast<size_t>(r)])];
+      std::copy(in.begin(), in.end(), x.data_ptr<int64_t>() + r * S);
+      std::fill_n(mask.data_ptr<int64_t>() + r * S, in.size(), 1);
+      std::copy(out.begin(), out.end(), y.data_ptr<int64_t>() + r * T);
+      ex.tokens += static_cast<int64_t>(out.size());
+    }
+    at::Tensor dec = at::full({b, T}, start_, at::kLong);
+    dec.narrow(1, 1, T - 1).copy_(y.narrow(1, 0, T - 1));
+    ex.inputs.input_ids = x;
+    ex.inputs.attention_mask = mask;
+    ex.inputs.decoder_input_ids = dec.masked_fill(dec.eq(-100), pad_);
+    ex.labels = y;
+    return ex;
+  }
+
+ private:
+  int64_t start_, pad_;
+  std::vector<std::vector<int64_t>> inputs_, targets_;
+  std::string describe_;
+};
+
 class TextClassificationDataset : public Dataset {
  public:
   TextClassificationDataset(const std::string& name, const io::LabeledTexts& all,
@@ -364,6 +436,7 @@ const char* data_kind_name(DataKind kind) {
     case DataKind::Text: return "text";
     case DataKind::TextClassification: return "text-classification";
     case DataKind::ImageClassification: return "image-classification";
+    case DataKind::TextPairs: return "text-pairs";
   }
   return "?";
 }
@@ -405,6 +478,7 @@ DataKind sniff_data_kind(const std::string& spec) {
     try {
       const auto obj = nlohmann::json::parse(first);
       if (obj.is_object() && obj.contains("label")) return DataKind::TextClassification;
+      if (obj.is_object() && obj.contains("input") && obj.contains("target")) return DataKind::TextPairs;
     } catch (const nlohmann::json::exception&) {
       // read_text_documents reports the malformed line with its number.
     }
@@ -442,7 +516,16 @@ std::unique_ptr<Dataset> open_dataset(const DataOptions& o, const io::Tokenizer*
       const auto& tok = need_tokenizer(tokenizer, spec);
       const auto texts = spec == "spam-assassin" ? read_spam_assassin(named_dir(spec))
                                                  : io::read_labeled_jsonl(spec, o.text_field);
+      if (o.text_to_text) return std::make_unique<TextToTextDataset>(spec, texts, o, tok);
       return std::make_unique<TextClassificationDataset>(spec, texts, o, tok);
+    }
+    case DataKind::TextPairs: {
+      const auto& tok = need_tokenizer(tokenizer, spec);
+      if (!o.text_to_text) {
+        throw UsageError(msg("--data ", quote(spec), " holds input / target pairs: an encoder-decoder's data"));
+      }
+      // Each distinct target is a "class" of read_labeled_jsonl: its name is the text.
+      return std::make_unique<TextToTextDataset>(spec, io::read_labeled_jsonl(spec, "input", "target"), o, tok);
     }
     case DataKind::Text: {
       const auto& tok = need_tokenizer(tokenizer, spec);

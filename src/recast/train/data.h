@@ -19,7 +19,8 @@
 
 namespace recast::train {
 
-enum class DataKind { Text, TextClassification, ImageClassification };
+// TextPairs: JSONL of {"input": ..., "target": ...} (encoder-decoders).
+enum class DataKind { Text, TextClassification, ImageClassification, TextPairs };
 const char* data_kind_name(DataKind kind);
 
 struct DataOptions {
@@ -34,6 +35,11 @@ struct DataOptions {
   bool span_corruption = false;
   double noise_density = 0.15, mean_span = 3.0;
   int64_t decoder_start = 0;  // decoder_input_ids = [start, targets[:-1]]
+  // Text-to-text for an encoder-decoder: labelled text (the class name is the
+  // target) or TextPairs; inputs and targets truncated to seq_len tokens
+  // (their </s> kept), padded per batch with `pad` (labels with -100).
+  bool text_to_text = false;
+  int64_t pad = 0;
 };
 
 // A batch: model inputs plus targets ([B, T] next tokens for LMs, [B] labels
