@@ -367,6 +367,14 @@ TEST_F(TrainCli, T5SpanCorruptionTrainsResumesExactlyEvaluatesAndGenerates) {
     EXPECT_GT(j2["perplexity"].get<double>(), 1.0);
     EXPECT_EQ(nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"))["objective"], "text-to-text");
   }
+  // Distillation from an encoder-decoder teacher (the padded targets left out).
+  Result distil = run({"finetune", "--model", t.file("ref"), "--teacher", t.file("ref"), "--data",
+                       t.file("pairs.jsonl"), "--steps", "4", "--batch-size", "8", "--threads", "2",
+                       "--no-progress", "-q", "--out", t.file("distilled")});
+  ASSERT_EQ(distil.code, 0) << distil.err;
+  expect_one_line_error(run({"finetune", "--model", t.file("ref"), "--teacher", dir_->file("reference"),
+                             "--data", t.file("pairs.jsonl"), "--steps", "2", "--out", t.file("bad-teacher")}),
+                        2, "--teacher");
   // Pairs are an encoder-decoder's data.
   expect_one_line_error(run({"eval", "--model", dir_->file("reference"), "--data", t.file("pairs.jsonl")}), 2,
                         "pairs.jsonl");

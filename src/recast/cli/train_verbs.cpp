@@ -531,7 +531,21 @@ int run_finetune(TrainCli& o) {
   model->to(t.device);
   if (!o.teacher.empty()) {
     t.teacher = models::load_model(o.teacher);
-    check_data_fits(t.teacher->task(), o.data, msg("--teacher ", quote(o.teacher)));
+    if (seq2seq || t.teacher->task() == models::Task::Seq2SeqLM) {
+      // Encoder-decoder from encoder-decoder: the same batches, the same vocabulary.
+      if (t.teacher->task() != model->task()) {
+        throw UsageError(msg("--teacher ", quote(o.teacher), " is ", task_name(t.teacher->task()),
+                             "; --model ", o.model, " is ", task_name(model->task())));
+      }
+      const int64_t tv = models::cfg_int(t.teacher->config(), "vocab_size", 0);
+      const int64_t sv = models::cfg_int(model->config(), "vocab_size", 0);
+      if (tv != sv) {
+        throw UsageError(msg("--teacher ", quote(o.teacher), ": vocab_size ", tv, ", the student's ", sv,
+                             " (distillation compares their logits token by token)"));
+      }
+    } else {
+      check_data_fits(t.teacher->task(), o.data, msg("--teacher ", quote(o.teacher)));
+    }
     t.teacher->to(t.device);
   }
   nlohmann::json manifest = base_manifest("finetune", o, p);

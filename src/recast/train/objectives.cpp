@@ -55,6 +55,16 @@ at::Tensor TaskObjective::operator()(const at::Tensor& logits, const Example& ex
     torch::NoGradGuard no_grad;
     teacher_logits = teacher_->forward(ex.inputs);
   }
+  if (task_ == models::Task::Seq2SeqLM && ex.labels.defined()) {
+    // Only the real target positions (padded text-to-text targets are -100).
+    const at::Tensor keep = ex.labels.reshape({-1}).ne(-100).nonzero().squeeze(1);
+    const int64_t v = logits.size(-1);
+    RECAST_CHECK(teacher_logits.size(-1) == v, "distillation: the teacher has ", teacher_logits.size(-1),
+                 " logits per token, the student ", v);
+    return alpha_ * distillation_kl(logits.reshape({-1, v}).index_select(0, keep),
+                                    teacher_logits.reshape({-1, v}).index_select(0, keep), temperature_) +
+           (1.0 - alpha_) * task_loss;
+  }
   return alpha_ * distillation_kl(logits, teacher_logits, temperature_) + (1.0 - alpha_) * task_loss;
 }
 
