@@ -13,9 +13,12 @@
 #                                    fine-tunes of all seeds at once; clean and corruption
 #                                    accuracy, mCE of (b) against (a) of the same seed
 #   scripts/gpu-refiner.sh refined   the finetune job's (b) alone: the base pretrained again
-#                                    (seed 0, beside (c) for FT steps from scratch), converted,
-#                                    fine-tuned refined for seeds $SEEDS at once; mCE against (a)
-#                                    by tools/refiner_results.py from the corruption files
+#                                    (seed 0), converted, fine-tuned refined for seeds $SEEDS at
+#                                    once, clean and corruption accuracy; mCE against (a) by
+#                                    tools/refiner_results.py from the corruption files
+#   scripts/gpu-refiner.sh check     timm ViTs the tests have never seen, converted, against
+#                                    timm's logits, and a few fine-tuning steps
+#                                    (tools/gpu_check_refiner.py)
 #   scripts/gpu-refiner.sh scratch   (c) Refined-ViT from scratch for FT steps and for
 #                                    BASE + FT steps (seed 0), and the plain ViT for
 #                                    BASE + FT steps, the three at once
@@ -111,12 +114,9 @@ for job in "$@"; do
       done
       ;;
     refined)
-      rm -rf "$runs/rf-base" "$runs/rf-conv" "$runs"/rf-refined-* "$runs/rf-scratch-short"
-      sc=("${data[@]}" --lr 1e-3 --weight-decay 0.05 --warmup 200 --eval-every 211 --seed 0)
-      together <<EOF || true
-base|$recast pretrain ${vit[*]} ${data[*]} --steps $BASE_STEPS --lr 1e-3 --weight-decay 0.05 --warmup 200 --eval-every 700 --seed 0 --out $runs/rf-base
-refined-scratch-$FT_STEPS|$recast pretrain ${vit[*]} --set 'recast_refiner=$all' ${sc[*]} --steps $FT_STEPS --out $runs/rf-scratch-short
-EOF
+      rm -rf "$runs/rf-base" "$runs/rf-conv" "$runs"/rf-refined-*
+      timed base "$recast" pretrain "${vit[@]}" "${data[@]}" --steps "$BASE_STEPS" --lr 1e-3 \
+        --weight-decay 0.05 --warmup 200 --eval-every 700 --seed 0 --out "$runs/rf-base"
       convert_base
       pack refined
       jobs=""
@@ -125,7 +125,6 @@ EOF
       done
       together <<< "$jobs" || true
       pack refined
-      evaluate "refined-scratch-$FT_STEPS" "$runs/rf-scratch-short" &
       for seed in $SEEDS; do evaluate "refined-ft-$seed" "$runs/rf-refined-$seed" & done
       wait
       pack refined
@@ -144,6 +143,10 @@ EOF
       evaluate "plain-scratch-$total" "$runs/rf-scratch-plain" || true
       pack scratch
       ;;
-    *) echo "gpu-refiner: unknown job '$job' (bench, finetune, refined, scratch)" >&2; exit 2 ;;
+    check)
+      "$python" tools/gpu_check_refiner.py build-gpu "$res/check" 2>&1 | tee "$res/check.txt"
+      pack check
+      ;;
+    *) echo "gpu-refiner: unknown job '$job' (bench, finetune, refined, scratch, check)" >&2; exit 2 ;;
   esac
 done

@@ -29,7 +29,8 @@ import torch
 import torchvision
 import transformers
 
-from make_fixtures import llama_config, perturb, save_for_hf  # tools/, beside this script
+from gpu_common import rel, recast_logits  # tools/, beside this script
+from make_fixtures import llama_config, perturb, save_for_hf
 
 BUILD = Path(sys.argv[1])
 OUT = Path(sys.argv[2])
@@ -40,18 +41,8 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
-def rel(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
 def recast_forward(model_dir, inputs_path, out_path, device, dtype, extra=()):
-    cmd = [str(BUILD / "recast"), "forward", "--model", str(model_dir), "--input", str(inputs_path),
-           "--output", str(out_path), "--device", device, "--dtype", dtype, "-q", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
-    return st.load_file(str(out_path))["logits"]
+    return recast_logits(BUILD, model_dir, inputs_path, out_path, device, dtype, extra)
 
 
 def lib_logits(model, inputs, device, dtype):

@@ -16,7 +16,6 @@ Writes OUT_DIR/gpu-t5.json and prints a table.
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import safetensors.torch as st
 import torch
 import transformers
 
-from make_fixtures import perturb  # tools/, beside this script
+from gpu_common import rel, recast_logits as forward_logits, run_recast  # tools/, beside this script
+from make_fixtures import perturb
 
 BUILD = Path(sys.argv[1])
 OUT = Path(sys.argv[2])
@@ -35,23 +35,13 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.set_grad_enabled(False)
 
 
-def rel(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
 def recast(*args):
-    r = subprocess.run([str(BUILD / "recast"), *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"recast {' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
+    return run_recast(BUILD, *args)
 
 
 def recast_logits(d, device, dtype):
-    out = WORK / f"{d.name}-{device}-{dtype}.safetensors"
-    recast("forward", "--model", str(d), "--input", str(d / "inputs.safetensors"), "--output",
-           str(out), "--device", device, "--dtype", dtype, "-q")
-    return st.load_file(str(out))["logits"]
+    return forward_logits(BUILD, d, d / "inputs.safetensors", WORK / f"{d.name}-{device}-{dtype}.safetensors",
+                          device, dtype)
 
 
 def model_check(name, model):
