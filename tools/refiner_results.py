@@ -3,7 +3,7 @@
 scripts/gpu-refiner.sh: per run, the validation accuracy and loss at each
 evaluation (from its log), the test accuracy and the mean corruption accuracy
 where `eval` ran, the mCE of each refined run against the plain run of the
-same seed (CE_c = sum_s err / sum_s err of the baseline, as `eval --corrupt
+same seed (fine-tunes) or the same budget (from scratch) (CE_c = sum_s err / sum_s err of the baseline, as `eval --corrupt
 --baseline`), and the refiners' gates and map change from metrics.jsonl.
 Usage: tools/refiner_results.py DIR [DIR...]  (files of later DIRs win)
 """
@@ -58,9 +58,12 @@ def main():
         if "corrupt" in r:
             accs = [a for sev in r["corrupt"]["accuracy"].values() for a in sev.values()]
             corr = f"{statistics.mean(accs):.4f}"
-            seed = name.rsplit("-", 1)[-1]
-            base = found.get(f"plain-ft-{seed}")
-            if name.startswith("refined-ft") and base and "corrupt" in base:
+            # a refined fine-tune against the plain one of its seed, a refined
+            # scratch run against the plain scratch run of its budget
+            suffix = name.rsplit("-", 1)[-1]
+            kind = "ft" if name.startswith("refined-ft") else "scratch"
+            base = found.get(f"plain-{kind}-{suffix}")
+            if name.startswith("refined-") and base and "corrupt" in base:
                 mce = f"{100 * ce(r['corrupt'], base['corrupt']):.1f}%"
         gate = change = "-"
         if "refiner" in r:
@@ -69,10 +72,12 @@ def main():
             change = f"{statistics.mean(l['change'] for l in layers):.3f}"
         print(f"| {name} | {step} | {acc:.4f} | {loss:.4f} | {test} | {corr} | {mce} | {gate} | {change} |")
     for group in ("plain-ft", "refined-ft"):
-        finals = [found[n]["evals"][-1][2] for n in found if n.startswith(group + "-")]
-        if finals:
-            print(f"\n{group}: val acc at the last eval, mean {statistics.mean(finals):.4f} "
-                  f"(min {min(finals):.4f}, max {max(finals):.4f}, {len(finals)} seeds)")
+        members = [found[n] for n in found if n.startswith(group + "-")]
+        for what, values in (("val acc at the last eval", [r["evals"][-1][2] for r in members]),
+                             ("test acc", [r["eval"]["accuracy"] for r in members if "eval" in r])):
+            if values:
+                print(f"\n{group}: {what}, mean {statistics.mean(values):.4f} "
+                      f"(min {min(values):.4f}, max {max(values):.4f}, {len(values)} seeds)")
 
 
 if __name__ == "__main__":
