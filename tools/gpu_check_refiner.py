@@ -34,6 +34,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 torch.set_grad_enabled(False)
+FINETUNE_STEPS = 6
 
 # (name, timm model, its args, input shape, convert options)
 CASES = [
@@ -76,7 +77,7 @@ def check(name, arch, args, shape, options):
 
 def finetune_check(refined):
     out = WORK / "finetuned"
-    run_recast(BUILD, "finetune", "--model", refined, "--data", "fashion-mnist", "--steps", 6,
+    run_recast(BUILD, "finetune", "--model", refined, "--data", "fashion-mnist", "--steps", FINETUNE_STEPS,
                "--batch-size", 64, "--lr", "1e-3", "--warmup", 0, "--device", "cuda", "--eval-batches", 1,
                "--no-progress", "--seed", 0, "--out", out)
     a = st.load_file(str(refined / "model.safetensors"))
@@ -91,7 +92,7 @@ def finetune_check(refined):
             kind = "parameter"
         rows[k] = {"kind": kind, "max_abs_change": (b[k].float() - v.float()).abs().max().item()}
     params = [r for r in rows.values() if r["kind"] == "parameter"]
-    return {"steps": 6, "refiner_parameters": len(params),
+    return {"steps": FINETUNE_STEPS, "refiner_parameters": len(params),
             "changed": sum(r["max_abs_change"] > 0 for r in params),
             "unchanged": [k for k, r in rows.items() if r["kind"] == "parameter" and r["max_abs_change"] == 0],
             "gate_max_abs": max(b[k].abs().max().item() for k in b if k.endswith(".refiner.gate")),
