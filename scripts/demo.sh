@@ -8,7 +8,10 @@
 #   3. recast the GPT to T2R (linear attention, an RNN at generation time):
 #      attention transfer, a short fine-tune, teacher vs T2R perplexity (and the
 #      teacher fine-tuned for the same steps, so that the comparison is fair), and
-#      decode speed after a 4k-token prompt, T2R vs softmax + KV cache;
+#      decode speed after a 4k-token prompt, T2R vs softmax + KV cache; then
+#      the same GPT with causal lightweight convolutions in place of attention
+#      (conv: attention transfer, fine-tune, perplexity and decode speed beside
+#      softmax and T2R);
 #   4. recast the ResNet's last stage to T-CNN (exact at init: the report says
 #      so per layer), fine-tune briefly, accuracy before / after;
 #   5. pretrain a small ViT on Fashion-MNIST and refine its attention maps
@@ -87,6 +90,27 @@ step "T2R generates as an RNN: decode after a 4000-token prompt, softmax + KV ca
 "$recast" bench decode --model "$out/gpt-sotu" --context 4000 --new-tokens 64
 "$recast" bench decode --model "$out/gpt-sotu-t2r-ft" --context 4000 --new-tokens 64
 "$recast" generate --model "$out/gpt-sotu-t2r-ft" --prompt "The state of the Union is" \
+  --max-tokens 160 --temperature 0.8 --top-k 40 --seed 1
+
+step "conv: the GPT's attention -> causal lightweight convolutions (K 31, 4 kernels per layer) + 40 steps of attention transfer"
+# The GLU starts as the value projection and the kernels uniform; attention
+# transfer fits them to the attention each replaces (the report: before / after).
+"$recast" convert --recipe conv --model "$out/gpt-sotu" --out "$out/gpt-sotu-conv" --conv lightweight \
+  --kernel 31 --data sotu --transfer-steps 40 --transfer-lr 3e-3 --batch-size 8
+
+step "conv: fine-tune the converted model for $T2R_STEPS steps"
+"$recast" finetune --model "$out/gpt-sotu-conv" --data sotu --seq-len 128 --batch-size 16 \
+  --steps "$T2R_STEPS" --lr 1e-3 --eval-batches 10 --out "$out/gpt-sotu-conv-ft"
+
+step "softmax vs T2R vs conv on held-out State of the Union (test split); steps after pretraining"
+row gpt-sotu-ft "+$T2R_STEPS (teacher)" --data sotu --split test --max-batches 50
+row gpt-sotu-t2r-ft "+40 +$T2R_STEPS (t2r)" --data sotu --split test --max-batches 50
+row gpt-sotu-conv "+40 transfer (conv)" --data sotu --split test --max-batches 50
+row gpt-sotu-conv-ft "+40 +$T2R_STEPS (conv)" --data sotu --split test --max-batches 50
+
+step "conv decodes from a window of 30 inputs per layer: after a 4000-token prompt (compare the two above)"
+"$recast" bench decode --model "$out/gpt-sotu-conv-ft" --context 4000 --new-tokens 64
+"$recast" generate --model "$out/gpt-sotu-conv-ft" --prompt "The state of the Union is" \
   --max-tokens 160 --temperature 0.8 --top-k 40 --seed 1
 
 step "pretrain a ResNet-18 (channels 32-256) on Fashion-MNIST: $RESNET_STEPS steps"

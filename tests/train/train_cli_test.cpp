@@ -719,6 +719,54 @@ TEST_F(TrainCli, T2RHybridAndMisuse) {
   for (const char* name : {"x", "y", "z"}) EXPECT_FALSE(fs::exists(t.file(name))) << name;
 }
 
+// Recipe conv on the reference GPT: lightweight blocks fitted to the
+// attention they replace (attention transfer lowers every layer's error),
+// then every verb takes the converted checkpoint as is.
+TEST_F(TrainCli, ConvertToConvTransfersAndEveryVerbTakesIt) {
+  TempDir t;
+  const std::string out = t.file("conv");
+  Result convert = run({"convert", "--recipe", "conv", "--model", dir_->file("reference"), "--out", out,
+                        "--kernel", "7", "--data", corpus(), "--seq-len", "32", "--batch-size", "4",
+                        "--transfer-steps", "20", "--transfer-lr", "3e-3", "--threads", "2"});
+  ASSERT_EQ(convert.code, 0) << convert.err;
+  auto manifest = nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"));
+  EXPECT_EQ(manifest["conversion"]["recipe"], "conv");
+  ASSERT_EQ(manifest["error_at_init"].size(), 2u);
+  ASSERT_EQ(manifest["attention_transfer"]["error_after"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_LT(manifest["attention_transfer"]["error_after"][i]["relative_error"].get<double>(),
+              manifest["error_at_init"][i]["relative_error"].get<double>())
+        << i;
+  }
+  EXPECT_FALSE(fs::exists(out + "/.work"));
+  Result ev = run({"eval", "--model", out, "--data", corpus(), "--json", "--threads", "2"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  EXPECT_TRUE(std::isfinite(nlohmann::json::parse(ev.out)["perplexity"].get<double>()));
+  Result gen = run({"generate", "--model", out, "--prompt", "the ", "--max-tokens", "8",
+                    "--temperature", "0", "--json", "--ignore-eos"});
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  EXPECT_EQ(nlohmann::json::parse(gen.out)["ids"].size(), 8u);
+  Result ft = run({"finetune", "--model", out, "--data", corpus(), "--seq-len", "32", "--batch-size",
+                   "4", "--steps", "3", "--out", t.file("ft"), "--no-progress", "--threads", "2"});
+  ASSERT_EQ(ft.code, 0) << ft.err;
+  EXPECT_TRUE(nlohmann::json::parse(read_bytes(t.file("ft/config.json"))).contains("recast_conv"));
+  Result bench = run({"bench", "decode", "--model", out, "--context", "20", "--new-tokens", "4", "--json"});
+  ASSERT_EQ(bench.code, 0) << bench.err;
+  EXPECT_EQ(nlohmann::json::parse(bench.out)["attention"], "conv");
+  // A flag two recipes declare reaches the chosen one's range check; misuse
+  // leaves nothing behind.
+  expect_one_line_error(run({"convert", "--recipe", "conv", "--model", dir_->file("reference"), "--out",
+                             t.file("x"), "--kernel", "5000"}),
+                        2, "--kernel");
+  expect_one_line_error(run({"convert", "--recipe", "conv", "--model", dir_->file("reference"), "--out",
+                             t.file("x"), "--feature-dim", "4"}),
+                        2, "--feature-dim is an option of --recipe t2r, not conv");
+  expect_one_line_error(run({"convert", "--recipe", "t2r", "--model", dir_->file("reference"), "--out",
+                             t.file("x"), "--kernels", "3,5"}),
+                        2, "--kernels is an option of --recipe conv, not t2r");
+  EXPECT_FALSE(fs::exists(t.file("x")));
+}
+
 // An unknown config key given with --set is refused before any training.
 TEST_F(TrainCli, PretrainRefusesAConfigTypo) {
   TempDir t;

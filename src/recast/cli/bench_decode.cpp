@@ -31,7 +31,7 @@ struct BenchDecodeCli {
 
 double cache_mb(const models::KVCache& c) {
   double bytes = 0;
-  for (const auto* list : {&c.keys, &c.values}) {
+  for (const auto* list : {&c.keys, &c.values, &c.windows}) {
     for (const auto& t : *list) bytes += t.defined() ? static_cast<double>(t.nbytes()) : 0.0;
   }
   for (const auto& s : c.linear) {

@@ -20,6 +20,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <algorithm>
 #include <map>
 
 namespace fs = std::filesystem;
@@ -34,8 +35,10 @@ struct ConvertCli {
   int threads = 0;
   // Every recipe's options as given, by recipe then key.
   std::map<std::string, nlohmann::json> values;
-  // Which recipe each option belongs to (for misuse errors).
-  std::vector<std::pair<std::string, CLI::Option*>> owned;
+  // Which recipes each option belongs to (for misuse errors): a flag that
+  // several recipes declare (--kernel, --transfer-steps) is one option
+  // whose value reaches each of them.
+  std::vector<std::pair<std::vector<std::string>, CLI::Option*>> owned;
 };
 
 // The source's data for the recipe: the probe the per-layer error is
@@ -110,15 +113,31 @@ void write_conversion(const ConvertCli& o, recasts::Conversion& c,
   io::write_file_atomic((tmp / "recast_manifest.json").string(), manifest.dump(2) + "\n");
 }
 
+// A flag shared by several recipes is checked against the union of their
+// ranges while parsing; here against the chosen recipe's own.
+void check_ranges(const std::vector<recasts::OptionSpec>& specs, const nlohmann::json& values) {
+  using T = recasts::OptionSpec::Type;
+  for (const auto& s : specs) {
+    if (!values.is_object() || !values.contains(s.key) || (s.type != T::Int && s.type != T::Double)) continue;
+    const double v = values.at(s.key).get<double>();
+    if (v < s.min || v > s.max || (s.open_min && v == s.min)) {
+      throw UsageError(msg(s.flag, ": expected a value in ", s.open_min ? "(" : "[", s.min, ", ", s.max,
+                           "], found ", values.at(s.key).dump()));
+    }
+  }
+}
+
 int run_convert(const ConvertCli& o) {
   set_threads(o.threads);
   const c10::Device device = select_device(o.device);
   const recasts::Recast& recipe = recasts::get(o.recipe);
-  for (const auto& [owner, opt] : o.owned) {
-    if (owner != o.recipe && opt->count() > 0) {
-      throw UsageError(msg(opt->get_name(), " is an option of --recipe ", owner, ", not ", o.recipe));
-    }
+  for (const auto& [owners, opt] : o.owned) {
+    if (opt->count() == 0 || std::find(owners.begin(), owners.end(), o.recipe) != owners.end()) continue;
+    std::string list;
+    for (const auto& r : owners) list += (list.empty() ? "" : ", ") + r;
+    throw UsageError(msg(opt->get_name(), " is an option of --recipe ", list, ", not ", o.recipe));
   }
+  check_ranges(recipe.convert_options(), o.values.count(o.recipe) ? o.values.at(o.recipe) : nlohmann::json());
   check_output_dir(o.out, "--out", /*must_be_empty=*/true);
   io::OutputLock lock(o.out, "--out");
   models::ModelPtr source = models::load_model(o.model);
@@ -196,14 +215,40 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));
-  // Each recipe's own options, as a group of its own.
+  // Each recipe's own options, as a group of its own; a flag that several
+  // recipes declare (of one type) is one option of the first one's group,
+  // with every owner's help and the union of their ranges.
+  struct Shared {
+    recasts::OptionSpec spec;
+    std::vector<std::pair<std::string, std::string>> owners;  // recipe, key
+    CLI::App* group;
+  };
+  std::vector<Shared> flags;
   for (const auto& [name, item] : recasts::registry().items()) {
     const auto specs = item.factory->convert_options();
     if (specs.empty()) continue;
     auto* group = cmd->add_option_group(name, "Options of --recipe " + name);
-    for (CLI::Option* opt : add_option_specs(group, specs, o->values[name])) {
-      o->owned.emplace_back(name, opt);
+    for (const auto& spec : specs) {
+      auto same = std::find_if(flags.begin(), flags.end(), [&](const Shared& f) { return f.spec.flag == spec.flag; });
+      if (same == flags.end()) {
+        flags.push_back({spec, {{name, spec.key}}, group});
+        continue;
+      }
+      RECAST_CHECK(same->spec.type == spec.type, "recipes declare ", spec.flag, " with different types");
+      same->spec.help += "; " + spec.help;
+      same->spec.min = std::min(same->spec.min, spec.min), same->spec.max = std::max(same->spec.max, spec.max);
+      same->spec.open_min = same->spec.open_min && spec.open_min;
+      same->owners.emplace_back(name, spec.key);
     }
+  }
+  for (const auto& f : flags) {
+    std::vector<std::pair<nlohmann::json*, std::string>> targets;
+    std::vector<std::string> owners;
+    for (const auto& [recipe, key] : f.owners) targets.emplace_back(&o->values[recipe], key), owners.push_back(recipe);
+    CLI::Option* opt = add_option_spec(f.group, f.spec, [targets](const nlohmann::json& v) {
+      for (const auto& [values, key] : targets) (*values)[key] = v;
+    });
+    o->owned.emplace_back(owners, opt);
   }
   return [o] { return run_convert(*o); };
 }

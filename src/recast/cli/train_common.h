@@ -45,6 +45,9 @@ struct TrainCli {
 // options included).
 void add_train_options(CLI::App* cmd, TrainCli& o);
 
+// Adds `spec` as an option of `app` that hands its value to `store`.
+CLI::Option* add_option_spec(CLI::App* app, const recasts::OptionSpec& spec,
+                             std::function<void(const nlohmann::json&)> store);
 // Adds each spec as an option of `app` storing its value under spec.key in
 // `values` (which must outlive the parse); returns the options.
 std::vector<CLI::Option*> add_option_specs(CLI::App* app, const std::vector<recasts::OptionSpec>& specs,

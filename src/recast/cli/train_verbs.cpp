@@ -96,35 +96,36 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   }
 }
 
+CLI::Option* add_option_spec(CLI::App* app, const recasts::OptionSpec& s,
+                             std::function<void(const nlohmann::json&)> store) {
+  using T = recasts::OptionSpec::Type;
+  switch (s.type) {
+    case T::Int:
+      return app->add_option_function<int64_t>(
+                    s.flag, [store](const int64_t& v) { store(v); }, s.help)
+          ->check(integer_in(s.min, s.max));
+    case T::Double:
+      return app->add_option_function<double>(
+                    s.flag, [store](const double& v) { store(v); }, s.help)
+          ->check(number_in(s.min, s.max, s.open_min));
+    case T::String:
+      return app->add_option_function<std::string>(
+          s.flag, [store](const std::string& v) { store(v); }, s.help);
+    case T::Flag: {
+      const nlohmann::json value = s.flag_value;
+      return app->add_flag_callback(s.flag, [store, value] { store(value); }, s.help);
+    }
+  }
+  throw Error(msg("option ", s.flag, ": unknown type"));
+}
+
 std::vector<CLI::Option*> add_option_specs(CLI::App* app, const std::vector<recasts::OptionSpec>& specs,
                                            nlohmann::json& values) {
-  using T = recasts::OptionSpec::Type;
   std::vector<CLI::Option*> out;
   nlohmann::json* target = &values;
   for (const auto& s : specs) {
     const std::string key = s.key;
-    switch (s.type) {
-      case T::Int:
-        out.push_back(app->add_option_function<int64_t>(
-                             s.flag, [target, key](const int64_t& v) { (*target)[key] = v; }, s.help)
-                          ->check(integer_in(s.min, s.max)));
-        break;
-      case T::Double:
-        out.push_back(app->add_option_function<double>(
-                             s.flag, [target, key](const double& v) { (*target)[key] = v; }, s.help)
-                          ->check(number_in(s.min, s.max, s.open_min)));
-        break;
-      case T::String:
-        out.push_back(app->add_option_function<std::string>(
-            s.flag, [target, key](const std::string& v) { (*target)[key] = v; }, s.help));
-        break;
-      case T::Flag: {
-        const nlohmann::json value = s.flag_value;
-        out.push_back(app->add_flag_callback(
-            s.flag, [target, key, value] { (*target)[key] = value; }, s.help));
-        break;
-      }
-    }
+    out.push_back(add_option_spec(app, s, [target, key](const nlohmann::json& v) { (*target)[key] = v; }));
   }
   return out;
 }

@@ -1,5 +1,7 @@
 #include "recast/layers/attention_core.h"
 
+#include "recast/core/error.h"
+
 #include <torch/torch.h>
 
 namespace recast::layers {
@@ -15,6 +17,10 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(size_t layer, const at::Tensor
   ck = ck.defined() ? at::cat({ck, k}, 2) : k;
   cv = cv.defined() ? at::cat({cv, v}, 2) : v;
   return {ck, cv};
+}
+
+at::Tensor AttentionCoreImpl::mix(const at::Tensor&, const ops::AttentionMask&, KVCache*) {
+  throw Error(msg("attention core '", describe(), "' takes q, k, v, not the attention's input"));
 }
 
 at::Tensor AttentionCoreImpl::softmax(const at::Tensor& q, at::Tensor k, at::Tensor v,

@@ -18,6 +18,7 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,9 @@ struct KVCache {
   // projected from the encoder's states once, on the first decoding step.
   std::vector<at::Tensor> cross_keys, cross_values;
   std::vector<ops::LinearState> linear;
+  // Token mixers that read a window of their inputs (causal convolutions):
+  // each layer's last inputs [B, window, C], a constant size.
+  std::vector<at::Tensor> windows;
   int64_t tokens = 0;
   int64_t length() const { return tokens; }
   ops::LinearState& linear_state(size_t layer) {
@@ -65,6 +69,19 @@ class AttentionCoreImpl : public torch::nn::Module {
   virtual std::string describe() const = 0;
   const AttentionSpec& spec() const { return spec_; }
 
+  // A token mixer that stands for the whole attention up to its output
+  // projection (a convolution block with its own input projection) takes
+  // the attention's input instead of q, k, v: the family then builds no
+  // query, key or value projections and calls mix(x [B, T, D]), which
+  // returns [B, H, T, head_dim] for the output projection as forward does.
+  virtual bool mixes_input() const { return false; }
+  virtual at::Tensor mix(const at::Tensor& x, const ops::AttentionMask& mask, KVCache* cache);
+
+  // Called with every output of a softmax core while set (attention
+  // transfer: the teacher's per-layer outputs, by the recipe that trains a
+  // replacement to reproduce them).
+  std::function<void(const at::Tensor&)> observer;
+
  protected:
   // The softmax attention of the spec (with the KV cache when given).
   at::Tensor softmax(const at::Tensor& q, at::Tensor k, at::Tensor v,
@@ -79,7 +96,9 @@ class SoftmaxAttentionImpl : public AttentionCoreImpl {
   using AttentionCoreImpl::AttentionCoreImpl;
   at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const ops::AttentionMask& mask, KVCache* cache) override {
-    return softmax(q, k, v, mask, cache);
+    at::Tensor y = softmax(q, k, v, mask, cache);
+    if (observer) observer(y);
+    return y;
   }
   std::string describe() const override { return "softmax attention"; }
 };

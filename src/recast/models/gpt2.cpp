@@ -55,8 +55,6 @@ at::Tensor activate(const std::string& name, const at::Tensor& x) {
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const Gpt2Config& c, int64_t layer, Slots& slots) : heads(c.heads) {
     const std::string name = msg("transformer.h.", layer, ".attn");
-    c_attn = projection(slots, *this, name + ".", "c_attn", c.width, 3 * c.width);
-    c_proj = projection(slots, *this, name + ".", "c_proj", c.width, c.width);
     Slot s;
     s.name = name;
     s.attention.layer = layer, s.attention.heads = s.attention.kv_heads = c.heads;
@@ -65,16 +63,24 @@ struct AttentionImpl : torch::nn::Module {
     if (c.scale_by_layer) s.attention.scale /= static_cast<double>(layer + 1);
     s.query = {name + ".c_attn", 0}, s.key = {name + ".c_attn", c.width};
     s.value = {name + ".c_attn", 2 * c.width}, s.output = name + ".c_proj";
+    s.mixable = true, s.in = c.width, s.out = c.width, s.bias = true;
+    // A token mixer that takes the attention's input needs no q, k, v.
+    if (!slots.mixes_input(s)) c_attn = projection(slots, *this, name + ".", "c_attn", c.width, 3 * c.width);
+    c_proj = projection(slots, *this, name + ".", "c_proj", c.width, c.width);
     core = slots.attention(*this, s);
   }
   at::Tensor forward(const at::Tensor& x, const ops::AttentionMask& mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1), w = x.size(2), d = w / heads;
-    auto qkv = c_attn.forward(x).split(w, -1);
-    auto split_heads = [&](const at::Tensor& y) {
-      return y.view({b, t, heads, d}).transpose(1, 2);
-    };
-    at::Tensor y = core->forward(split_heads(qkv[0]), split_heads(qkv[1]), split_heads(qkv[2]),
-                                 mask, cache);
+    at::Tensor y;
+    if (core->mixes_input()) {
+      y = core->mix(x, mask, cache);
+    } else {
+      auto qkv = c_attn.forward(x).split(w, -1);
+      auto split_heads = [&](const at::Tensor& z) {
+        return z.view({b, t, heads, d}).transpose(1, 2);
+      };
+      y = core->forward(split_heads(qkv[0]), split_heads(qkv[1]), split_heads(qkv[2]), mask, cache);
+    }
     return c_proj.forward(y.transpose(1, 2).reshape({b, t, w}));
   }
   int64_t heads;

@@ -72,10 +72,6 @@ struct AttentionImpl : torch::nn::Module {
     auto lin = [&](const char* local, int64_t in, int64_t out) {
       return projection(slots, *this, name + ".", local, in, out, c.attention_bias);
     };
-    q_proj = lin("q_proj", c.width, c.heads * c.head_dim);
-    k_proj = lin("k_proj", c.width, c.kv_heads * c.head_dim);
-    v_proj = lin("v_proj", c.width, c.kv_heads * c.head_dim);
-    o_proj = lin("o_proj", c.heads * c.head_dim, c.width);
     Slot s;
     s.name = name;
     s.attention.layer = layer, s.attention.heads = c.heads, s.attention.kv_heads = c.kv_heads;
@@ -83,6 +79,14 @@ struct AttentionImpl : torch::nn::Module {
     s.attention.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     s.query = {name + ".q_proj", 0}, s.key = {name + ".k_proj", 0};
     s.value = {name + ".v_proj", 0}, s.output = name + ".o_proj";
+    s.mixable = true, s.in = c.width, s.out = c.heads * c.head_dim, s.bias = c.attention_bias;
+    // A token mixer that takes the attention's input needs no q, k, v.
+    if (!slots.mixes_input(s)) {
+      q_proj = lin("q_proj", c.width, c.heads * c.head_dim);
+      k_proj = lin("k_proj", c.width, c.kv_heads * c.head_dim);
+      v_proj = lin("v_proj", c.width, c.kv_heads * c.head_dim);
+    }
+    o_proj = lin("o_proj", c.heads * c.head_dim, c.width);
     // A recast's core sees q and k after the rotary embedding (as LoLCATs'
     // linear attention does).
     core = slots.attention(*this, s);
@@ -91,12 +95,17 @@ struct AttentionImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const ops::AttentionMask& mask, KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1);
-    at::Tensor q = q_proj.forward(x).view({b, t, c.heads, c.head_dim}).transpose(1, 2);
-    at::Tensor k = k_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
-    at::Tensor v = v_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
-    const at::Tensor y = core->forward(q, k, v, mask, cache);
+    at::Tensor y;
+    if (core->mixes_input()) {
+      y = core->mix(x, mask, cache);
+    } else {
+      at::Tensor q = q_proj.forward(x).view({b, t, c.heads, c.head_dim}).transpose(1, 2);
+      at::Tensor k = k_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
+      const at::Tensor v = v_proj.forward(x).view({b, t, c.kv_heads, c.head_dim}).transpose(1, 2);
+      q = q * cos + rotate_half(q) * sin;
+      k = k * cos + rotate_half(k) * sin;
+      y = core->forward(q, k, v, mask, cache);
+    }
     return o_proj.forward(y.transpose(1, 2).reshape({b, t, c.heads * c.head_dim}));
   }
   LlamaConfig c;

@@ -79,6 +79,8 @@ std::shared_ptr<layers::AttentionCoreImpl> Slots::attention(torch::nn::Module& p
   std::shared_ptr<layers::AttentionCoreImpl> core =
       filler ? filler->build_attention(slot)
              : std::make_shared<layers::SoftmaxAttentionImpl>(slot.attention);
+  RECAST_CHECK(core->mixes_input() == (filler != nullptr && filler->mixes_input(slot)),
+               "slot ", quote(slot.name), ": the core's input disagrees with its recast's claim");
   BuiltSlot b{std::move(slot), key, core, {}};
   for (const auto& child : core->named_children()) {
     parent.register_module(child.key(), child.value());
@@ -86,6 +88,13 @@ std::shared_ptr<layers::AttentionCoreImpl> Slots::attention(torch::nn::Module& p
   }
   built_.push_back(std::move(b));
   return core;
+}
+
+bool Slots::mixes_input(Slot slot) const {
+  slot.kind = SlotKind::Attention;
+  std::string key;
+  const SlotFiller* filler = claimant(slot, &key);
+  return filler != nullptr && filler->mixes_input(slot);
 }
 
 void Slots::finish() {

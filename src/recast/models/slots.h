@@ -55,6 +55,11 @@ struct Slot {
   };
   Source query, key, value;
   std::string output;
+  // Attention: the family can host a token mixer that takes the attention's
+  // input (AttentionCoreImpl::mixes_input: it then builds no q, k, v
+  // projections); `in` is then the attention's input width, `out` the
+  // output projection's input width, `bias` whether its projections have one.
+  bool mixable = false;
 };
 
 // The dense weight and bias a family initialises a layer with, in the
@@ -74,6 +79,9 @@ class SlotFiller {
   virtual torch::nn::AnyModule build(const Slot& slot) const;
   // Attention slots.
   virtual std::shared_ptr<layers::AttentionCoreImpl> build_attention(const Slot& slot) const;
+  // Whether the core it builds for this claimed attention slot takes the
+  // attention's input rather than q, k, v.
+  virtual bool mixes_input(const Slot& /*slot*/) const { return false; }
   // Fresh parameters for a layer it built (pretraining from scratch), from
   // the family's dense init of the layer it stands for.
   virtual void init(const Slot& slot, torch::nn::Module& layer, const DenseInitFn& dense) const = 0;
@@ -105,6 +113,10 @@ class Slots {
   // The core of an attention slot (softmax unless a recast claims it); its
   // children are registered on `parent`.
   std::shared_ptr<layers::AttentionCoreImpl> attention(torch::nn::Module& parent, Slot slot);
+  // Whether the core attention(slot) will build takes the attention's input
+  // (the family then builds no q, k, v projections), asked before the
+  // family builds them.
+  bool mixes_input(Slot slot) const;
 
   // After the family has built everything: every block's layers were placed.
   void finish();

@@ -120,24 +120,27 @@ struct AttentionImpl : torch::nn::Module {
                 bool cross, Slots& slots)
       : c(config), index(layer), is_decoder(decoder), is_cross(cross) {
     const int64_t inner = c.heads * c.kv_dim;
-    q = projection(slots, *this, name + ".", "q", c.width, inner);
-    k = projection(slots, *this, name + ".", "k", c.width, inner);
-    v = projection(slots, *this, name + ".", "v", c.width, inner);
+    Slot s;
+    s.name = name;
+    s.attention.layer = layer, s.attention.heads = c.heads, s.attention.kv_heads = c.heads;
+    s.attention.head_dim = c.kv_dim, s.attention.causal = decoder;
+    s.attention.scale = 1.0;  // T5 folds the scale into its initialisation
+    s.query = {name + ".q", 0}, s.key = {name + ".k", 0};
+    s.value = {name + ".v", 0}, s.output = name + ".o";
+    s.mixable = true, s.in = c.width, s.out = inner, s.bias = false;
+    // A token mixer that takes the attention's input needs no q, k, v
+    // (cross-attention stays softmax).
+    if (cross || !slots.mixes_input(s)) {
+      q = projection(slots, *this, name + ".", "q", c.width, inner);
+      k = projection(slots, *this, name + ".", "k", c.width, inner);
+      v = projection(slots, *this, name + ".", "v", c.width, inner);
+    }
     o = projection(slots, *this, name + ".", "o", inner, c.width);
     if (!cross && layer == 0) {
       relative_attention_bias = register_module(
           "relative_attention_bias", torch::nn::Embedding(c.buckets, c.heads));
     }
-    if (!cross) {
-      Slot s;
-      s.name = name;
-      s.attention.layer = layer, s.attention.heads = c.heads, s.attention.kv_heads = c.heads;
-      s.attention.head_dim = c.kv_dim, s.attention.causal = decoder;
-      s.attention.scale = 1.0;  // T5 folds the scale into its initialisation
-      s.query = {name + ".q", 0}, s.key = {name + ".k", 0};
-      s.value = {name + ".v", 0}, s.output = name + ".o";
-      core = slots.attention(*this, s);
-    }
+    if (!cross) core = slots.attention(*this, s);
   }
 
   // [1, H, Tq, Tk]: the relative position bias of queries at positions
@@ -159,9 +162,11 @@ struct AttentionImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& memory, const ops::AttentionMask& mask,
                      KVCache* cache) {
     const int64_t b = x.size(0), t = x.size(1);
-    const at::Tensor qh = heads(q.forward(x), b);
     at::Tensor y;
-    if (is_cross) {
+    if (core && core->mixes_input()) {
+      y = core->mix(x, mask, cache);
+    } else if (is_cross) {
+      const at::Tensor qh = heads(q.forward(x), b);
       at::Tensor kh, vh;
       const auto i = static_cast<size_t>(index);
       if (cache != nullptr && cache->cross_keys.size() > i && cache->cross_keys[i].defined()) {
@@ -176,7 +181,8 @@ struct AttentionImpl : torch::nn::Module {
       }
       y = ops::attention(qh, kh, vh, mask, 1.0);
     } else {
-      y = core->forward(qh, heads(k.forward(x), b), heads(v.forward(x), b), mask, cache);
+      y = core->forward(heads(q.forward(x), b), heads(k.forward(x), b), heads(v.forward(x), b), mask,
+                        cache);
     }
     return o.forward(y.transpose(1, 2).reshape({b, t, c.heads * c.kv_dim}));
   }

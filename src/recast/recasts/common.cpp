@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <fstream>
 #include <map>
 
 namespace recast::recasts {
@@ -84,18 +85,32 @@ std::vector<const models::BuiltSlot*> slots_of(const models::Model& model, model
 models::ModelPtr rebuild_with(const models::Model& source, const std::string& key,
                               const nlohmann::json& block, uint64_t seed,
                               const std::function<bool(const std::string&)>& expected,
-                              std::vector<std::string>* fresh) {
+                              std::vector<std::string>* fresh,
+                              const std::function<bool(const std::string&)>& droppable,
+                              std::vector<std::string>* dropped) {
   nlohmann::json config = source.config();
   config[key] = block;
   at::manual_seed(seed);  // the new parameters' initialisation
   models::ModelPtr model = models::create_model(source.arch(), config);
-  *fresh = copy_matching_weights(source, *model);
+  *fresh = copy_matching_weights(source, *model, droppable, dropped);
   for (const auto& name : *fresh) {
     RECAST_CHECK(expected(name), "recipe: unexpected new tensor ", quote(name));
   }
   model->set_metadata(source.metadata());
   model->to(source.device());
   return model;
+}
+
+nlohmann::json transfer_curve(const std::string& metrics) {
+  nlohmann::json curve = nlohmann::json::array();
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("split", "") == "train") {
+      curve.push_back({{"step", j["step"]}, {"mse_sum", j["loss"]}});
+    }
+  }
+  return curve;
 }
 
 nlohmann::json output_change(models::Model& before_model, models::Model& after_model,
@@ -162,11 +177,17 @@ std::map<std::string, at::Tensor> named_tensors(const models::Model& m) {
   return out;
 }
 
-std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to) {
+std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to,
+                                               const std::function<bool(const std::string&)>& droppable,
+                                               std::vector<std::string>* dropped) {
   torch::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> target = named_tensors(to);
   auto copy = [&](const std::string& name, const at::Tensor& value) {
     auto it = target.find(name);
+    if (it == target.end() && droppable && droppable(name)) {
+      if (dropped) dropped->push_back(name);
+      return;
+    }
     if (it == target.end()) throw Error(msg("recipe: the converted model has no tensor ", quote(name)));
     RECAST_CHECK(it->second.sizes() == value.sizes(), "recipe: tensor ", quote(name), ": ",
                  shape_string(value.sizes()), " in the source, ", shape_string(it->second.sizes()),

@@ -150,7 +150,12 @@ std::map<std::string, at::Tensor> named_tensors(const models::Model& m);
 // Copies every tensor of `from` into the same-named tensor of `to`; returns
 // the names of `to` that `from` lacks (the recipe's new parameters). Throws on
 // a tensor of `from` that `to` lacks or whose shape differs.
-std::vector<std::string> copy_matching_weights(const models::Model& from, models::Model& to);
+// `droppable` names tensors of `from` that `to` may lack (the layers a
+// recipe replaces); those skipped are added to `dropped`.
+std::vector<std::string> copy_matching_weights(
+    const models::Model& from, models::Model& to,
+    const std::function<bool(const std::string&)>& droppable = {},
+    std::vector<std::string>* dropped = nullptr);
 
 // The source's config with `block` under `key`, built as a new model on the
 // source's device with every tensor of the source copied in; `fresh` gets the
@@ -158,7 +163,13 @@ std::vector<std::string> copy_matching_weights(const models::Model& from, models
 models::ModelPtr rebuild_with(const models::Model& source, const std::string& key,
                               const nlohmann::json& block, uint64_t seed,
                               const std::function<bool(const std::string&)>& expected,
-                              std::vector<std::string>* fresh);
+                              std::vector<std::string>* fresh,
+                              const std::function<bool(const std::string&)>& droppable = {},
+                              std::vector<std::string>* dropped = nullptr);
+
+// The train lines of an attention-transfer run's metrics.jsonl as
+// [{"step", "mse_sum"}].
+nlohmann::json transfer_curve(const std::string& metrics);
 
 // Re-estimates every BatchNorm's running statistics from `batches` (the
 // cumulative average over them, as momentum=None does in PyTorch), with no

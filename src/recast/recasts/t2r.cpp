@@ -20,7 +20,6 @@
 #include <torch/torch.h>
 
 #include <filesystem>
-#include <fstream>
 
 namespace recast::recasts {
 namespace {
@@ -85,19 +84,6 @@ class AttentionTransfer : public train::Objective {
     return sum;
   }
 };
-
-// The train lines of a run's metrics.jsonl as {"step", "mse_sum"}.
-nlohmann::json transfer_curve(const std::string& metrics) {
-  nlohmann::json curve = nlohmann::json::array();
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.value("split", "") == "train") {
-      curve.push_back({{"step", j["step"]}, {"mse_sum", j["loss"]}});
-    }
-  }
-  return curve;
-}
 
 class T2R : public Recast {
  public:
