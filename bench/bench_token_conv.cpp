@@ -11,13 +11,15 @@
 //   block   a convolution block (GLU projection D -> 2D, lightweight conv
 //           K=31 with 12 kernels, output projection) vs the softmax attention
 //           block it replaces (qkv projection, causal
-//           at::scaled_dot_product_attention, output projection), D=768,
+//           ops::attention: at::scaled_dot_product_attention where LibTorch
+//           has it, output projection), D=768,
 //           12 heads, bf16, B=1, T = 512..32768, forward + backward.
 // Medians of 5 repeats of --iters calls after warm-up; one JSON line per
 // measurement on stdout, both sides in one process.
 
 #include "recast/core/device.h"
 #include "recast/layers/conv_mixer.h"
+#include "recast/ops/attention.h"
 #include "recast/ops/token_conv.h"
 
 #include <torch/cuda.h>
@@ -136,7 +138,9 @@ void block(const c10::Device& d, int64_t iters) {
     };
     auto attention_block = [&] {
       auto parts = qkv(x).view({1, t, 3, heads, hd}).permute({2, 0, 3, 1, 4});
-      const at::Tensor y = at::scaled_dot_product_attention(parts[0], parts[1], parts[2], {}, 0.0, true);
+      recast::ops::AttentionMask causal;
+      causal.causal = true;
+      const at::Tensor y = recast::ops::attention(parts[0], parts[1], parts[2], causal);
       (out(y.transpose(1, 2).reshape({1, t, width})) * up).sum().backward();
     };
     const int64_t n = std::max<int64_t>(1, iters * 512 / t);
