@@ -5,15 +5,49 @@
 #   scripts/gpu-conv.sh bench        bench_token_conv kernel + block (bench/bench_token_conv.cpp)
 #   scripts/gpu-conv.sh check        tools/gpu_check_conv.py: transformers checkpoints converted
 #   scripts/gpu-conv.sh decode       ms/token and memory vs context: softmax, T2R, conv
-#   scripts/gpu-conv.sh experiment   Tay et al.'s questions at our scale (docs/results.md)
-# Needs .debs (scripts/gpu-debs.sh) for the build.
+#   scripts/gpu-conv.sh experiment-pretrain experiment-spam experiment-author
+#                                    Tay et al.'s questions at our scale (docs/results.md):
+#       a small T5 (4 + 4 blocks x 256, byte level) with softmax, lightweight,
+#       dynamic and dilated self-attention, each pretrained with span corruption
+#       on State of the Union + Moby Dick for the same steps, then fine-tuned on
+#       SpamAssassin (ham / spam) and on authorship (State of the Union or Moby
+#       Dick passage); the conv models also without pretraining; and the
+#       pretrained softmax T5 converted to lightweight conv (with and without
+#       attention transfer) and fine-tuned the same way.
+# Needs .debs (scripts/gpu-debs.sh) for the build; the experiment needs
+# .gpu-data (scripts/gpu-data.sh, then tools/make_conv_tasks.py data .gpu-data).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build-gpu/out}/conv
-recast=build-gpu/recast
+recast=${RECAST:-build-gpu/recast}
 python=${PYTHON:-python3}
-runs=${RUNS:-/tmp/recast-runs}
+runs=${RUNS:-$PWD/build-gpu/runs}
 mkdir -p "$out" "$runs"
+
+experiment_setup() {
+  export RECAST_DATA_DIR=$PWD/.gpu-data
+  ex=$out/experiment
+  mkdir -p "$ex"
+  pre=$runs/pretrain-text
+  rm -rf "$pre" && mkdir -p "$pre" && cp .gpu-data/sotu/*.txt "$pre/" && cp .gpu-data/moby-dick/data.txt "$pre/moby-dick.txt"
+  dev=${DEVICE:-cuda}; bf16=(--bf16); [[ $dev == cpu ]] && bf16=()
+  P=${PRETRAIN_STEPS:-600}; F=${FINETUNE_STEPS:-250}; X=${TRANSFER_STEPS:-100}
+  t5=(--arch t5 --set d_model=256 --set d_kv=32 --set num_heads=8 --set d_ff=1024 --set num_layers=4
+      --set feed_forward_proj=gated-gelu --tokenizer bytes)
+  common=("${bf16[@]}" --device "$dev" --no-progress)
+  mods=""
+  for stack in encoder decoder; do
+    for i in 0 1 2 3; do mods+="${mods:+,}\"$stack.block.$i.layer.0.SelfAttention\""; done
+  done
+  cfg() {
+    case $1 in
+      lightweight) echo "{\"kind\":\"lightweight\",\"modules\":[$mods],\"kernel_size\":31}" ;;
+      dynamic) echo "{\"kind\":\"dynamic\",\"modules\":[$mods],\"kernel_size\":31}" ;;
+      dilated) echo "{\"kind\":\"dilated\",\"modules\":[$mods],\"kernel_size\":8,\"dilation\":4}" ;;
+    esac
+  }
+  note() { echo "$(date +%T) $*" | tee -a "$ex/log.txt"; }
+}
 
 for job in "$@"; do
   case $job in
@@ -71,6 +105,52 @@ for l in open(sys.argv[1]):
     r = json.loads(l)
     print({k: r.get(k) for k in ("attention", "context", "ms_per_token", "cache_mb", "peak_memory_mb", "error")})
 PY
+      ;;
+    experiment-pretrain)
+      experiment_setup
+      for v in softmax lightweight dynamic dilated; do
+        set=(); [[ $v != softmax ]] && set=(--set "recast_conv=$(cfg $v)")
+        rm -rf "$runs/pre-$v"
+        s0=$SECONDS
+        "$recast" pretrain "${t5[@]}" "${set[@]}" --data "$pre" --seq-len 256 --batch-size 64 --steps "$P" \
+          --lr 3e-3 --warmup 60 --eval-every "$P" --eval-batches 20 "${common[@]}" --out "$runs/pre-$v" \
+          > "$ex/pre-$v.txt" 2>&1 || tail -3 "$ex/pre-$v.txt"
+        note "pretrain $v: $((SECONDS - s0)) s"
+        cp "$runs/pre-$v/metrics.jsonl" "$ex/pre-$v-metrics.jsonl"
+      done
+      rm -rf "$runs/conv-plain" "$runs/conv-transfer"
+      "$recast" convert --recipe conv --model "$runs/pre-softmax" --out "$runs/conv-plain" --kernel 31 \
+        --device "$dev" --data "$pre" --seq-len 256 --batch-size 32 > "$ex/convert-plain.txt" 2>&1
+      "$recast" convert --recipe conv --model "$runs/pre-softmax" --out "$runs/conv-transfer" --kernel 31 \
+        --device "$dev" --data "$pre" --seq-len 256 --batch-size 32 --transfer-steps "$X" --transfer-lr 3e-3 \
+        > "$ex/convert-transfer.txt" 2>&1
+      for c in plain transfer; do cp "$runs/conv-$c/recast_manifest.json" "$ex/convert-$c-manifest.json"; done
+      note "converted"
+      ;;
+    experiment-spam|experiment-author)
+      experiment_setup
+      task=${job#experiment-}
+      {
+        data=.gpu-data/$task.jsonl
+        for m in pre-softmax pre-lightweight pre-dynamic pre-dilated conv-plain conv-transfer scratch-softmax \
+                 scratch-lightweight scratch-dynamic scratch-dilated; do
+          rm -rf "$runs/ft-$task-$m"
+          s0=$SECONDS
+          if [[ $m == scratch-* ]]; then
+            v=${m#scratch-}; set=(); [[ $v != softmax ]] && set=(--set "recast_conv=$(cfg $v)")
+            "$recast" pretrain "${t5[@]}" "${set[@]}" --objective text-to-text --data "$data" --seq-len 256 --batch-size 32 --steps "$F" \
+              --lr 1e-3 --warmup 25 --eval-batches 10 "${common[@]}" --out "$runs/ft-$task-$m" > "$ex/ft-$task-$m.txt" 2>&1
+          else
+            "$recast" finetune --model "$runs/$m" --data "$data" --seq-len 256 --batch-size 32 --steps "$F" \
+              --lr 1e-3 --warmup 25 --eval-batches 10 "${common[@]}" --out "$runs/ft-$task-$m" > "$ex/ft-$task-$m.txt" 2>&1
+          fi
+          rc=$?
+          "$recast" eval --model "$runs/ft-$task-$m" --data "$data" --split test --device "$dev" "${bf16[@]}" --json \
+            > "$ex/eval-$task-$m.json" 2>> "$ex/ft-$task-$m.txt"
+          note "$task $m: rc $rc, $((SECONDS - s0)) s, $(tr -d ' \n' < "$ex/eval-$task-$m.json" | head -c 200)"
+          cp "$runs/ft-$task-$m/metrics.jsonl" "$ex/ft-$task-$m-metrics.jsonl" 2>/dev/null
+        done
+      }
       ;;
     *)
       echo "unknown job $job" >&2

@@ -12,6 +12,7 @@
 #include "recast/core/log.h"
 #include "recast/core/version.h"
 #include "recast/io/file.h"
+#include "recast/models/seq2seq.h"
 #include "recast/recasts/recast.h"
 
 #include <torch/torch.h>
@@ -56,12 +57,35 @@ ConvertData open_data(const ConvertCli& o, models::Model& source, const io::Toke
     d.probe = train::to_device(source.example_batch(4, o.seed), device);
     return d;
   }
-  check_data_fits(source.task(), o.data, msg("--model ", quote(o.model)));
   const bool images = source.task() == models::Task::ImageClassification;
   train::Normalization norm = normalization_of(source.config());
   if (!images && !tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
   train::DataOptions opts{o.data, images ? "test" : "val", split_seed_of(source_manifest),
                           o.seq_len, "text"};
+  if (auto* s2s = dynamic_cast<models::Seq2SeqModel*>(&source)) {
+    // An encoder-decoder reads plain text as its span corruption (with the
+    // noise it was pretrained with) and labelled text or pairs text to text.
+    const train::DataKind kind = train::sniff_data_kind(o.data);
+    if (kind == train::DataKind::ImageClassification) {
+      throw UsageError(msg("--data ", quote(o.data), " is image data; --model ", quote(o.model),
+                           " is an encoder-decoder"));
+    }
+    opts.decoder_start = s2s->decoder_start_token();
+    opts.pad = s2s->pad_token();
+    if (kind == train::DataKind::Text) {
+      opts.span_corruption = true;
+      if (source_manifest.contains("noise_density") && source_manifest["noise_density"].is_number()) {
+        opts.noise_density = source_manifest["noise_density"];
+      }
+      if (source_manifest.contains("mean_span") && source_manifest["mean_span"].is_number()) {
+        opts.mean_span = source_manifest["mean_span"];
+      }
+    } else {
+      opts.text_to_text = true;
+    }
+  } else {
+    check_data_fits(source.task(), o.data, msg("--model ", quote(o.model)));
+  }
   auto probe_split = train::open_dataset(opts, images ? nullptr : tok, &norm);
   train::Loader probe_loader(probe_split->size(), o.batch_size, 0, false, false);
   d.probe = train::to_device(probe_split->batch(probe_loader.next()).inputs, device);

@@ -120,7 +120,7 @@ at::Tensor ConvKernelImpl::forward(const at::Tensor& g) {
     w = weight;
   }
   // The softmax in fp32, as fairseq's (and every) normalised kernel is.
-  if (normalize_ == "softmax") w = at::softmax(w.to(at::kFloat), -1).to(w.scalar_type());
+  if (normalize_ == "softmax") w = at::softmax(w, -1, at::kFloat).to(w.scalar_type());
   if (is_training() && dropout_ > 0) w = at::dropout(w, dropout_, /*train=*/true);
   return w;
 }
@@ -143,8 +143,8 @@ int64_t ConvMixerImpl::window() const {
 
 at::Tensor ConvMixerImpl::mix(const at::Tensor& x, const ops::AttentionMask& mask, KVCache* cache) {
   const int64_t b = x.size(0), t = x.size(1);
-  const auto halves = conv_glu->forward(x).chunk(2, -1);
-  at::Tensor g = halves[0] * at::sigmoid(halves[1]);
+  // at::glu: the first half times the sigmoid of the second, one kernel.
+  at::Tensor g = at::glu(conv_glu->forward(x), -1);
   if (mask.key_padding.defined()) {
     const at::Tensor real = mask.key_padding.narrow(1, mask.query_offset, t);
     g = g.masked_fill(real.logical_not().unsqueeze(-1), 0);
