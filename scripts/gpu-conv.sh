@@ -132,18 +132,22 @@ PY
       task=${job#experiment-}
       {
         data=.gpu-data/$task.jsonl
-        for m in pre-softmax pre-lightweight pre-dynamic pre-dilated conv-plain conv-transfer scratch-softmax \
-                 scratch-lightweight scratch-dynamic scratch-dilated; do
+        for m in ${MODELS:-pre-softmax pre-lightweight pre-dynamic pre-dilated conv-plain conv-transfer scratch-softmax \
+                 scratch-lightweight scratch-dynamic scratch-dilated}; do
           rm -rf "$runs/ft-$task-$m"
           s0=$SECONDS
+          from=$runs/$m
           if [[ $m == scratch-* ]]; then
+            # Without pretraining: a fresh checkpoint of the same model (one
+            # span-corruption step at lr 1e-8 writes it), then the same fine-tune.
             v=${m#scratch-}; set=(); [[ $v != softmax ]] && set=(--set "recast_conv=$(cfg $v)")
-            "$recast" pretrain "${t5[@]}" "${set[@]}" --objective text-to-text --data "$data" --seq-len 256 --batch-size 32 --steps "$F" \
-              --lr 1e-3 --warmup 25 --eval-batches 10 "${common[@]}" --out "$runs/ft-$task-$m" > "$ex/ft-$task-$m.txt" 2>&1
-          else
-            "$recast" finetune --model "$runs/$m" --data "$data" --seq-len 256 --batch-size 32 --steps "$F" \
-              --lr 1e-3 --warmup 25 --eval-batches 10 "${common[@]}" --out "$runs/ft-$task-$m" > "$ex/ft-$task-$m.txt" 2>&1
+            from=$runs/init-$v
+            rm -rf "$from"
+            "$recast" pretrain "${t5[@]}" "${set[@]}" --data "$pre" --seq-len 256 --batch-size 8 --steps 1 \
+              --lr 1e-8 --warmup 0 --eval-batches 1 "${common[@]}" --out "$from" > "$ex/init-$v.txt" 2>&1
           fi
+          "$recast" finetune --model "$from" --data "$data" --seq-len 256 --batch-size 32 --steps "$F" \
+            --lr 1e-3 --warmup 25 --eval-batches 10 "${common[@]}" --out "$runs/ft-$task-$m" > "$ex/ft-$task-$m.txt" 2>&1
           rc=$?
           "$recast" eval --model "$runs/ft-$task-$m" --data "$data" --split test --device "$dev" "${bf16[@]}" --json \
             > "$ex/eval-$task-$m.json" 2>> "$ex/ft-$task-$m.txt"
