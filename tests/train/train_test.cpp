@@ -13,6 +13,8 @@
 #include "test_util.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <numeric>
 #include <stb/stb_image_write.h>
 #include <torch/torch.h>
 
@@ -183,6 +185,43 @@ std::string corpus(size_t bytes, uint64_t seed) {
     s += words[(x >> 33) % 8];
   }
   return s;
+}
+
+// Text to text (an encoder-decoder's labelled data): every input and target
+// ends with </s> whatever the tokenizer appends, so that a short target
+// ("ham" beside "spam") learns to stop, and the labels of a shorter target
+// are its tokens, </s>, then -100.
+TEST(Data, TextToTextTargetsEndWithEos) {
+  TempDir dir;
+  std::string rows;
+  for (int i = 0; i < 40; ++i) {
+    rows += nlohmann::json({{"text", "mail " + std::to_string(i)}, {"label", i % 3 ? "ham" : "spam"}}).dump() + "\n";
+  }
+  write_bytes(dir.file("mail.jsonl"), rows);
+  io::ByteTokenizer tok({"</s>"});
+  const int64_t eos = tok.eos_id();
+  ASSERT_GE(eos, 0);
+  train::DataOptions o{dir.file("mail.jsonl"), "train", 3, 32, "text"};
+  o.text_to_text = true;
+  auto data = train::open_dataset(o, &tok);
+  std::vector<int64_t> all(static_cast<size_t>(data->size()));
+  std::iota(all.begin(), all.end(), 0);
+  const train::Example ex = data->batch(all);
+  ASSERT_EQ(ex.labels.size(1), 5);  // "spam" + </s>
+  bool ham = false, spam = false;
+  for (int64_t r = 0; r < ex.labels.size(0); ++r) {
+    const auto row = ex.labels[r];
+    const bool is_ham = row[3].item<int64_t>() == eos;
+    if (is_ham) {
+      EXPECT_EQ(row[4].item<int64_t>(), -100);
+    } else {
+      EXPECT_EQ(row[4].item<int64_t>(), eos);
+    }
+    ham = ham || is_ham, spam = spam || !is_ham;
+    const int64_t n = ex.inputs.attention_mask[r].sum().item<int64_t>();
+    EXPECT_EQ(ex.inputs.input_ids[r][n - 1].item<int64_t>(), eos);
+  }
+  EXPECT_TRUE(ham && spam);
 }
 
 TEST(Data, TextSplitsAreDisjointDeterministicAndCoverTheCorpus) {

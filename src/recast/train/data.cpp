@@ -207,9 +207,13 @@ class TextToTextDataset : public Dataset {
     const auto chosen =
         split_indices(static_cast<int64_t>(all.items.size()), o.seed, 0.1, 0.1, o.split);
     if (chosen.empty()) throw Error(msg("data ", quote(name), " (", o.split, "): empty data set"));
+    // T5 ends every input and target with </s> (its SentencePiece tokenizer
+    // appends it; the byte tokenizer does not, so it is appended here):
+    // without it a target shorter than the batch's longest never learns to
+    // stop, and generation runs past it.
     auto encode = [&](const std::string& text, const std::string& source) {
       std::vector<int64_t> ids = tok.encode(text);
-      if (ids.empty() && tok.eos_id() >= 0) ids.push_back(tok.eos_id());
+      if (tok.eos_id() >= 0 && (ids.empty() || ids.back() != tok.eos_id())) ids.push_back(tok.eos_id());
       if (ids.empty()) throw Error(msg(source, ": empty text"));
       if (static_cast<int64_t>(ids.size()) > o.seq_len) {  // keep the start and the </s>
         const int64_t last = ids.back();
