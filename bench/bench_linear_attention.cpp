@@ -16,6 +16,7 @@
 #include "recast/core/device.h"
 #include "recast/ops/attention.h"
 #include "recast/ops/linear_attention.h"
+#include "bench_util.h"
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -30,39 +31,6 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-void sync(const c10::Device& d) {
-  if (d.is_cuda()) torch::cuda::synchronize(d.index() < 0 ? 0 : d.index());
-}
-
-// Median over `repeats` of the mean time of `iters` calls, in milliseconds.
-double time_ms(const c10::Device& d, int64_t warmup, int64_t iters, int64_t repeats,
-               const std::function<void()>& fn) {
-  for (int64_t i = 0; i < warmup; ++i) fn();
-  sync(d);
-  std::vector<double> ms;
-  for (int64_t r = 0; r < repeats; ++r) {
-    const auto t0 = Clock::now();
-    for (int64_t i = 0; i < iters; ++i) fn();
-    sync(d);
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count() /
-                 static_cast<double>(iters));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-int64_t arg(int argc, char** argv, const std::string& name, int64_t fallback) {
-  for (int i = 2; i + 1 < argc; ++i)
-    if (name == argv[i]) return std::stoll(argv[i + 1]);
-  return fallback;
-}
-
-std::string sarg(int argc, char** argv, const std::string& name, const std::string& fallback) {
-  for (int i = 2; i + 1 < argc; ++i)
-    if (name == argv[i]) return argv[i + 1];
-  return fallback;
-}
 
 void step(int argc, char** argv, const c10::Device& dev) {
   const int64_t b = arg(argc, argv, "--batch", 8), h = arg(argc, argv, "--heads", 12),

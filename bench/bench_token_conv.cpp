@@ -21,6 +21,7 @@
 #include "recast/layers/conv_mixer.h"
 #include "recast/ops/attention.h"
 #include "recast/ops/token_conv.h"
+#include "bench_util.h"
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -34,44 +35,11 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-void sync(const c10::Device& d) {
-  if (d.is_cuda()) torch::cuda::synchronize(d.index() < 0 ? 0 : d.index());
-}
-
-double time_ms(const c10::Device& d, int64_t iters, const std::function<void()>& fn) {
-  for (int64_t i = 0; i < 3; ++i) fn();
-  sync(d);
-  std::vector<double> ms;
-  for (int r = 0; r < 5; ++r) {
-    const auto t0 = Clock::now();
-    for (int64_t i = 0; i < iters; ++i) fn();
-    sync(d);
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count() /
-                 static_cast<double>(iters));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-int64_t arg(int argc, char** argv, const std::string& name, int64_t fallback) {
-  for (int i = 2; i + 1 < argc; ++i)
-    if (name == argv[i]) return std::stoll(argv[i + 1]);
-  return fallback;
-}
-
-std::string device_arg(int argc, char** argv) {
-  for (int i = 2; i + 1 < argc; ++i)
-    if (std::string(argv[i]) == "--device") return argv[i + 1];
-  return "cuda";
-}
-
 // Device-to-device copy bandwidth (bytes read + written per second).
 double copy_gb_s(const c10::Device& d) {
   const at::Tensor a = torch::empty({int64_t{1} << 30}, torch::TensorOptions().dtype(torch::kBFloat16).device(d));
   at::Tensor b = torch::empty_like(a);
-  const double ms = time_ms(d, 10, [&] { b.copy_(a); });
+  const double ms = time_ms(d, 3, 10, 5, [&] { b.copy_(a); });
   return 2.0 * static_cast<double>(a.nbytes()) / (ms * 1e-3) / 1e9;
 }
 
@@ -94,9 +62,9 @@ void kernel(const c10::Device& d, int64_t iters) {
           double fwd = 0;
           {
             const torch::NoGradGuard no_grad;
-            fwd = time_ms(d, iters, [&] { recast::ops::token_conv(x, w, o); });
+            fwd = time_ms(d, 3, iters, 5, [&] { recast::ops::token_conv(x, w, o); });
           }
-          const double both = time_ms(d, std::max<int64_t>(1, iters / 2), [&] {
+          const double both = time_ms(d, 3, std::max<int64_t>(1, iters / 2), 5, [&] {
             x.mutable_grad() = at::Tensor();
             w.mutable_grad() = at::Tensor();
             (recast::ops::token_conv(x, w, o) * up).sum().backward();
@@ -144,8 +112,8 @@ void block(const c10::Device& d, int64_t iters) {
       (out(y.transpose(1, 2).reshape({1, t, width})) * up).sum().backward();
     };
     const int64_t n = std::max<int64_t>(1, iters * 512 / t);
-    const double conv_ms = time_ms(d, n, conv_block);
-    const double attn_ms = time_ms(d, n, attention_block);
+    const double conv_ms = time_ms(d, 3, n, 5, conv_block);
+    const double attn_ms = time_ms(d, 3, n, 5, attention_block);
     std::printf(
         "{\"bench\": \"block\", \"T\": %ld, \"D\": %ld, \"conv_fwd_bwd_ms\": %.4f, \"attention_fwd_bwd_ms\": %.4f, "
         "\"attention_over_conv\": %.2f}\n",
@@ -162,7 +130,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const c10::Device d = recast::select_device(device_arg(argc, argv));
+    const c10::Device d = recast::select_device(sarg(argc, argv, "--device", "cuda"));
     const int64_t iters = arg(argc, argv, "--iters", 20);
     const std::string mode = argv[1];
     if (mode == "kernel") {

@@ -37,4 +37,26 @@ inline models::ModelPtr tiny_model(const std::string& arch,
   return m;
 }
 
+inline double max_rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a - b).abs().max() / b.abs().max()).item<double>();
+}
+
+// A decoder's logits for 2 x 23 random tokens (ids < 61) in one forward, and
+// with its cache: `prefill` tokens at once, then one at a time. Returns the
+// relative difference (max |a - b| / max |b|) and leaves the cache in `cache`.
+inline double cached_vs_full(models::Model& m, int64_t prefill, models::KVCache& cache) {
+  torch::NoGradGuard no_grad;
+  models::Batch batch;
+  batch.input_ids = torch::randint(61, {2, 23}, torch::kLong);
+  const at::Tensor full = m.forward(batch);
+  models::Batch part;
+  part.input_ids = batch.input_ids.narrow(1, 0, prefill);
+  std::vector<at::Tensor> logits{m.forward(part, nullptr, &cache)};
+  for (int64_t t = prefill; t < 23; ++t) {
+    part.input_ids = batch.input_ids.narrow(1, t, 1);
+    logits.push_back(m.forward(part, nullptr, &cache));
+  }
+  return max_rel(at::cat(logits, 1), full);
+}
+
 }  // namespace recast::testing

@@ -1,12 +1,14 @@
 #include "recast/recasts/recast.h"
 
 #include "recast/train/hooks.h"
+#include "recast/train/trainer.h"
 
 #include "recast/core/error.h"
 
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -111,6 +113,34 @@ nlohmann::json transfer_curve(const std::string& metrics) {
     }
   }
   return curve;
+}
+
+nlohmann::json run_attention_transfer(models::Model& model, const RecipeOptions& o, int64_t steps,
+                                      double lr, double clip, const std::string& train_regex,
+                                      std::shared_ptr<train::Objective> objective) {
+  RECAST_CHECK(!o.work_dir.empty(), "attention transfer: no scratch directory");
+  RECAST_CHECK(o.train_data != nullptr, "attention transfer: no training data");
+  train::TrainOptions t;
+  t.out = (std::filesystem::path(o.work_dir) / "transfer").string();
+  t.steps = steps;
+  t.batch_size = o.batch_size;
+  t.lr = lr;
+  t.warmup = steps / 10;
+  t.min_lr_ratio = 0.1;
+  t.weight_decay = 0;
+  t.beta2 = 0.999;
+  t.clip = clip;
+  t.log_every = 10;
+  t.train_regex = train_regex;
+  t.seed = o.seed;
+  t.device = o.device;
+  t.objective = std::move(objective);
+  t.label = "transfer";
+  t.save_final = false;      // the conversion saves the model
+  t.stop_on_signal = false;  // a signal ends convert (its output removed)
+  train::train(model, *o.train_data, nullptr, t, {});
+  for (auto& p : model.parameters(true)) p.set_requires_grad(true);
+  return {{"steps", steps}, {"lr", lr}, {"data", o.data}, {"curve", transfer_curve(t.out + "/metrics.jsonl")}};
 }
 
 nlohmann::json output_change(models::Model& before_model, models::Model& after_model,

@@ -28,7 +28,6 @@
 
 #include <torch/torch.h>
 
-#include <filesystem>
 #include <sstream>
 
 namespace recast::recasts {
@@ -362,31 +361,12 @@ class Conv : public Recast {
   // it replaced, on the source's own inputs.
   static nlohmann::json transfer(models::Model& source, models::Model& model, const RecipeOptions& o,
                                  int64_t steps, double lr, std::vector<LayerReport>* after) {
-    RECAST_CHECK(!o.work_dir.empty(), "attention transfer: no scratch directory");
     source.eval();
-    train::TrainOptions t;
-    t.out = (std::filesystem::path(o.work_dir) / "transfer").string();
-    t.steps = steps;
-    t.batch_size = o.batch_size;
-    t.lr = lr;
-    t.warmup = steps / 10;
-    t.min_lr_ratio = 0.1;
-    t.weight_decay = 0;
-    t.beta2 = 0.999;
-    t.clip = 1.0;
-    t.log_every = 10;
-    t.train_regex = R"(\.conv(_glu)?\.)";
-    t.seed = o.seed;
-    t.device = o.device;
-    t.objective = std::make_shared<ConvTransfer>(source);
-    t.label = "transfer";
-    t.save_final = false;      // the conversion saves the model
-    t.stop_on_signal = false;  // a signal ends convert (its output removed)
-    train::train(model, *o.train_data, nullptr, t, {});
-    for (auto& p : model.parameters(true)) p.set_requires_grad(true);
+    nlohmann::json section = run_attention_transfer(model, o, steps, lr, /*clip=*/1.0, R"(\.conv(_glu)?\.)",
+                                                    std::make_shared<ConvTransfer>(source));
     *after = measure(source, model, o.probe, o.data);
-    return {{"steps", steps}, {"lr", lr}, {"data", o.data},
-            {"curve", transfer_curve(t.out + "/metrics.jsonl")}, {"error_after", report_json(*after)}};
+    section["error_after"] = report_json(*after);
+    return section;
   }
 };
 

@@ -29,6 +29,7 @@
 namespace recast::train {
 class TrainHook;
 class Dataset;
+class Objective;
 }  // namespace recast::train
 
 namespace recast::recasts {
@@ -170,6 +171,15 @@ models::ModelPtr rebuild_with(const models::Model& source, const std::string& ke
 // The train lines of an attention-transfer run's metrics.jsonl as
 // [{"step", "mse_sum"}].
 nlohmann::json transfer_curve(const std::string& metrics);
+
+// Attention transfer as an ordinary training run (o.work_dir/transfer) of the
+// parameters matching `train_regex` under `objective`: AdamW without decay,
+// a 10 % warm-up then cosine to lr / 10, on o.train_data; every parameter is
+// trainable again afterwards. Returns the manifest section without the
+// error after it ({"steps", "lr", "data", "curve"}).
+nlohmann::json run_attention_transfer(models::Model& model, const RecipeOptions& o, int64_t steps,
+                                      double lr, double clip, const std::string& train_regex,
+                                      std::shared_ptr<train::Objective> objective);
 
 // Re-estimates every BatchNorm's running statistics from `batches` (the
 // cumulative average over them, as momentum=None does in PyTorch), with no

@@ -19,7 +19,6 @@
 
 #include <torch/torch.h>
 
-#include <filesystem>
 
 namespace recast::recasts {
 namespace {
@@ -195,30 +194,11 @@ class T2R : public Recast {
       any = any || p.key().find(".feature_map.") != std::string::npos;
     }
     if (!any) throw UsageError("--transfer-steps: the feature maps have no parameters (elu1)");
-    RECAST_CHECK(!o.work_dir.empty(), "attention transfer: no scratch directory");
-    train::TrainOptions t;
-    t.out = (std::filesystem::path(o.work_dir) / "transfer").string();
-    t.steps = steps;
-    t.batch_size = o.batch_size;
-    t.lr = lr;
-    t.warmup = steps / 10;
-    t.min_lr_ratio = 0.1;
-    t.weight_decay = 0;
-    t.beta2 = 0.999;
-    t.clip = 0;
-    t.log_every = 10;
-    t.train_regex = R"(\.feature_map\.)";
-    t.seed = o.seed;
-    t.device = o.device;
-    t.objective = std::make_shared<AttentionTransfer>();
-    t.label = "transfer";
-    t.save_final = false;  // the conversion saves the model
-    t.stop_on_signal = false;  // a signal ends convert (its output removed)
-    train::train(model, *o.train_data, nullptr, t, {});
-    for (auto& p : model.parameters(true)) p.set_requires_grad(true);
+    nlohmann::json section = run_attention_transfer(model, o, steps, lr, /*clip=*/0, R"(\.feature_map\.)",
+                                                    std::make_shared<AttentionTransfer>());
     *after = measure(model, o.probe);
-    return {{"steps", steps}, {"lr", lr}, {"data", o.data},
-            {"curve", transfer_curve(t.out + "/metrics.jsonl")}, {"error_after", report_json(*after)}};
+    section["error_after"] = report_json(*after);
+    return section;
   }
 };
 
