@@ -261,6 +261,14 @@ TEST(Conv, RecipeKernelsPerLayerHeadsAndMisuse) {
   EXPECT_NE(err({{"dilation", 2}}).find("--dilation is for --conv dilated"), std::string::npos);
   EXPECT_NE(err({{"heads", 5}}).find("--heads 5"), std::string::npos);
   EXPECT_NE(err({{"normalize", "none"}}).find("--normalize"), std::string::npos);
+  EXPECT_NE(err({{"glu_init", "zeros"}}).find("--glu-init 'zeros'"), std::string::npos);
+  // The baseline init: the family's fresh draw, W2 not zero.
+  auto random = recasts::get("conv").convert(*source, recipe_options({{"glu_init", "random"}, {"kernel", 3}}));
+  const at::Tensor w = random.model->named_parameters(true)["transformer.h.0.attn.conv_glu.weight"];
+  EXPECT_GT(w.narrow(0, 32, 32).abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(random.manifest["init"], "random: the family's init from scratch");
+  EXPECT_NE(err({{"conv", "dilated"}, {"heads", 2}}).find("--heads is for --conv lightweight or dynamic"),
+            std::string::npos);
   EXPECT_NE(err({{"transfer_steps", 3}}).find("--transfer-steps needs --data"), std::string::npos);
   EXPECT_NE(err({}, "layer4").find("matches none"), std::string::npos);
   EXPECT_NE(error_of([&] { recasts::get("conv").convert(*c.model, recipe_options({})); }).find("already converted"),

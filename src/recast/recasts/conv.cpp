@@ -186,6 +186,9 @@ class Conv : public Recast {
             OptionSpec("--weight-dropout", "weight_dropout", T::Double,
                        "conv: DropConnect on the kernels in training (default 0)")
                 .range(0, 0.99),
+            OptionSpec("--glu-init", "glu_init", T::String,
+                       "conv: value (the GLU starts as the value projection; default) or random "
+                       "(the family's fresh init, a baseline)"),
             OptionSpec("--transfer-steps", "transfer_steps", T::Int,
                        "conv: train the new layers to reproduce the attention first (default 0)")
                 .range(0, 1e9),
@@ -204,6 +207,9 @@ class Conv : public Recast {
       throw UsageError(msg("--conv ", quote(cfg.kind), ": expected lightweight, dynamic or dilated"));
     }
     cfg.heads = o.values.value("heads", int64_t{0});
+    if (cfg.heads > 0 && cfg.kind == "dilated") {
+      throw UsageError("--heads is for --conv lightweight or dynamic (dilated kernels are per channel)");
+    }
     cfg.dilation = o.values.value("dilation", int64_t{cfg.kind == "dilated" ? 2 : 1});
     if (cfg.dilation != 1 && cfg.kind != "dilated") {
       throw UsageError(msg("--dilation is for --conv dilated, not ", cfg.kind));
@@ -217,6 +223,10 @@ class Conv : public Recast {
     const double lr = o.values.value("transfer_lr", 1e-3);
     if (steps > 0 && !o.train_data) {
       throw UsageError("--transfer-steps needs --data (the text to match the attention on)");
+    }
+    const std::string glu_init = o.values.value("glu_init", std::string("value"));
+    if (glu_init != "value" && glu_init != "random") {
+      throw UsageError(msg("--glu-init ", quote(glu_init), ": expected value or random"));
     }
     if (o.values.contains("kernel") && o.values.contains("kernels")) {
       throw UsageError("--kernel and --kernels: give one");
@@ -273,7 +283,21 @@ class Conv : public Recast {
           return false;
         },
         &dropped);
-    init_from_attention(source, *model, slot_of);
+    if (glu_init == "value") {
+      init_from_attention(source, *model, slot_of);
+    } else {
+      // The baseline: the new layers as the family draws them from scratch.
+      at::manual_seed(o.seed);
+      models::ModelPtr scratch = models::create_model(model->arch(), model->config());
+      scratch->init_weights();
+      torch::NoGradGuard no_grad;
+      auto mine = model->named_parameters(true);
+      for (const auto& p : scratch->named_parameters(true)) {
+        if (p.key().find(".conv_glu.") != std::string::npos || p.key().find(".conv.") != std::string::npos) {
+          mine[p.key()].copy_(p.value());
+        }
+      }
+    }
 
     Conversion c;
     c.model = model;
@@ -283,7 +307,8 @@ class Conv : public Recast {
                   {"layers", cfg.modules},
                   {"new_tensors", fresh.size()},
                   {"dropped_tensors", dropped},
-                  {"init", "conv_glu: W1 = 2 W_V (b1 = 2 b_V), W2 = 0; kernels uniform"},
+                  {"init", glu_init == "value" ? "conv_glu: W1 = 2 W_V (b1 = 2 b_V), W2 = 0; kernels uniform"
+                                               : "random: the family's init from scratch"},
                   {"seed", o.seed}};
     if (steps > 0) {
       std::vector<LayerReport> after;
