@@ -172,6 +172,27 @@ class TrainCli : public ::testing::Test {
     factorize_output_ = &convert.out;
     return path;
   }
+  // A converted checkpoint's manifest: attention transfer reduced each of
+  // its `layers` layers' error against the attention it replaced.
+  static void expect_transfer_lowered_each_layer(const nlohmann::json& manifest, size_t layers) {
+    ASSERT_EQ(manifest["error_at_init"].size(), layers);
+    ASSERT_EQ(manifest["attention_transfer"]["error_after"].size(), layers);
+    for (size_t i = 0; i < layers; ++i) {
+      EXPECT_LT(manifest["attention_transfer"]["error_after"][i]["relative_error"].get<double>(),
+                manifest["error_at_init"][i]["relative_error"].get<double>())
+          << i;
+    }
+  }
+  // eval and greedy generate take the checkpoint without flags.
+  static void expect_evaluates_and_generates(const std::string& out) {
+    Result ev = run({"eval", "--model", out, "--data", corpus(), "--json", "--threads", "2"});
+    ASSERT_EQ(ev.code, 0) << ev.err;
+    EXPECT_TRUE(std::isfinite(nlohmann::json::parse(ev.out)["perplexity"].get<double>()));
+    Result gen = run({"generate", "--model", out, "--prompt", "the ", "--max-tokens", "8",
+                      "--temperature", "0", "--json", "--ignore-eos"});
+    ASSERT_EQ(gen.code, 0) << gen.err;
+    EXPECT_EQ(nlohmann::json::parse(gen.out)["ids"].size(), 8u);
+  }
   static const std::string* factorize_output_;
   static TempDir* dir_;
   static std::string* reference_;
@@ -646,16 +667,9 @@ TEST_F(TrainCli, TcnnCorruptionEvalAgainstTheCnn) {
 TEST_F(TrainCli, ConvertToT2RReportsEachLayerAndTransferReducesItsError) {
   const std::string& out = t2r_model();
   auto manifest = nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"));
-  ASSERT_EQ(manifest["error_at_init"].size(), 2u);
   EXPECT_EQ(manifest["error_at_init"][0]["module"], "transformer.h.0.attn");
   EXPECT_EQ(manifest["conversion"]["recipe"], "t2r");
-  ASSERT_EQ(manifest["attention_transfer"]["error_after"].size(), 2u);
-  // Attention transfer reduces every layer's error.
-  for (size_t i = 0; i < 2; ++i) {
-    EXPECT_LT(manifest["attention_transfer"]["error_after"][i]["relative_error"].get<double>(),
-              manifest["error_at_init"][i]["relative_error"].get<double>())
-        << i;
-  }
+  expect_transfer_lowered_each_layer(manifest, 2);
   // The transfer is a training run: its curve (a line per 10 steps) falls.
   const auto& curve = manifest["attention_transfer"]["curve"];
   ASSERT_EQ(curve.size(), 2u);
@@ -668,13 +682,7 @@ TEST_F(TrainCli, ConvertToT2RReportsEachLayerAndTransferReducesItsError) {
 
 TEST_F(TrainCli, T2REvaluatesAndGeneratesWithoutFlags) {
   const std::string& out = t2r_model();
-  Result ev = run({"eval", "--model", out, "--data", corpus(), "--json", "--threads", "2"});
-  ASSERT_EQ(ev.code, 0) << ev.err;
-  EXPECT_TRUE(std::isfinite(nlohmann::json::parse(ev.out)["perplexity"].get<double>()));
-  Result gen = run({"generate", "--model", out, "--prompt", "the ", "--max-tokens", "8",
-                    "--temperature", "0", "--json", "--ignore-eos"});
-  ASSERT_EQ(gen.code, 0) << gen.err;
-  EXPECT_EQ(nlohmann::json::parse(gen.out)["ids"].size(), 8u);
+  expect_evaluates_and_generates(out);
 }
 
 TEST_F(TrainCli, T2RFinetunesAndBenchmarksWithoutFlags) {
@@ -731,21 +739,9 @@ TEST_F(TrainCli, ConvertToConvTransfersAndEveryVerbTakesIt) {
   ASSERT_EQ(convert.code, 0) << convert.err;
   auto manifest = nlohmann::json::parse(read_bytes(out + "/recast_manifest.json"));
   EXPECT_EQ(manifest["conversion"]["recipe"], "conv");
-  ASSERT_EQ(manifest["error_at_init"].size(), 2u);
-  ASSERT_EQ(manifest["attention_transfer"]["error_after"].size(), 2u);
-  for (size_t i = 0; i < 2; ++i) {
-    EXPECT_LT(manifest["attention_transfer"]["error_after"][i]["relative_error"].get<double>(),
-              manifest["error_at_init"][i]["relative_error"].get<double>())
-        << i;
-  }
+  expect_transfer_lowered_each_layer(manifest, 2);
   EXPECT_FALSE(fs::exists(out + "/.work"));
-  Result ev = run({"eval", "--model", out, "--data", corpus(), "--json", "--threads", "2"});
-  ASSERT_EQ(ev.code, 0) << ev.err;
-  EXPECT_TRUE(std::isfinite(nlohmann::json::parse(ev.out)["perplexity"].get<double>()));
-  Result gen = run({"generate", "--model", out, "--prompt", "the ", "--max-tokens", "8",
-                    "--temperature", "0", "--json", "--ignore-eos"});
-  ASSERT_EQ(gen.code, 0) << gen.err;
-  EXPECT_EQ(nlohmann::json::parse(gen.out)["ids"].size(), 8u);
+  expect_evaluates_and_generates(out);
   Result ft = run({"finetune", "--model", out, "--data", corpus(), "--seq-len", "32", "--batch-size",
                    "4", "--steps", "3", "--out", t.file("ft"), "--no-progress", "--threads", "2"});
   ASSERT_EQ(ft.code, 0) << ft.err;

@@ -28,12 +28,17 @@
 
 #include <torch/torch.h>
 
+#include <regex>
 #include <sstream>
 
 namespace recast::recasts {
 namespace {
 
 constexpr const char* kKey = "recast_conv";
+// The tensors a converted layer adds (and attention transfer trains).
+constexpr const char* kNewTensors = R"(\.conv(_glu)?\.)";
+
+bool new_tensor(const std::string& name) { return std::regex_search(name, std::regex(kNewTensors)); }
 
 std::vector<std::pair<std::string, layers::ConvMixerImpl*>> conv_cores(const models::Model& m) {
   std::vector<std::pair<std::string, layers::ConvMixerImpl*>> out;
@@ -272,10 +277,7 @@ class Conv : public Recast {
     std::vector<std::string> fresh, dropped;
     models::ModelPtr model = rebuild_with(
         source, kKey, cfg.to_json(), o.seed,
-        [](const std::string& n) {
-          return n.find(".conv_glu.") != std::string::npos || n.find(".conv.") != std::string::npos;
-        },
-        &fresh,
+        new_tensor, &fresh,
         [&](const std::string& n) {
           for (const auto& p : dropped_prefixes) {
             if (n.rfind(p, 0) == 0) return true;
@@ -293,9 +295,7 @@ class Conv : public Recast {
       torch::NoGradGuard no_grad;
       auto mine = model->named_parameters(true);
       for (const auto& p : scratch->named_parameters(true)) {
-        if (p.key().find(".conv_glu.") != std::string::npos || p.key().find(".conv.") != std::string::npos) {
-          mine[p.key()].copy_(p.value());
-        }
+        if (new_tensor(p.key())) mine[p.key()].copy_(p.value());
       }
     }
 
@@ -357,12 +357,11 @@ class Conv : public Recast {
       at::Tensor w = params["weight"];
       if (it->second->slot.transposed) w = w.t();  // [out, in]
       const int64_t kv = s.attention.kv_heads, d = s.attention.head_dim, heads = s.attention.heads;
-      const int64_t width = w.size(1);
       auto value_rows = [&](const at::Tensor& t) {  // rows of the value heads, repeated to the query heads
         return t.narrow(0, s.value.row, kv * d).reshape({kv, d, -1}).repeat_interleave(heads / kv, 0)
             .reshape({heads * d, -1});
       };
-      const at::Tensor wv = value_rows(w).reshape({heads * d, width});
+      const at::Tensor wv = value_rows(w);
       at::Tensor& glu_w = core->conv_glu->weight;
       glu_w.zero_();
       glu_w.narrow(0, 0, heads * d).copy_(wv * 2);
@@ -387,7 +386,7 @@ class Conv : public Recast {
   static nlohmann::json transfer(models::Model& source, models::Model& model, const RecipeOptions& o,
                                  int64_t steps, double lr, std::vector<LayerReport>* after) {
     source.eval();
-    nlohmann::json section = run_attention_transfer(model, o, steps, lr, /*clip=*/1.0, R"(\.conv(_glu)?\.)",
+    nlohmann::json section = run_attention_transfer(model, o, steps, lr, /*clip=*/1.0, kNewTensors,
                                                     std::make_shared<ConvTransfer>(source));
     *after = measure(source, model, o.probe, o.data);
     section["error_after"] = report_json(*after);
