@@ -172,10 +172,13 @@ TEST(TokenConv, CudaKernelsAgreeWithTheReference) {
   std::vector<Case> all = cases();
   all.push_back({7, 64, 16, true, false});   // span 385: global-memory kernels
   all.push_back({9, 100, 4, false, true});   // dynamic, span 801
+  // 2 heads over 256 channels: a head spans two 64-channel tiles.
+  all.push_back({31, 1, 2, true, true});
+  all.push_back({31, 1, 2, false, false});
   for (const Case& c : all) {
     for (int64_t t : {37, 300}) {
       SCOPED_TRACE(name(c) + " T=" + std::to_string(t));
-      const int64_t b = 2, ch = c.groups == 16 ? 80 : 96;
+      const int64_t b = 2, ch = c.groups == 16 ? 80 : c.groups == 2 ? 256 : 96;
       const int64_t groups = c.groups == 12 ? ch : c.groups;  // the dilated cases: depthwise
       const at::Tensor x = torch::randn({b, t, ch}, torch::kDouble);
       const at::Tensor w = c.dynamic ? torch::randn({b, t, groups, c.kernel}, torch::kDouble)

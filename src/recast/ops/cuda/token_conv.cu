@@ -71,11 +71,57 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 constexpr int kQuads = kChannels / 4;          // threads along C
 constexpr int kRowThreads = 256 / kQuads;      // threads along T
 constexpr int kRowsPerThread = kRows / kRowThreads;
+// Dilation 1: taps are taken kTaps at a time from a register window of
+// kRowsPerThread + kTaps - 1 rows, so each staged row is read from shared
+// memory about twice per chunk instead of once per tap (at K = 31 the
+// per-tap form was shared-memory bound at 17% of HBM bandwidth).
+constexpr int kTaps = 8;
 
-template <typename T, bool kDynamic, bool kSameHead>
-__global__ void forward_tiled_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                                     int tin, int tout, int channels, int groups, int kernel, int offset,
-                                     int dilation) {
+// Four adjacent channels as one vector access (8 bytes in bf16 / fp16, 16 in
+// fp32); callers check the alignment.
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
+};
+
+template <typename T>
+__device__ __forceinline__ float4 load_quad(const T* p) {
+  const Quad<T> q = *reinterpret_cast<const Quad<T>*>(p);
+  return make_float4(static_cast<float>(q.v[0]), static_cast<float>(q.v[1]), static_cast<float>(q.v[2]),
+                     static_cast<float>(q.v[3]));
+}
+
+template <typename T>
+__device__ __forceinline__ void store_quad(T* p, const float (&a)[4]) {
+  Quad<T> q;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) q.v[k] = static_cast<T>(a[k]);
+  *reinterpret_cast<Quad<T>*>(p) = q;
+}
+
+// The four channels' taps j from `wr` (w for shared kernels, the row's
+// [G, K] block for dynamic ones).
+template <typename T, bool kSameHead>
+__device__ __forceinline__ void tap_weights(const T* wr, const int (&g)[4], int kernel, int j, float (&ws)[4]) {
+  if (kSameHead) {
+    ws[0] = ws[1] = ws[2] = ws[3] = static_cast<float>(wr[static_cast<int64_t>(g[0]) * kernel + j]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) ws[k] = static_cast<float>(wr[static_cast<int64_t>(g[k]) * kernel + j]);
+  }
+}
+
+__device__ __forceinline__ void fma_quad(float (&acc)[4], const float (&ws)[4], const float4 v) {
+  acc[0] += ws[0] * v.x;
+  acc[1] += ws[1] * v.y;
+  acc[2] += ws[2] * v.z;
+  acc[3] += ws[3] * v.w;
+}
+
+template <typename T, bool kDynamic, bool kSameHead, bool kDense>
+__global__ void __launch_bounds__(256) forward_tiled_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                            T* __restrict__ y, int tin, int tout, int channels,
+                                                            int groups, int kernel, int offset, int dilation) {
   extern __shared__ unsigned char shared_raw[];
   float4* xs = reinterpret_cast<float4*>(shared_raw);  // [rows][kQuads]
   const int tid = threadIdx.x;
@@ -84,18 +130,14 @@ __global__ void forward_tiled_kernel(const T* __restrict__ x, const T* __restric
   const int t0 = blockIdx.y * kRows;
   const int64_t b = blockIdx.z;
   const int span = dilation * (kernel - 1) + 1;
-  const int rows = kRows + span - 1;
+  // kDense: the last chunk's window may run kTaps - 1 rows past the span.
+  const int rows = kRows + span - 1 + (kDense ? kTaps - 1 : 0);
   const T* xb = x + b * tin * channels;
   for (int i = tid; i < rows * kQuads; i += 256) {
-    const int r = i / kQuads, qq = i % kQuads, c = blockIdx.x * kChannels + 4 * qq;
+    const int r = i / kQuads, c = blockIdx.x * kChannels + 4 * (i % kQuads);
     const int p = t0 + offset + r;
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (c < channels && p >= 0 && p < tin) {
-      const T* src = xb + static_cast<int64_t>(p) * channels + c;
-      v = make_float4(static_cast<float>(src[0]), static_cast<float>(src[1]), static_cast<float>(src[2]),
-                      static_cast<float>(src[3]));
-    }
-    xs[i] = v;
+    xs[i] = (c < channels && p >= 0 && p < tin) ? load_quad(xb + static_cast<int64_t>(p) * channels + c)
+                                                 : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   __syncthreads();
   if (c0 >= channels) return;
@@ -104,48 +146,49 @@ __global__ void forward_tiled_kernel(const T* __restrict__ x, const T* __restric
 #pragma unroll
   for (int k = 0; k < 4; ++k) g[k] = (c0 + k) / gsize;
   const int r0 = ty * kRowsPerThread;
+  // The dynamic kernel's [G, K] block of row i (rows past the end are
+  // computed, not stored).
+  auto row_weights = [&](int i) {
+    return kDynamic ? w + (b * tout + min(t0 + r0 + i, tout - 1)) * groups * kernel : w;
+  };
   float acc[kRowsPerThread][4];
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) acc[i][k] = 0.f;
   }
-  for (int j = 0; j < kernel; ++j) {
-    float ws[4];
-    if (!kDynamic) {
-      if (kSameHead) {
-        ws[0] = ws[1] = ws[2] = ws[3] = static_cast<float>(w[static_cast<int64_t>(g[0]) * kernel + j]);
-      } else {
+  float ws[4];
+  if (kDense) {
+    for (int j0 = 0; j0 < kernel; j0 += kTaps) {
+      float4 win[kRowsPerThread + kTaps - 1];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) ws[k] = static_cast<float>(w[static_cast<int64_t>(g[k]) * kernel + j]);
-      }
-    }
+      for (int i = 0; i < kRowsPerThread + kTaps - 1; ++i) win[i] = xs[(r0 + j0 + i) * kQuads + q];
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const float4 v = xs[(r0 + i + j * dilation) * kQuads + q];
-      if (kDynamic) {
-        const int t = min(t0 + r0 + i, tout - 1);  // rows past the end are computed, not stored
-        const T* wr = w + (b * tout + t) * groups * kernel + j;
-        if (kSameHead) {
-          ws[0] = ws[1] = ws[2] = ws[3] = static_cast<float>(wr[static_cast<int64_t>(g[0]) * kernel]);
-        } else {
+      for (int jj = 0; jj < kTaps; ++jj) {
+        if (j0 + jj >= kernel) break;
+        if (!kDynamic) tap_weights<T, kSameHead>(w, g, kernel, j0 + jj, ws);
 #pragma unroll
-          for (int k = 0; k < 4; ++k) ws[k] = static_cast<float>(wr[static_cast<int64_t>(g[k]) * kernel]);
+        for (int i = 0; i < kRowsPerThread; ++i) {
+          if (kDynamic) tap_weights<T, kSameHead>(row_weights(i), g, kernel, j0 + jj, ws);
+          fma_quad(acc[i], ws, win[i + jj]);
         }
       }
-      acc[i][0] += ws[0] * v.x;
-      acc[i][1] += ws[1] * v.y;
-      acc[i][2] += ws[2] * v.z;
-      acc[i][3] += ws[3] * v.w;
+    }
+  } else {
+    for (int j = 0; j < kernel; ++j) {
+      if (!kDynamic) tap_weights<T, kSameHead>(w, g, kernel, j, ws);
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) {
+        if (kDynamic) tap_weights<T, kSameHead>(row_weights(i), g, kernel, j, ws);
+        fma_quad(acc[i], ws, xs[(r0 + i + j * dilation) * kQuads + q]);
+      }
     }
   }
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
     const int t = t0 + r0 + i;
     if (t >= tout) break;
-    T* dst = y + (b * tout + t) * channels + c0;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) dst[k] = static_cast<T>(acc[i][k]);
+    store_quad(y + (b * tout + t) * channels + c0, acc[i]);
   }
 }
 
@@ -290,6 +333,143 @@ __global__ void grad_weight_dynamic_kernel(const T* __restrict__ gy, const T* __
   }
 }
 
+// Shared kernels, register-tiled (fp32 accumulation, C % 4 == 0, dilation
+// 1): the tile's gy rows and window rows staged as float4; a thread owns 4
+// channels x kTaps taps of one slice of the tile's rows, reading each gy row
+// once and a window of kTaps + 7 input rows per 8 rows (instead of two
+// shared loads per multiply-add); the slices meet in shared memory, and the
+// tile adds one value per (channel, tap) to gw.
+template <typename T>
+__global__ void __launch_bounds__(256) grad_weight_shared_tiled_kernel(const T* __restrict__ gy,
+                                                                       const T* __restrict__ x,
+                                                                       float* __restrict__ gw, int tin, int tout,
+                                                                       int channels, int kernel, int offset,
+                                                                       int slices) {
+  extern __shared__ unsigned char shared_raw[];
+  const int xrows = kRows + kernel - 1 + kTaps - 1;
+  float4* xs = reinterpret_cast<float4*>(shared_raw);  // [xrows][kQuads]
+  float4* gs = xs + xrows * kQuads;                      // [kRows][kQuads]
+  float* red = reinterpret_cast<float*>(gs + kRows * kQuads);  // [kChannels][kernel]
+  const int tid = threadIdx.x;
+  const int64_t b = blockIdx.z;
+  const int t0 = blockIdx.y * kRows, cb = blockIdx.x * kChannels;
+  const T* xb = x + b * tin * channels;
+  const T* gb = gy + b * tout * channels;
+  for (int i = tid; i < xrows * kQuads; i += 256) {
+    const int r = i / kQuads, c = cb + 4 * (i % kQuads), p = t0 + offset + r;
+    xs[i] = (c < channels && p >= 0 && p < tin) ? load_quad(xb + static_cast<int64_t>(p) * channels + c)
+                                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  for (int i = tid; i < kRows * kQuads; i += 256) {
+    const int r = i / kQuads, c = cb + 4 * (i % kQuads), t = t0 + r;
+    gs[i] = (c < channels && t < tout) ? load_quad(gb + static_cast<int64_t>(t) * channels + c)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  for (int i = tid; i < kChannels * kernel; i += 256) red[i] = 0.f;
+  __syncthreads();
+  const int q = tid % kQuads;
+  const int chunks = (kernel + kTaps - 1) / kTaps, rows = kRows / slices;
+  for (int unit = tid / kQuads; unit < chunks * slices; unit += kRowThreads) {
+    const int j0 = (unit % chunks) * kTaps, first = (unit / chunks) * rows;
+    float acc[kTaps][4];
+#pragma unroll
+    for (int jj = 0; jj < kTaps; ++jj) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[jj][k] = 0.f;
+    }
+    for (int r = first; r < first + rows; r += kRowsPerThread) {
+      float4 win[kRowsPerThread + kTaps - 1];
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread + kTaps - 1; ++i) win[i] = xs[(r + j0 + i) * kQuads + q];
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) {
+        const float4 gv = gs[(r + i) * kQuads + q];
+        const float gg[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+        for (int jj = 0; jj < kTaps; ++jj) fma_quad(acc[jj], gg, win[i + jj]);
+      }
+    }
+#pragma unroll
+    for (int jj = 0; jj < kTaps; ++jj) {
+      if (j0 + jj >= kernel) break;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) atomicAdd(red + (4 * q + k) * kernel + j0 + jj, acc[jj][k]);
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < kChannels * kernel; i += 256) {
+    const int c = cb + i / kernel;
+    if (c < channels) atomicAdd(gw + static_cast<int64_t>(c) * kernel + i % kernel, red[i]);
+  }
+}
+
+// Dynamic kernels, tiled (fp32 accumulation): d w[b, t, g, j] = sum over
+// the tile's channels of g of gy[b, t, c] * x[b, t + offset + j d, c], with
+// the tile's gy rows and window rows staged in shared memory (rows padded
+// to 65 floats, so a warp's 32 consecutive rows hit 32 banks). A thread
+// owns one (row, head, kTaps taps): one gy load per kTaps multiply-adds.
+// kAtomic where a head may span channel tiles (64 % (C / G) != 0): the tiles'
+// parts are added into a zeroed gw; otherwise each value is stored once.
+constexpr int kPadded = kChannels + 1;
+
+template <typename T, bool kAtomic>
+__global__ void __launch_bounds__(256) grad_weight_dynamic_tiled_kernel(const T* __restrict__ gy,
+                                                                        const T* __restrict__ x,
+                                                                        float* __restrict__ gw, int tin, int tout,
+                                                                        int channels, int groups, int kernel,
+                                                                        int offset, int dilation) {
+  extern __shared__ unsigned char shared_raw[];
+  const int span = dilation * (kernel - 1) + 1;
+  const int xrows = kRows + span - 1;
+  float* xs = reinterpret_cast<float*>(shared_raw);  // [xrows][kPadded]
+  float* gs = xs + xrows * kPadded;                   // [kRows][kPadded]
+  const int tid = threadIdx.x;
+  const int64_t b = blockIdx.z;
+  const int t0 = blockIdx.y * kRows, cb = blockIdx.x * kChannels;
+  const int ce = min(cb + kChannels, channels);
+  const T* xb = x + b * tin * channels;
+  const T* gb = gy + b * tout * channels;
+  for (int i = tid; i < xrows * kChannels; i += 256) {
+    const int r = i / kChannels, cc = i % kChannels, p = t0 + offset + r;
+    xs[r * kPadded + cc] = (cb + cc < channels && p >= 0 && p < tin)
+                               ? static_cast<float>(xb[static_cast<int64_t>(p) * channels + cb + cc])
+                               : 0.f;
+  }
+  for (int i = tid; i < kRows * kChannels; i += 256) {
+    const int r = i / kChannels, cc = i % kChannels, t = t0 + r;
+    gs[r * kPadded + cc] = (cb + cc < channels && t < tout)
+                               ? static_cast<float>(gb[static_cast<int64_t>(t) * channels + cb + cc])
+                               : 0.f;
+  }
+  __syncthreads();
+  const int gsize = channels / groups;
+  const int g_first = cb / gsize, heads = (ce - 1) / gsize - g_first + 1;
+  const int chunks = (kernel + kTaps - 1) / kTaps;
+  for (int unit = tid; unit < kRows * chunks * heads; unit += 256) {
+    const int r = unit % kRows, rest = unit / kRows;
+    const int j0 = (rest % chunks) * kTaps, g = g_first + rest / chunks;
+    const int t = t0 + r;
+    if (t >= tout) continue;
+    const int lo = max(g * gsize, cb) - cb, hi = min((g + 1) * gsize, ce) - cb;
+    float acc[kTaps];
+#pragma unroll
+    for (int jj = 0; jj < kTaps; ++jj) acc[jj] = 0.f;
+    for (int cc = lo; cc < hi; ++cc) {
+      const float gv = gs[r * kPadded + cc];
+#pragma unroll
+      for (int jj = 0; jj < kTaps; ++jj) {
+        if (j0 + jj < kernel) acc[jj] += gv * xs[(r + (j0 + jj) * dilation) * kPadded + cc];
+      }
+    }
+    float* out = gw + ((b * tout + t) * groups + g) * kernel + j0;
+#pragma unroll
+    for (int jj = 0; jj < kTaps; ++jj) {
+      if (j0 + jj >= kernel) break;
+      if (kAtomic) atomicAdd(out + jj, acc[jj]); else out[jj] = acc[jj];
+    }
+  }
+}
+
 // Whether `bytes` of dynamic shared memory fit a block on this device, opting
 // the kernel in beyond the default 48 KiB.
 template <typename Kernel>
@@ -330,6 +510,21 @@ dim3 tiles(const Shape& s, int rows) {
               static_cast<unsigned>((rows + kRows - 1) / kRows), static_cast<unsigned>(s.batch));
 }
 
+// Whether t's data can be read four elements at a time.
+bool quad_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % (4 * t.element_size()) == 0;
+}
+
+// make(a, b, c) with each flag as std::integral_constant: one kernel
+// instantiation per combination.
+template <typename Make>
+auto pick(bool a, bool b, bool c, Make make) {
+  using T = std::true_type;
+  using F = std::false_type;
+  return a ? (b ? (c ? make(T{}, T{}, T{}) : make(T{}, T{}, F{})) : (c ? make(T{}, F{}, T{}) : make(T{}, F{}, F{})))
+           : (b ? (c ? make(F{}, T{}, T{}) : make(F{}, T{}, F{})) : (c ? make(F{}, F{}, T{}) : make(F{}, F{}, F{})));
+}
+
 // forward_kernel over `in` [B, Tin, C] into [B, Tout, C].
 at::Tensor launch_forward(const at::Tensor& in, const at::Tensor& w, const Shape& s) {
   at::Tensor out = at::empty({s.batch, s.tout, s.channels}, in.options());
@@ -345,14 +540,16 @@ at::Tensor launch_forward(const at::Tensor& in, const at::Tensor& w, const Shape
           s.channels, s.groups, s.kernel, s.offset, s.dilation);
     };
     // The register-tiled form where it applies (fp32 accumulation, C % 4 == 0).
-    const bool same_head = (s.channels / s.groups) % 4 == 0;
-    if (std::is_same<Acc, float>::value && s.channels % 4 == 0) {
-      auto tiled = dynamic ? (same_head ? forward_tiled_kernel<scalar_t, true, true> : forward_tiled_kernel<scalar_t, true, false>)
-                           : (same_head ? forward_tiled_kernel<scalar_t, false, true> : forward_tiled_kernel<scalar_t, false, false>);
-      if (fits_shared(tiled, bytes)) {
-        tiled<<<tiles(s, s.tout), 256, bytes, stream>>>(in.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                                       out.data_ptr<scalar_t>(), s.tin, s.tout, s.channels,
-                                                       s.groups, s.kernel, s.offset, s.dilation);
+    if (std::is_same<Acc, float>::value && s.channels % 4 == 0 && quad_aligned(in) && quad_aligned(out)) {
+      const bool same_head = (s.channels / s.groups) % 4 == 0, dense = s.dilation == 1;
+      const auto tiled = pick(dynamic, same_head, dense, [](auto dyn, auto same, auto den) {
+        return forward_tiled_kernel<scalar_t, decltype(dyn)::value, decltype(same)::value, decltype(den)::value>;
+      });
+      const size_t tiled_bytes = bytes + (dense ? sizeof(float) * kChannels * (kTaps - 1) : 0);
+      if (fits_shared(tiled, tiled_bytes)) {
+        tiled<<<tiles(s, s.tout), 256, tiled_bytes, stream>>>(in.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                                             out.data_ptr<scalar_t>(), s.tin, s.tout, s.channels,
+                                                             s.groups, s.kernel, s.offset, s.dilation);
         return;
       }
     }
@@ -427,6 +624,19 @@ at::Tensor token_conv_grad_weight(const at::Tensor& gy, const at::Tensor& x, con
     if (gw.numel() == 0) return gw;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "token_conv_grad_weight", [&] {
       using Acc = at::acc_type<scalar_t, true>;
+      if (std::is_same<Acc, float>::value) {
+        const bool atomic = kChannels % (s.channels / s.groups) != 0;
+        const auto tiled = atomic ? grad_weight_dynamic_tiled_kernel<scalar_t, true>
+                                  : grad_weight_dynamic_tiled_kernel<scalar_t, false>;
+        const size_t bytes = sizeof(float) * kPadded * static_cast<size_t>(kRows + s.span - 1 + kRows);
+        if (fits_shared(tiled, bytes)) {
+          if (atomic) gw.zero_();
+          tiled<<<tiles(s, s.tout), 256, bytes, stream>>>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                                         gw.data_ptr<float>(), s.tin, s.tout, s.channels,
+                                                         s.groups, s.kernel, s.offset, s.dilation);
+          return;
+        }
+      }
       grad_weight_dynamic_kernel<scalar_t, Acc><<<static_cast<unsigned>(s.batch * s.tout), 256, 0, stream>>>(
           gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), gw.data_ptr<Acc>(), s.tin, s.tout,
           s.channels, s.groups, s.kernel, s.offset, s.dilation);
@@ -445,6 +655,24 @@ at::Tensor token_conv_grad_weight(const at::Tensor& gy, const at::Tensor& x, con
             gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), per_channel.data_ptr<Acc>(), s.tin,
             s.tout, s.channels, s.kernel, s.offset, s.dilation);
       };
+      if (std::is_same<Acc, float>::value && s.dilation == 1 && s.channels % 4 == 0 && quad_aligned(x) &&
+          quad_aligned(gy)) {
+        const auto tiled = grad_weight_shared_tiled_kernel<scalar_t>;
+        const size_t tiled_bytes = sizeof(float4) * kQuads * static_cast<size_t>(2 * kRows + s.kernel - 1 + kTaps - 1) +
+                                   sizeof(float) * kChannels * static_cast<size_t>(s.kernel);
+        if (fits_shared(tiled, tiled_bytes)) {
+          // Row slices per tile: enough (chunk, slice) units for the block's
+          // 16 thread rows, a power of two dividing the tile's 128 rows.
+          const int chunks = (s.kernel + kTaps - 1) / kTaps;
+          int slices = 1;
+          while (slices * 2 * chunks <= kRowThreads && slices * 2 * kRowsPerThread <= kRows) slices *= 2;
+          tiled<<<tiles(s, s.tout), 256, tiled_bytes, stream>>>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                                               reinterpret_cast<float*>(per_channel.data_ptr()),
+                                                               s.tin, s.tout, s.channels, s.kernel, s.offset,
+                                                               slices);
+          return;
+        }
+      }
       auto staged = grad_weight_shared_kernel<scalar_t, Acc, true>;
       if (fits_shared(staged, bytes)) {
         run(staged, bytes);
