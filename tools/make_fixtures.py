@@ -14,7 +14,7 @@ on the CPU in fp32:
     <out>/manifest.json                           library versions, seeds, fixture list
 
 Run on the GPU machine (which has PyTorch, transformers and timm):
-    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only]
+    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only | --decoders-only]
 Every parameter and BatchNorm statistic is perturbed after the library's own
 initialisation so that biases, norms and running statistics are all exercised.
 """
@@ -75,18 +75,32 @@ def llama_config(rope_theta, **kwargs):
     return transformers.LlamaConfig(**kwargs)
 
 
-def causal_lm(out, name, config, layer_prefix, final_norm, mask=True):
+def rope_config(cls, rope, **kwargs):
+    """A transformers config class with RoPE parameters `rope` (rope_type,
+    rope_theta, factor, ...) in 5.x's rope_parameters or 4.x's rope_theta +
+    rope_scaling."""
+    if "rope_parameters" in inspect.signature(cls.__init__).parameters:
+        kwargs["rope_parameters"] = dict(rope)
+    else:
+        rope = dict(rope)
+        kwargs["rope_theta"] = rope.pop("rope_theta")
+        if rope.get("rope_type", "default") != "default":
+            kwargs["rope_scaling"] = rope
+    return cls(**kwargs)
+
+
+def causal_lm(out, name, config, layer_prefix, final_norm, mask=True, length=11):
     torch.manual_seed(SEED)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     perturb(model)
     d = out / name
     model.save_pretrained(d, safe_serialization=True)
     g = torch.Generator().manual_seed(SEED + 1)
-    ids = torch.randint(0, config.vocab_size, (2, 11), generator=g)
+    ids = torch.randint(0, config.vocab_size, (2, length), generator=g)
     inputs = {"input_ids": ids}
     if mask:  # right padding on the second row
         am = torch.ones_like(ids)
-        am[1, 8:] = 0
+        am[1, length - 3:] = 0
         inputs["attention_mask"] = am
     names = [f"{layer_prefix}.{i}" for i in range(config.num_hidden_layers)] + [final_norm]
     got = capture(model, names)
@@ -252,6 +266,42 @@ def spiece_fixture(out):
     return "tokenizer_spiece"
 
 
+def decoder_fixtures(out):
+    """Today's decoder checkpoints in small: Llama 3 RoPE scaling (and linear,
+    dynamic, YaRN) on inputs longer than the original context, Qwen2 (q/k/v
+    biases, GQA, tied, a sliding-window layer), Mistral (a window shorter than
+    the input)."""
+    made = []
+    small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rms_norm_eps=1e-6)
+    L = transformers.LlamaConfig
+    made.append(causal_lm(out, "llama3_rope", rope_config(L, {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        vocab_size=96, max_position_embeddings=64, tie_word_embeddings=True, **small),
+        "model.layers", "model.norm", length=40))
+    made.append(causal_lm(out, "llama_rope_linear", rope_config(L, {
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.5},
+        vocab_size=90, max_position_embeddings=32, **small), "model.layers", "model.norm", length=40))
+    made.append(causal_lm(out, "llama_rope_dynamic", rope_config(L, {
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 3.0},
+        vocab_size=90, max_position_embeddings=16, **small), "model.layers", "model.norm", length=40))
+    made.append(causal_lm(out, "llama_rope_yarn", rope_config(L, {
+        "rope_type": "yarn", "rope_theta": 20000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+        "beta_fast": 16.0, "beta_slow": 2.0},
+        vocab_size=90, max_position_embeddings=64, head_dim=24, **small), "model.layers", "model.norm",
+        length=40))
+    made.append(causal_lm(out, "qwen2_window", rope_config(transformers.Qwen2Config, {
+        "rope_type": "default", "rope_theta": 1000000.0},
+        vocab_size=96, max_position_embeddings=64, tie_word_embeddings=True, use_sliding_window=True,
+        sliding_window=5, max_window_layers=1, **small), "model.layers", "model.norm", length=13))
+    made.append(causal_lm(out, "mistral_window", rope_config(transformers.MistralConfig, {
+        "rope_type": "default", "rope_theta": 10000.0},
+        vocab_size=96, max_position_embeddings=64, sliding_window=4, head_dim=8,
+        tie_word_embeddings=False, **small), "model.layers", "model.norm", length=13))
+    return made
+
+
 def t5_fixtures(out):
     made = []
     base = dict(dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
@@ -282,6 +332,14 @@ def main():
         manifest["seq2seq"] = made
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         print("wrote", made, "and tokenizer_spiece")
+        return
+    if len(sys.argv) > 2 and sys.argv[2] == "--decoders-only":
+        made = decoder_fixtures(out)
+        manifest_path = out / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest["decoders"] = made
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        print("wrote", made)
         return
     made = []
     tokenizer_fixture(out)
@@ -325,6 +383,7 @@ def main():
         "timm": timm.__version__,
         "fixtures": made,
         "seq2seq": t5_fixtures(out),
+        "decoders": decoder_fixtures(out),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -59,7 +59,7 @@ void expect_incremental_equals_full(models::Model& m, bool all_conv = true) {
 }
 
 TEST(Conv, DecodersTokenByTokenEqualFullSequence) {
-  for (const char* arch : {"gpt2", "llama"}) {
+  for (const char* arch : {"gpt2", "llama", "qwen2", "mistral"}) {
     for (const Kind& k : kKinds) {
       SCOPED_TRACE(std::string(arch) + " " + k.kind + " K=" + std::to_string(k.kernel));
       const int64_t layers = std::string(arch) == "gpt2" ? 3 : 2;
@@ -186,7 +186,7 @@ recasts::RecipeOptions recipe_options(const nlohmann::json& values, const std::s
 }
 
 TEST(Conv, RecipeDropsQkvKeepsTheRestAndStartsFromTheValues) {
-  for (const char* arch : {"gpt2", "llama"}) {
+  for (const char* arch : {"gpt2", "llama", "qwen2", "mistral"}) {
     SCOPED_TRACE(arch);
     auto source = source_model(arch, 3);
     // K = 1: the block is x W_V through the output projection.

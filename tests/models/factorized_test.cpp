@@ -269,7 +269,9 @@ models::ModelPtr tiny_vit() {
 }
 
 TEST(FactorizeRecipe, FullRankReproducesEveryFamily) {
-  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet(), tiny_llama(), tiny_vit()};
+  std::vector<models::ModelPtr> sources = {tiny_gpt2(), tiny_resnet(), tiny_llama(), tiny_vit(),
+                                           tiny_model("qwen2", {{"vocab_size", 40}}, 9),
+                                           tiny_model("mistral", {{"vocab_size", 40}}, 10)};
   for (auto& source : sources) {
     recasts::RecipeOptions o;
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};
@@ -528,7 +530,8 @@ TEST(FactorizeRecipe, Gpt2AttentionFactorsAreThePerHeadProducts) {
 // Checkpoints saved by transformers and timm, factorized at full rank: the
 // reference library's logits.
 TEST(FactorizeRecipe, ReferenceCheckpointsAtFullRankGiveTheirLogits) {
-  for (const char* name : {"gpt2", "llama_gqa", "vit_tiny_timm", "resnet18_timm"}) {
+  for (const char* name : {"gpt2", "llama_gqa", "vit_tiny_timm", "resnet18_timm", "llama3_rope", "qwen2_window",
+                           "mistral_window"}) {
     auto source = models::load_model(kFixtures + "/" + name);
     recasts::RecipeOptions o;
     o.values = {{"rank_ratio", 1.0}, {"dense_fallback", false}};

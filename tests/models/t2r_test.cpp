@@ -52,6 +52,13 @@ TEST(T2R, HybridAndLlamaTokenByTokenEqualsFullSequence) {
   expect_recurrence_matches_full_sequence(*hybrid);
   auto llama = tiny("llama", "t2r", {0, 1});
   expect_recurrence_matches_full_sequence(*llama);
+  // Qwen2 (q/k/v biases) and Mistral: one layer linear, the other softmax
+  // with its sliding window (5, shorter than the 23 tokens) and rolling cache.
+  for (const char* arch : {"qwen2", "mistral"}) {
+    SCOPED_TRACE(arch);
+    auto m = tiny(arch, "t2r", {0});
+    expect_recurrence_matches_full_sequence(*m);
+  }
 }
 
 TEST(T2R, StateIsConstantSizeWhateverTheLength) {
@@ -101,7 +108,7 @@ TEST(Generate, ALeftPaddedBatchContinuesEachPromptAsAlone) {
     std::vector<int64_t> linear;
   };
   for (const Case& c : {Case{"gpt2", {}}, Case{"gpt2", {0, 1, 2}}, Case{"gpt2", {1}},
-                        Case{"llama", {}}, Case{"llama", {0, 1}}}) {
+                        Case{"llama", {}}, Case{"llama", {0, 1}}, Case{"qwen2", {}}, Case{"mistral", {1}}}) {
     auto m = tiny(c.arch, "t2r", c.linear);
     const std::vector<std::vector<int64_t>> prompts = {{3, 14, 15}, {9, 2, 6, 5, 35, 8, 9}, {7, 9, 3, 2, 3}};
     models::GenerateOptions o;

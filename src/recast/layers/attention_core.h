@@ -45,6 +45,9 @@ struct KVCache {
   // Appends this step's keys and values to layer `layer` and returns the
   // whole history.
   std::pair<at::Tensor, at::Tensor> append(size_t layer, const at::Tensor& k, const at::Tensor& v);
+  // Drops all but the last `keep` keys and values of layer `layer` (a
+  // sliding window's rolling cache).
+  void keep_last(size_t layer, int64_t keep);
 };
 
 // The shape of one attention: what a core is built for.
@@ -55,6 +58,9 @@ struct AttentionSpec {
   int64_t head_dim = 1;
   double scale = 1.0;      // of the softmax scores
   bool causal = false;
+  // Sliding window (causal only): a query sees the last `window` positions,
+  // itself included, and the cache keeps only window - 1 keys; 0: all.
+  int64_t window = 0;
 };
 
 class AttentionCoreImpl : public torch::nn::Module {

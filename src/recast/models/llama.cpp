@@ -1,11 +1,20 @@
 // Llama-style decoders as transformers' LlamaForCausalLM names them:
 // model.{embed_tokens, layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj,
 // input_layernorm, post_attention_layernorm}, norm} + lm_head (tied or not).
-// RMSNorm in fp32, rotary embeddings computed in fp32 as transformers does,
-// grouped-query attention (num_key_value_heads < num_attention_heads).
+// RMSNorm in fp32, rotary embeddings computed in fp32 as transformers does
+// (every rope type of models/rope.h), grouped-query attention
+// (num_key_value_heads < num_attention_heads).
+//
+// Three registrations share the modules, each with its own config table:
+//   llama    attention_bias / mlp_bias;
+//   qwen2    biases on q, k, v (none on o), sliding-window layers where
+//            use_sliding_window (layer_types, else layers >= max_window_layers);
+//   mistral  sliding_window on every layer (null: none; layer_types, which
+//            transformers' Mistral ignores, are accepted and ignored too).
 
 #include "recast/core/error.h"
 #include "recast/models/decoder.h"
+#include "recast/models/rope.h"
 #include "recast/ops/attention.h"
 
 #include <torch/torch.h>
@@ -15,10 +24,14 @@
 namespace recast::models {
 namespace {
 
+enum class Flavor { Llama, Qwen2, Mistral };
+
 struct LlamaConfig {
   int64_t vocab, width, inner, layers, heads, kv_heads, head_dim, positions;
-  double eps, rope_theta;
-  bool tied, attention_bias, mlp_bias;
+  double eps;
+  bool tied, qkv_bias, o_bias, mlp_bias;
+  std::vector<int64_t> windows;  // per layer: the sliding window, 0 for full attention
+  Rope rope;
 };
 
 // A projection slot: torch::nn::Linear unless a recast builds it.
@@ -29,22 +42,6 @@ torch::nn::AnyModule projection(Slots& slots, torch::nn::Module& parent, const s
   return slots.layer(parent, local, s, [&] {
     return torch::nn::AnyModule(torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias)));
   });
-}
-
-// rope_theta sits at the top level (transformers 4.x) or in rope_parameters (5.x).
-double read_rope_theta(const nlohmann::json& config) {
-  for (const char* key : {"rope_parameters", "rope_scaling"}) {
-    auto it = config.find(key);
-    if (it == config.end() || it->is_null()) continue;
-    if (!it->is_object()) throw Error(msg("config key '", key, "': expected an object"));
-    std::string type = cfg_string(*it, "rope_type", cfg_string(*it, "type", "default"));
-    if (type != "default") {
-      throw Error(msg("config key '", key, "': rope_type ", quote(type),
-                      " is not supported yet (supported: default)"));
-    }
-    if (it->contains("rope_theta")) return cfg_double(*it, "rope_theta");
-  }
-  return cfg_double(config, "rope_theta", 10000.0);
 }
 
 struct RMSNormImpl : torch::nn::Module {
@@ -69,24 +66,25 @@ at::Tensor rotate_half(const at::Tensor& x) {
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const LlamaConfig& config, int64_t layer, Slots& slots) : c(config) {
     const std::string name = msg("model.layers.", layer, ".self_attn");
-    auto lin = [&](const char* local, int64_t in, int64_t out) {
-      return projection(slots, *this, name + ".", local, in, out, c.attention_bias);
+    auto lin = [&](const char* local, int64_t in, int64_t out, bool bias) {
+      return projection(slots, *this, name + ".", local, in, out, bias);
     };
     Slot s;
     s.name = name;
     s.attention.layer = layer, s.attention.heads = c.heads, s.attention.kv_heads = c.kv_heads;
     s.attention.head_dim = c.head_dim, s.attention.causal = true;
+    s.attention.window = c.windows[static_cast<size_t>(layer)];
     s.attention.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     s.query = {name + ".q_proj", 0}, s.key = {name + ".k_proj", 0};
     s.value = {name + ".v_proj", 0}, s.output = name + ".o_proj";
-    s.mixable = true, s.in = c.width, s.out = c.heads * c.head_dim, s.bias = c.attention_bias;
+    s.mixable = true, s.in = c.width, s.out = c.heads * c.head_dim, s.bias = c.qkv_bias;
     // A token mixer that takes the attention's input needs no q, k, v.
     if (!slots.mixes_input(s)) {
-      q_proj = lin("q_proj", c.width, c.heads * c.head_dim);
-      k_proj = lin("k_proj", c.width, c.kv_heads * c.head_dim);
-      v_proj = lin("v_proj", c.width, c.kv_heads * c.head_dim);
+      q_proj = lin("q_proj", c.width, c.heads * c.head_dim, c.qkv_bias);
+      k_proj = lin("k_proj", c.width, c.kv_heads * c.head_dim, c.qkv_bias);
+      v_proj = lin("v_proj", c.width, c.kv_heads * c.head_dim, c.qkv_bias);
     }
-    o_proj = lin("o_proj", c.heads * c.head_dim, c.width);
+    o_proj = lin("o_proj", c.heads * c.head_dim, c.width, c.o_bias);
     // A recast's core sees q and k after the rotary embedding (as LoLCATs'
     // linear attention does).
     core = slots.attention(*this, s);
@@ -162,9 +160,39 @@ struct BodyImpl : torch::nn::Module {
 };
 TORCH_MODULE(Body);
 
+const char* flavor_name(Flavor f) {
+  return f == Flavor::Qwen2 ? "qwen2" : f == Flavor::Mistral ? "mistral" : "llama";
+}
+
+// Per layer: the sliding window (0: full attention), as transformers reads
+// the family's config.
+std::vector<int64_t> sliding_windows(const ConfigView& v, Flavor flavor, int64_t layers) {
+  std::vector<int64_t> out(static_cast<size_t>(layers), 0);
+  if (flavor == Flavor::Llama) return out;
+  // Absent: the family's default (4096); null: no window.
+  const bool null_window = v.json().contains("sliding_window") && v.json().at("sliding_window").is_null();
+  int64_t window = null_window ? 0 : v.i("sliding_window");
+  if (flavor == Flavor::Qwen2 && !v.b("use_sliding_window")) window = 0;
+  if (window == 0) return out;
+  // Mistral ignores layer_types (transformers warns and windows every layer).
+  if (flavor == Flavor::Qwen2 && v.has("layer_types")) {
+    const nlohmann::json& types = v.raw("layer_types");
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] = types[i].get<std::string>() == "sliding_attention" ? window : 0;
+    }
+  } else if (flavor == Flavor::Qwen2) {
+    const int64_t first = v.i("max_window_layers");
+    for (int64_t i = first; i < layers; ++i) out[static_cast<size_t>(i)] = window;
+  } else {
+    std::fill(out.begin(), out.end(), window);
+  }
+  return out;
+}
+
 class Llama : public Model {
  public:
-  Llama(const nlohmann::json& config, const ConfigSpec& spec) : Model("llama", config) {
+  Llama(const nlohmann::json& config, const ConfigSpec& spec, Flavor flavor)
+      : Model(flavor_name(flavor), config) {
     const ConfigView v(config, spec);
     c_.vocab = v.i("vocab_size");
     c_.width = v.i("hidden_size");
@@ -175,10 +203,13 @@ class Llama : public Model {
     c_.head_dim = v.has("head_dim") ? v.i("head_dim") : c_.width / c_.heads;
     c_.positions = v.i("max_position_embeddings");
     c_.eps = v.d("rms_norm_eps");
-    c_.rope_theta = read_rope_theta(config);
+    c_.rope = read_rope(config, c_.head_dim, c_.positions, v.d("rope_theta"));
     c_.tied = v.b("tie_word_embeddings");
-    c_.attention_bias = v.b("attention_bias");
-    c_.mlp_bias = v.b("mlp_bias");
+    const bool llama = flavor == Flavor::Llama;
+    c_.qkv_bias = llama ? v.b("attention_bias") : flavor == Flavor::Qwen2;
+    c_.o_bias = llama && v.b("attention_bias");
+    c_.mlp_bias = llama && v.b("mlp_bias");
+    c_.windows = sliding_windows(v, flavor, c_.layers);
     init_std_ = v.d("initializer_range");
     model_ = register_module("model", Body(c_, slots()));
     lm_head_.init(*this, c_.width, c_.vocab, c_.tied);
@@ -238,15 +269,15 @@ class Llama : public Model {
  private:
   // cos, sin [B or 1, 1, T, head_dim] for positions [B or 1, T], in fp32 as
   // transformers computes them, then cast to the activations' dtype.
+  // Dynamic RoPE depends on the forward's largest position (read from the
+  // device only for that type).
   std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& positions,
                                            const at::Tensor& like) const {
-    auto f32 = at::TensorOptions().dtype(at::kFloat).device(like.device());
-    at::Tensor exponents = at::arange(0, c_.head_dim, 2, f32.dtype(at::kLong)).to(at::kFloat) /
-                           static_cast<double>(c_.head_dim);
-    at::Tensor inv_freq = 1.0 / at::pow(c_.rope_theta, exponents);
+    const int64_t seq_len = c_.rope.type == "dynamic" ? positions.max().item<int64_t>() + 1 : 0;
+    const auto [inv_freq, scale] = c_.rope.frequencies(seq_len, like.device());
     at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, head_dim / 2]
     at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);              // [B, 1, T, head_dim]
-    return {emb.cos().to(like.scalar_type()), emb.sin().to(like.scalar_type())};
+    return {(emb.cos() * scale).to(like.scalar_type()), (emb.sin() * scale).to(like.scalar_type())};
   }
 
   LlamaConfig c_;
@@ -255,31 +286,43 @@ class Llama : public Model {
   LmHead lm_head_;
 };
 
-ConfigSpec llama_spec() {
+ConfigSpec decoder_spec(Flavor flavor) {
   ConfigSpec spec;
   spec.style = ConfigStyle::Transformers;
+  const bool llama = flavor == Flavor::Llama, qwen2 = flavor == Flavor::Qwen2;
+  // The defaults of transformers' LlamaConfig / Qwen2Config / MistralConfig.
   spec.keys = {
-      int_key("vocab_size", 32000, 1, 1 << 24),
+      int_key("vocab_size", llama ? 32000 : qwen2 ? 151936 : 32000, 1, 1 << 24),
       int_key("hidden_size", 4096, 1, 1 << 17),
-      int_key("intermediate_size", 11008, 1, 1 << 20),
+      int_key("intermediate_size", llama ? 11008 : qwen2 ? 22016 : 14336, 1, 1 << 20),
       int_key("num_hidden_layers", 32, 1, 4096),
       int_key("num_attention_heads", 32, 1, 4096),
-      int_key("num_key_value_heads", nullptr, 1, 4096),
+      int_key("num_key_value_heads", llama ? nlohmann::json() : nlohmann::json(qwen2 ? 32 : 8), 1, 4096),
       int_key("head_dim", nullptr, 2, 4096),
-      int_key("max_position_embeddings", 2048, 1, 1 << 24),
+      int_key("max_position_embeddings", llama ? 2048 : qwen2 ? 32768 : 4096 * 32, 1, 1 << 24),
       double_key("rms_norm_eps", 1e-6, 0, 1),
       double_key("rope_theta", 10000.0, 1e-12, 1e12),
       any_key("rope_scaling"),
       any_key("rope_parameters"),
+      int_key("original_max_position_embeddings", nullptr, 1, 1 << 24),
       bool_key("tie_word_embeddings", false),
-      bool_key("attention_bias", false),
-      bool_key("mlp_bias", false),
       string_key("hidden_act", "silu", {"silu"}),
       double_key("partial_rotary_factor", 1.0, 1.0, 1.0),
       double_key("initializer_range", 0.02, 0, 10),
-      // Accepted, not used (no dropout; pretraining_tp only splits matmuls).
-      ignored_key("attention_dropout"), ignored_key("pretraining_tp"),
-      ignored_key("gradient_checkpointing")};
+      // Accepted, not used (no dropout).
+      ignored_key("attention_dropout"), ignored_key("gradient_checkpointing")};
+  if (llama) {
+    spec.keys.push_back(bool_key("attention_bias", false));
+    spec.keys.push_back(bool_key("mlp_bias", false));
+    spec.keys.push_back(ignored_key("pretraining_tp"));  // only splits matmuls
+  } else {
+    spec.keys.push_back(int_key("sliding_window", 4096, 1, 1 << 30));
+    spec.keys.push_back(any_key("layer_types"));
+  }
+  if (qwen2) {
+    spec.keys.push_back(bool_key("use_sliding_window", false));
+    spec.keys.push_back(int_key("max_window_layers", 28, 0, 1 << 20));
+  }
   spec.checks.push_back([](const ConfigView& v) {
     const int64_t heads = v.i("num_attention_heads");
     const int64_t kv = v.has("num_key_value_heads") ? v.i("num_key_value_heads") : heads;
@@ -292,7 +335,18 @@ ConfigSpec llama_spec() {
     const int64_t head_dim = v.has("head_dim") ? v.i("head_dim") : v.i("hidden_size") / heads;
     RECAST_CHECK(head_dim % 2 == 0, "config key 'head_dim': ", head_dim,
                  " must be even for rotary embeddings");
-    read_rope_theta(v.json());
+    read_rope(v.json(), head_dim, v.i("max_position_embeddings"), v.d("rope_theta"));
+    if (v.spec().find("layer_types") && v.has("layer_types")) {
+      const nlohmann::json& types = v.raw("layer_types");
+      RECAST_CHECK(types.is_array() && static_cast<int64_t>(types.size()) == v.i("num_hidden_layers"),
+                   "config key 'layer_types': expected a list of num_hidden_layers (", v.i("num_hidden_layers"),
+                   ") entries, found ", types.dump());
+      for (const auto& t : types) {
+        RECAST_CHECK(t.is_string() && (t == "full_attention" || t == "sliding_attention"),
+                     "config key 'layer_types': expected \"full_attention\" or \"sliding_attention\", found ",
+                     t.dump());
+      }
+    }
   });
   spec.parameters = [](const ConfigView& v) {
     const double w = static_cast<double>(v.i("hidden_size"));
@@ -306,13 +360,11 @@ ConfigSpec llama_spec() {
   return spec;
 }
 
-}  // namespace
-
-RECAST_REGISTER_MODEL(llama) {
+ModelFactory decoder_factory(Flavor flavor) {
   ModelFactory f;
   f.style = ConfigStyle::Transformers;
-  f.spec = llama_spec();
-  f.make = [spec = f.spec](const nlohmann::json& c) { return std::make_shared<Llama>(c, spec); };
+  f.spec = decoder_spec(flavor);
+  f.make = [spec = f.spec, flavor](const nlohmann::json& c) { return std::make_shared<Llama>(c, spec, flavor); };
   f.tasks = {Task::CausalLM};
   f.heads = {"lm_head."};
   f.fit = [](const DataFacts& d, bool head_only) {
@@ -326,7 +378,23 @@ RECAST_REGISTER_MODEL(llama) {
   f.tiny = {{"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 2},
             {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 50},
             {"max_position_embeddings", 64}};
-  r.add("llama", "Llama-style decoder (transformers LlamaForCausalLM: RMSNorm, RoPE, SwiGLU, GQA)", f);
+  // The tiny models exercise the windows: shorter than the tests' inputs.
+  if (flavor == Flavor::Qwen2) {
+    f.tiny["use_sliding_window"] = true, f.tiny["sliding_window"] = 5, f.tiny["max_window_layers"] = 1;
+  }
+  if (flavor == Flavor::Mistral) f.tiny["sliding_window"] = 5;
+  return f;
+}
+
+}  // namespace
+
+RECAST_REGISTER_MODEL(llama) {
+  r.add("llama", "Llama-style decoder (transformers LlamaForCausalLM: RMSNorm, RoPE, SwiGLU, GQA)",
+        decoder_factory(Flavor::Llama));
+  r.add("qwen2", "Qwen2 / Qwen2.5 decoder (transformers Qwen2ForCausalLM: Llama with q/k/v biases, "
+        "sliding-window layers)", decoder_factory(Flavor::Qwen2));
+  r.add("mistral", "Mistral decoder (transformers MistralForCausalLM: Llama with sliding-window attention)",
+        decoder_factory(Flavor::Mistral));
 }
 
 }  // namespace recast::models

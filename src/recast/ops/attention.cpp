@@ -36,8 +36,9 @@ at::Tensor additive_mask(const AttentionMask& mask, int64_t tq, int64_t tk, at::
   if (mask.causal) {
     // query i (absolute position offset + i) sees keys j <= offset + i
     at::Tensor qpos = at::arange(tq, opts.dtype(at::kLong)).unsqueeze(1) + mask.query_offset;
-    at::Tensor kpos = at::arange(tk, opts.dtype(at::kLong)).unsqueeze(0);
+    at::Tensor kpos = at::arange(tk, opts.dtype(at::kLong)).unsqueeze(0) + mask.key_offset;
     keep = keep & (kpos <= qpos).view({1, 1, tq, tk});
+    if (mask.window > 0) keep = keep & (kpos > qpos - mask.window).view({1, 1, tq, tk});
   }
   if (mask.key_padding.defined()) {
     RECAST_CHECK(mask.key_padding.dim() == 2 && mask.key_padding.size(1) == tk,
@@ -89,7 +90,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   at::Tensor kk = repeat_kv(k, groups);
   at::Tensor vv = repeat_kv(v, groups);
   const bool plain_causal = mask.causal && !mask.key_padding.defined() && mask.query_offset == 0 &&
-                            q.size(2) == k.size(2) && !mask.bias.defined();
+                            mask.window == 0 && mask.key_offset == 0 && q.size(2) == k.size(2) &&
+                            !mask.bias.defined();
   at::Tensor m;
   if (!plain_causal) m = additive_mask(mask, q.size(2), k.size(2), q.scalar_type(), q.device());
   if (mask.bias.defined()) {

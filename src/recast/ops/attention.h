@@ -17,6 +17,12 @@ struct AttentionMask {
   // Queries sit at absolute positions [offset, offset + Tq) among the keys
   // (KV-cache decoding); only used with `causal`.
   int64_t query_offset = 0;
+  // Sliding-window attention (Mistral, Qwen2's window layers), with causal:
+  // a query at position p sees keys at positions > p - window; 0: all.
+  int64_t window = 0;
+  // The absolute position of the first key (a rolling cache that keeps
+  // only the last keys); key_padding then covers the keys held.
+  int64_t key_offset = 0;
   // Added to the scores before the softmax, after any scaling: [B or 1,
   // H, Tq, Tk] (T5's relative position bias). Undefined: none.
   at::Tensor bias;
