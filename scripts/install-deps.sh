@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev      # JSON (safetensors headers, configs)
   libcli11-dev            # command line
   libpcre2-dev            # Unicode regex for GPT-2 pre-tokenisation
+  libutf8proc-dev         # Unicode normalisation (tokenizer.json NFC / NFKC)
   zlib1g-dev
   libstb-dev              # stb_image: PNG / JPEG image folders
   libcairo2-dev           # plots and attention maps, PNG and SVG

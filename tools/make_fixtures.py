@@ -14,7 +14,7 @@ on the CPU in fp32:
     <out>/manifest.json                           library versions, seeds, fixture list
 
 Run on the GPU machine (which has PyTorch, transformers and timm):
-    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only | --decoders-only]
+    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only | --decoders-only | --hf-tokenizers-only]
 Every parameter and BatchNorm statistic is perturbed after the library's own
 initialisation so that biases, norms and running statistics are all exercised.
 """
@@ -302,6 +302,134 @@ def decoder_fixtures(out):
     return made
 
 
+HF_TOKENIZER_CASES = TOKENIZER_CASES + [
+    "line one\r\nline two\rthree\n",
+    "digits 1 12 123 1234 12345 and 3.14159",
+    "<s>already bos</s> and <unk> inside",
+    "<|begin_of_text|>Hi<|end_of_text|> <|eot_id|>x",
+    "tab\tand   spaces    \u00a0nbsp \u3000 ideographic",
+    "ﬁne ligature, Ｆｕｌｌｗｉｄｔｈ, ①②, e\u0301 combining",
+    "🎉 emoji 👩‍👩‍👧 family, 中文字符和日本語",
+    " leading space",
+]
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def hf_tokenizer_fixtures(out):
+    """tokenizer.json files trained with `tokenizers` on our corpus (nothing
+    downloaded) in each style people hold, each alone in its directory, with
+    the ids transformers gives (add_special_tokens True and False) and its
+    decoding; and a tokenizer.model-only directory (SentencePiece BPE with
+    byte fallback, Llama 2 / Mistral style)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken
+    import sentencepiece as spm
+    corpus = TOKENIZER_CORPUS * 20
+    made = []
+
+    def finish(name, tok, note):
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        tok.save(str(d / "tokenizer.json"))
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
+        try:
+            auto = transformers.AutoTokenizer.from_pretrained(str(d))
+        except Exception as e:  # noqa: BLE001 - recorded, not fatal
+            auto, note = None, note + f"; AutoTokenizer: {e}"
+        cases = []
+        for text in HF_TOKENIZER_CASES:
+            ids = fast(text).input_ids
+            case = {"text": text, "ids": ids, "no_special": fast(text, add_special_tokens=False).input_ids,
+                    "decoded": fast.decode(ids), "decoded_plain": fast.decode(ids, skip_special_tokens=True)}
+            if auto is not None and auto(text).input_ids != ids:
+                case["auto_differs"] = auto(text).input_ids
+            cases.append(case)
+        (d / "cases.json").write_text(json.dumps({"style": note, "vocab": fast.vocab_size + len(fast.added_tokens_decoder),
+                                                   "cases": cases}, ensure_ascii=False, indent=1) + "\n")
+        made.append(name)
+
+    # GPT-2: byte-level BPE, ByteLevel pre-tokenizer (its own regex), <|endoftext|>.
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    finish("hf_gpt2_bytelevel", tok, "GPT-2 byte-level BPE")
+
+    # Llama 3: Split(regex) + ByteLevel(no regex), ignore_merges, BOS by TemplateProcessing.
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, min_frequency=2, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                      special_tokens=[("<|begin_of_text|>", bos)])])
+    tok.add_tokens([AddedToken(" <mask>", lstrip=True, rstrip=False, normalized=False, special=False)])
+    finish("hf_llama3_regex", tok, "Llama 3 regex + ByteLevel, BOS template")
+
+    # Qwen2: NFC, its regex (single digits), no BOS; an added token matched after normalisation.
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=650, min_frequency=2,
+                                                        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    tok.add_tokens([AddedToken("café", normalized=True, special=False, single_word=True)])
+    finish("hf_qwen2_nfc", tok, "Qwen2 NFC + regex + ByteLevel")
+
+    # Llama 2 / Mistral: SentencePiece BPE with byte fallback, as transformers converts it
+    # (Metaspace, Replace / ByteFallback / Fuse / Strip decoders, <s> template).
+    d = out / "hf_llama2_spm_model"
+    d.mkdir(parents=True, exist_ok=True)
+    corpus_file = d / "corpus.txt"
+    corpus_file.write_text("\n".join(corpus) + "\n")
+    spm.SentencePieceTrainer.train(input=str(corpus_file), model_prefix=str(d / "tokenizer"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   character_coverage=0.9995, num_threads=1, minloglevel=2,
+                                   split_digits=True, allow_whitespace_only_pieces=True,
+                                   normalization_rule_name="identity", add_dummy_prefix=True)
+    corpus_file.unlink()
+    (d / "tokenizer.vocab").unlink()
+    llama = transformers.LlamaTokenizer.from_pretrained(str(d))   # converted from tokenizer.model
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    cases = [{"text": t, "ids": llama(t).input_ids, "no_special": llama(t, add_special_tokens=False).input_ids,
+              "sentencepiece": sp.encode(t), "decoded": llama.decode(llama(t).input_ids)} for t in HF_TOKENIZER_CASES]
+    (d / "cases.json").write_text(json.dumps({"style": "tokenizer.model only (Llama 2 / Mistral)",
+                                               "cases": cases}, ensure_ascii=False, indent=1) + "\n")
+    made.append("hf_llama2_spm_model")
+    tok = llama.backend_tokenizer if hasattr(llama, "backend_tokenizer") else llama._tokenizer
+    finish("hf_llama2_bytefallback", tok, "Llama 2 SentencePiece BPE as tokenizer.json (byte fallback)")
+
+    # T5-style Unigram: NFKC, Metaspace, </s> appended.
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                            unk_token="<unk>", show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    finish("hf_t5_unigram", tok, "T5-style Unigram, NFKC + Metaspace, </s> template")
+    return made
+
+
 def t5_fixtures(out):
     made = []
     base = dict(dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
@@ -318,6 +446,15 @@ def t5_fixtures(out):
     return made
 
 
+def update_manifest(out, key, made):
+    """One group of fixtures rebuilt: its list in manifest.json replaced."""
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest[key] = made
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print("wrote", made)
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
     out.mkdir(parents=True, exist_ok=True)
@@ -326,21 +463,11 @@ def main():
         return
     torch.set_grad_enabled(False)
     if len(sys.argv) > 2 and sys.argv[2] == "--t5-only":
-        made = t5_fixtures(out)
-        manifest_path = out / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        manifest["seq2seq"] = made
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        print("wrote", made, "and tokenizer_spiece")
-        return
+        return update_manifest(out, "seq2seq", t5_fixtures(out))
+    if len(sys.argv) > 2 and sys.argv[2] == "--hf-tokenizers-only":
+        return update_manifest(out, "hf_tokenizers", hf_tokenizer_fixtures(out))
     if len(sys.argv) > 2 and sys.argv[2] == "--decoders-only":
-        made = decoder_fixtures(out)
-        manifest_path = out / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        manifest["decoders"] = made
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        print("wrote", made)
-        return
+        return update_manifest(out, "decoders", decoder_fixtures(out))
     made = []
     tokenizer_fixture(out)
 
@@ -384,6 +511,7 @@ def main():
         "fixtures": made,
         "seq2seq": t5_fixtures(out),
         "decoders": decoder_fixtures(out),
+        "hf_tokenizers": hf_tokenizer_fixtures(out),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -39,6 +39,7 @@ int run_tokenize(const TokenizeCli& o) {
     throw UsageError(msg("--model ", quote(o.model), ": expected a directory with tokenizer files"));
   }
   std::unique_ptr<io::Tokenizer> tok = io::load_tokenizer(o.model);
+  log::debug("tokenizer: ", io::tokenizer_source(o.model), " (", tok->kind(), ", ", tok->vocab_size(), " ids)");
   std::string text = o.text;
   if (!o.file.empty()) {
     if (!io::is_regular_file(o.file)) {

@@ -47,7 +47,7 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
   }
 }
 
-nlohmann::json read_json_file(const std::string& path, size_t max_bytes) {
+std::string read_file_capped(const std::string& path, size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(msg(path, ": cannot open for reading"));
   std::string text;
@@ -55,11 +55,15 @@ nlohmann::json read_json_file(const std::string& path, size_t max_bytes) {
   while (in.read(buf, sizeof buf) || in.gcount() > 0) {
     text.append(buf, static_cast<size_t>(in.gcount()));
     if (text.size() > max_bytes) {
-      throw Error(msg(path, ": JSON file larger than the ", max_bytes, "-byte limit"));
+      throw Error(msg(path, ": file larger than the ", max_bytes, "-byte limit"));
     }
   }
   if (in.bad()) throw Error(msg(path, ": read error"));
-  return parse_json_strict(text, path);
+  return text;
+}
+
+nlohmann::json read_json_file(const std::string& path, size_t max_bytes) {
+  return parse_json_strict(read_file_capped(path, max_bytes), path);
 }
 
 std::string json_type_name(const nlohmann::json& value) {

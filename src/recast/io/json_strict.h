@@ -15,6 +15,9 @@ namespace recast::io {
 // duplicate keys in any object; errors name `source` (usually the file path).
 nlohmann::json parse_json_strict(std::string_view text, const std::string& source);
 
+// A whole file's bytes, refused beyond `max_bytes` (errors name the path).
+std::string read_file_capped(const std::string& path, size_t max_bytes);
+
 // Reads and parses a JSON file (size-capped at `max_bytes`).
 nlohmann::json read_json_file(const std::string& path, size_t max_bytes = 256u << 20);
 

@@ -2,6 +2,7 @@
 
 #include "recast/core/error.h"
 #include "recast/io/file.h"
+#include "recast/io/hf_tokenizer.h"
 #include "recast/io/json_strict.h"
 #include "recast/io/sentencepiece.h"
 
@@ -349,20 +350,44 @@ SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config,
 
 }  // namespace
 
+std::string tokenizer_source(const std::string& dir) {
+  const std::filesystem::path d(dir);
+  if (is_regular_file((d / "tokenizer.json").string())) return (d / "tokenizer.json").string();
+  for (const char* file : {"tokenizer.model", "spiece.model"}) {
+    if (is_regular_file((d / file).string())) return (d / file).string();
+  }
+  if (is_regular_file((d / "vocab.json").string()) && is_regular_file((d / "merges.txt").string())) {
+    return (d / "vocab.json").string() + " + merges.txt";
+  }
+  return (d / "tokenizer_config.json").string();
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   const std::filesystem::path d(dir);
-  const auto vocab = (d / "vocab.json").string();
-  const auto merges = (d / "merges.txt").string();
-  if (is_regular_file(vocab) && is_regular_file(merges))
-    return BpeTokenizer::from_files(vocab, merges);
   const auto config_path = (d / "tokenizer_config.json").string();
   nlohmann::json config = nlohmann::json::object();
   if (is_regular_file(config_path)) config = read_json_file(config_path);
-  for (const char* file : {"spiece.model", "tokenizer.model"}) {
+  // Precedence (docs/models.md): tokenizer.json, then a SentencePiece model,
+  // then GPT-2's vocab.json + merges.txt.
+  const auto hf = (d / "tokenizer.json").string();
+  if (is_regular_file(hf)) {
+    auto t = HfTokenizer::from_file(hf);
+    if (config.is_object() && config.contains("eos_token")) {
+      const nlohmann::json& eos = config["eos_token"];
+      const nlohmann::json& text = eos.is_object() && eos.contains("content") ? eos["content"] : eos;
+      if (text.is_string()) t->set_eos(text.get<std::string>());
+    }
+    return t;
+  }
+  for (const char* file : {"tokenizer.model", "spiece.model"}) {
     const auto model = (d / file).string();
     if (!is_regular_file(model)) continue;
     return SentencePieceTokenizer::from_file(model, sentencepiece_conventions(config, file, config_path));
   }
+  const auto vocab = (d / "vocab.json").string();
+  const auto merges = (d / "merges.txt").string();
+  if (is_regular_file(vocab) && is_regular_file(merges))
+    return BpeTokenizer::from_files(vocab, merges);
   if (is_regular_file(config_path)) {
     if (config.is_object() && config.value("tokenizer_class", "") == "recast-bytes") {
       std::vector<std::string> specials;
@@ -379,8 +404,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
       return std::make_unique<ByteTokenizer>(std::move(specials));
     }
   }
-  throw Error(msg(dir, ": no tokenizer (looked for vocab.json + merges.txt, spiece.model, "
-                       "tokenizer.model, or a tokenizer_config.json of class recast-bytes)"));
+  throw Error(msg(dir, ": no tokenizer (looked for tokenizer.json, tokenizer.model, spiece.model, "
+                       "vocab.json + merges.txt, or a tokenizer_config.json of class recast-bytes)"));
 }
 
 }  // namespace recast::io

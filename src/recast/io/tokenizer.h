@@ -86,8 +86,13 @@ class BpeTokenizer : public Tokenizer {
   std::unique_ptr<Regex> regex_;
 };
 
-// vocab.json + merges.txt in `dir` -> BPE; a tokenizer_config.json naming
-// "recast-bytes" -> bytes; anything else is an error that says what was looked for.
+// The tokenizer of a checkpoint directory, in this order of precedence:
+// tokenizer.json (Hugging Face tokenizers, io/hf_tokenizer.h), tokenizer.model
+// or spiece.model (SentencePiece), vocab.json + merges.txt (GPT-2 BPE), a
+// tokenizer_config.json naming "recast-bytes" (bytes); anything else is an
+// error that says what was looked for.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
+// The file load_tokenizer(dir) reads (for -v reports).
+std::string tokenizer_source(const std::string& dir);
 
 }  // namespace recast::io
