@@ -1,14 +1,20 @@
 // make_checkpoint OUT --size BYTES|--layers N [--width D] [--dtype f32|bf16|f16]
 //                    [--max-shard-size SIZE] [--seed S]
+// make_checkpoint OUT --arch NAME --config FILE.json [--dtype ...] [--max-shard-size SIZE] [--seed S]
 //
 // Writes a checkpoint with GPT-2's tensor layout (transformers' names and
 // shapes; random N(0, 0.02) weights) for the demo and the inspect benchmark.
 // With --size the number of layers grows until the weights reach SIZE.
 // OUT ending in .safetensors is a single file; anything else is a directory.
+// With --arch: a registered family at FILE's config (e.g. Llama-3.2-1B's),
+// built and initialised in --dtype by the family itself (fresh weights),
+// saved as a checkpoint directory (config.json + shards): the load benchmark.
 
 #include "recast/core/device.h"
 #include "recast/core/error.h"
 #include "recast/io/checkpoint.h"
+#include "recast/io/json_strict.h"
+#include "recast/models/model.h"
 
 #include <torch/torch.h>
 
@@ -39,7 +45,8 @@ int usage() {
   std::fprintf(
       stderr,
       "usage: make_checkpoint OUT (--size BYTES | --layers N) [--width D] [--vocab V]\n"
-      "                       [--dtype f32|bf16|f16] [--max-shard-size SIZE] [--seed S]\n");
+      "                       [--dtype f32|bf16|f16] [--max-shard-size SIZE] [--seed S]\n"
+      "       make_checkpoint OUT --arch NAME --config FILE.json [--dtype ...] [--max-shard-size SIZE]\n");
   return 2;
 }
 
@@ -53,7 +60,7 @@ int main(int argc, char** argv) {
   int64_t width = 768;
   int64_t vocab = 50257;
   uint64_t max_shard = 5'000'000'000ULL;
-  std::string dtype = "f32";
+  std::string dtype = "f32", arch, config_file;
   uint64_t seed = 0;
   try {
     for (int i = 2; i < argc; ++i) {
@@ -74,8 +81,27 @@ int main(int argc, char** argv) {
         max_shard = recast::io::parse_byte_size(v);
       else if (a == "--seed")
         seed = std::stoull(v);
+      else if (a == "--arch")
+        arch = v;
+      else if (a == "--config")
+        config_file = v;
       else
         return usage();
+    }
+    if (!arch.empty()) {
+      if (config_file.empty()) return usage();
+      torch::manual_seed(seed);
+      const caffe2::TypeMeta before = c10::get_default_dtype();
+      c10::set_default_dtype(c10::scalarTypeToTypeMeta(recast::parse_dtype(dtype)));
+      recast::models::ModelPtr model =
+          recast::models::create_model(arch, recast::io::read_json_file(config_file));
+      model->init_weights();
+      c10::set_default_dtype(before);
+      recast::models::save_model(*model, out, max_shard);
+      uint64_t n = 0;
+      for (const auto& t : recast::models::state_dict_for_save(*model)) n += static_cast<uint64_t>(t.second.nbytes());
+      std::printf("wrote %s: %s, %llu bytes of weights\n", out.c_str(), arch.c_str(), static_cast<unsigned long long>(n));
+      return 0;
     }
     if ((size == 0) == (layers == 0)) return usage();
     torch::manual_seed(seed);

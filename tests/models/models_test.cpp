@@ -85,6 +85,32 @@ TEST_P(Fixture, LoadThenSaveIsBitExact) {
 INSTANTIATE_TEST_SUITE_P(Reference, Fixture, ::testing::ValuesIn(fixture_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
+// Loading adopts the memory-mapped tensors whose dtype matches (no second
+// copy): a bf16 checkpoint loaded as bf16 gives exactly the fp32-loaded
+// model cast to bf16, and writing into an adopted parameter (training) never
+// reaches the file (the mapping is private, copy-on-write).
+TEST(Models, LoadingInTheCheckpointsDtypeAdoptsTheMappedWeights) {
+  TempDir bf16;
+  {
+    models::ModelPtr m = models::load_model(kFixtures + "/llama_gqa");
+    m->to(at::kBFloat16);
+    models::save_model(*m, bf16.path());
+  }
+  const std::string bytes = read_bytes(bf16.file("model.safetensors"));
+  models::LoadOptions o;
+  o.dtype = at::kBFloat16;
+  models::ModelPtr adopted = models::load_model(bf16.path(), o);
+  models::ModelPtr widened = models::load_model(bf16.path());
+  for (const auto& p : adopted->named_parameters(true)) EXPECT_EQ(p.value().scalar_type(), at::kBFloat16) << p.key();
+  widened->to(at::kBFloat16);
+  torch::NoGradGuard no_grad;
+  const models::Batch batch = read_inputs(kFixtures + "/llama_gqa");
+  EXPECT_TRUE(adopted->forward(batch).equal(widened->forward(batch)));
+  for (auto& p : adopted->named_parameters(true)) p.value().add_(1.0);
+  EXPECT_EQ(read_bytes(bf16.file("model.safetensors")), bytes);
+  EXPECT_FALSE(adopted->forward(batch).equal(widened->forward(batch)));
+}
+
 TEST(Models, BareSafetensorsFileWithArchAndOverrides) {
   const std::string dir = kFixtures + "/resnet18_timm";
   models::ModelPtr model = models::load_model(

@@ -94,7 +94,7 @@ int run_forward(const ForwardOptions& o) {
   set_tf32(o.tf32);
   std::unique_ptr<models::Recorder> recorder;
   if (!o.dump.empty()) recorder = std::make_unique<models::Recorder>(o.dump);
-  models::ModelPtr model = models::load_model(o.model, {o.arch, o.set, true});
+  models::ModelPtr model = models::load_model(o.model, {o.arch, o.set, true, dtype});
   models::Batch batch = read_batch(o.input, *model);
   model->to(device, dtype);
   if (batch.input_ids.defined()) batch.input_ids = batch.input_ids.to(device);

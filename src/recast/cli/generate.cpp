@@ -24,7 +24,7 @@ namespace recast::cli {
 namespace {
 
 struct GenerateCli {
-  std::string model, device = "cpu";
+  std::string model, device = "cpu", dtype = "f32";
   std::vector<std::string> prompts, prompt_ids;
   int64_t max_tokens = 100, top_k = 0;
   double temperature = 1.0, top_p = 1.0;
@@ -88,7 +88,11 @@ int run_generate(const GenerateCli& o) {
   }
   RECAST_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p: expected in (0, 1], found ", o.top_p);
   const c10::Device device = select_device(o.device);
-  models::ModelPtr model = models::load_model(o.model);
+  const c10::ScalarType dtype = parse_dtype(o.dtype);
+  check_compute_dtype(dtype, device);
+  models::LoadOptions load;
+  load.dtype = dtype;
+  models::ModelPtr model = models::load_model(o.model, load);
   const bool seq2seq = model->task() == models::Task::Seq2SeqLM;
   if (model->task() != models::Task::CausalLM && !seq2seq) {
     throw UsageError(msg("--model ", o.model, " is not a language model (", model->arch(), ")"));
@@ -116,7 +120,7 @@ int run_generate(const GenerateCli& o) {
   g.pad = seq2seq ? static_cast<const models::Seq2SeqModel&>(*model).pad_token()
                   : std::max<int64_t>(eos, 0);
   g.context = model->context_length();
-  model->to(device);
+  model->to(device, dtype);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
 
   // One prompt as text: stream it as it comes (whole UTF-8 characters only).
@@ -191,6 +195,8 @@ Runner add_generate(CLI::App& app) {
           ->check(number_in(0, 1, true)));
   o->sampling.push_back(cmd->add_option("--seed", o->seed, "Sampling seed (default 0)"));
   cmd->add_option("--device", o->device, "cpu, cuda, cuda:N or auto (default cpu)");
+  cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16 (default f32): the weights' dtype (a bf16 "
+                                       "checkpoint loaded as bf16 is used in place, not copied)");
   cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep going past <|endoftext|>");

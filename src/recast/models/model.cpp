@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
+
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -120,7 +122,7 @@ std::string LoadReport::describe(size_t max_names) const {
   return out;
 }
 
-LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_cast) {
+LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_cast, bool adopt) {
   LoadReport report;
   std::set<std::string> expected;
   std::set<std::string> tied;
@@ -148,7 +150,13 @@ LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_c
         return;
       }
     }
-    target.copy_(source);
+    if (adopt && source.scalar_type() == target.scalar_type() && source.device() == target.device()) {
+      target.set_data(source);  // the mapped pages themselves: no copy
+      report.adopted_bytes += source.nbytes();
+    } else {
+      target.copy_(source);
+      report.copied_bytes += source.nbytes();
+    }
   };
   for (auto& item : model.named_parameters(/*recurse=*/true)) load_one(item.key(), item.value());
   for (auto& item : model.named_buffers(/*recurse=*/true)) load_one(item.key(), item.value());
@@ -184,14 +192,35 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
   }
   apply_overrides(config, arch, options.set);
 
+  const auto started = std::chrono::steady_clock::now();
   ModelPtr model;
   try {
-    model = build(arch, config);
+    // Built in the requested dtype (the family's fresh init included), so
+    // the parameters never exist in fp32 first.
+    const caffe2::TypeMeta before = c10::get_default_dtype();
+    if (options.dtype) c10::set_default_dtype(c10::scalarTypeToTypeMeta(*options.dtype));
+    try {
+      model = build(arch, config);
+    } catch (...) {
+      c10::set_default_dtype(before);
+      throw;
+    }
+    c10::set_default_dtype(before);
+    if (options.dtype) {
+      // Floating-point tensors only (Module::to would convert integer buffers
+      // such as num_batches_tracked too).
+      torch::NoGradGuard no_grad;
+      auto convert = [&](at::Tensor& t) {
+        if (t.is_floating_point() && t.scalar_type() != *options.dtype) t.set_data(t.to(*options.dtype));
+      };
+      for (auto& p : model->named_parameters(true)) convert(p.value());
+      for (auto& b : model->named_buffers(true)) convert(b.value());
+    }
   } catch (const Error& e) {
     throw e.with_context(dir ? config_path : path);
   }
   io::TensorStore store = io::TensorStore::open(path);
-  LoadReport report = load_weights(*model, store);
+  LoadReport report = load_weights(*model, store, /*allow_cast=*/false, /*adopt=*/true);
   if (!report.ok()) {
     std::string text = msg(path, ": weights do not fit ", arch, ": ", report.describe());
     if (options.strict) throw Error(text);
@@ -199,6 +228,9 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
   }
   model->set_metadata(store.metadata());
   model->eval();
+  log::debug("loaded ", path, " (", arch, "): ", report.adopted_bytes, " bytes of weights used in place, ",
+             report.copied_bytes, " copied, in ",
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), " s");
   return model;
 }
 

@@ -152,18 +152,27 @@ struct LoadReport {
   std::vector<std::string> missing;     // expected, absent
   std::vector<std::string> unexpected;  // present, unknown
   std::vector<std::string> mismatched;  // "name: expected [..] found [..]" (shape or dtype)
+  uint64_t adopted_bytes = 0, copied_bytes = 0;  // weights used in place / copied (converted)
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
   std::string describe(size_t max_names = 8) const;
 };
 
-// Copies the store's tensors into the model (converted to the parameter's
-// dtype only when `allow_cast`); never throws for name problems, reports them.
-LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_cast = false);
+// Copies the store's tensors into the model (floating-point ones converted
+// to the parameter's dtype; other dtype mismatches are reported unless
+// `allow_cast`); never throws for name problems, reports them. With `adopt`,
+// a tensor whose dtype and device already match (the CPU, the checkpoint's
+// dtype) is not copied: the parameter takes the memory-mapped file's pages
+// (copy-on-write, private to the process), so loading costs no second copy.
+LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_cast = false,
+                        bool adopt = false);
 
 struct LoadOptions {
   std::string arch;              // required for a bare .safetensors file
   std::vector<std::string> set;  // "key=value" config overrides (JSON values)
   bool strict = true;            // missing / unexpected / mis-shaped tensors are errors
+  // The dtype of the floating-point parameters and buffers (built in it, so
+  // a bf16 checkpoint loaded as bf16 is never widened); unset: fp32.
+  std::optional<c10::ScalarType> dtype;
 };
 
 // Loads a checkpoint directory (config.json + weights) or a bare .safetensors
