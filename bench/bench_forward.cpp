@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     const c10::ScalarType type = recast::parse_dtype(dtype);
     recast::models::ModelPtr model =
         model_path.empty() ? recast::models::create_model(arch)
-                           : recast::models::load_model(model_path, {arch, sets, true});
+                           : recast::models::load_model(model_path, {arch, sets, true, {}});
     model->to(dev, type);
     model->eval();
     torch::NoGradGuard no_grad;

@@ -115,7 +115,7 @@ TEST(Models, BareSafetensorsFileWithArchAndOverrides) {
   const std::string dir = kFixtures + "/resnet18_timm";
   models::ModelPtr model = models::load_model(
       dir + "/model.safetensors",
-      {"resnet18", {"num_classes=10", "in_chans=1", "channels=[8,16,32,64]"}, true});
+      {"resnet18", {"num_classes=10", "in_chans=1", "channels=[8,16,32,64]"}, true, {}});
   torch::NoGradGuard no_grad;
   at::Tensor logits = model->forward(read_inputs(dir));
   io::TensorStore ref = io::TensorStore::open(dir + "/outputs.safetensors");
@@ -232,16 +232,16 @@ TEST(Models, EveryFamilyRefusesBadConfigsNamingTheKey) {
 // --set n_layers=1 on a transformers config and model_args typos on timm's.
 TEST(Models, OverridesAreValidatedWithTheConfig) {
   const std::string dir = kFixtures + "/gpt2";
-  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"n_layers=1"}, true}); })
+  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"n_layers=1"}, true, {}}); })
                 .find("did you mean 'n_layer'"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"n_head=0"}, true}); }).find("'n_head'"),
+  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"n_head=0"}, true, {}}); }).find("'n_head'"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { models::load_model(kFixtures + "/resnet18_timm", {"", {"chanels=[1,2,3,4]"}, true}); })
+  EXPECT_NE(error_of([&] { models::load_model(kFixtures + "/resnet18_timm", {"", {"chanels=[1,2,3,4]"}, true, {}}); })
                 .find("'model_args.chanels' is not a key of this model (did you mean 'channels'?)"),
             std::string::npos);
   // A recast block nobody reads.
-  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"recast_nope={}"}, true}); })
+  EXPECT_NE(error_of([&] { models::load_model(dir, {"", {"recast_nope={}"}, true, {}}); })
                 .find("'recast_nope': no recast reads this block"),
             std::string::npos);
 }
@@ -273,7 +273,7 @@ TEST(Models, LoadErrorsNameTheTensorsAndExpectedShapes) {
 
   EXPECT_NE(load_error(src + "/model.safetensors").find("--arch"), std::string::npos);
   EXPECT_NE(
-      load_error(src, {"nonexistent_arch", {}, true}).find("unknown model 'nonexistent_arch'"),
+      load_error(src, {"nonexistent_arch", {}, true, {}}).find("unknown model 'nonexistent_arch'"),
       std::string::npos);
 }
 

@@ -42,6 +42,9 @@ class TensorStore {
   const Entry* find(std::string_view name) const;
   at::Tensor tensor(std::string_view name, bool copy = false) const;
   NamedTensors load_all(bool copy = false) const;
+  // Drops the named tensor's resident pages of the mapping (it was copied
+  // out): loading into another dtype holds one copy, not two.
+  void release(std::string_view name) const;
 
   // The first file's __metadata__ (transformers writes {"format": "pt"} in each).
   const Metadata& metadata() const;

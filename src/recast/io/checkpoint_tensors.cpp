@@ -31,6 +31,10 @@ at::Tensor TensorStore::tensor(std::string_view name, bool copy) const {
   return files_[e->file].tensor(*e->info, copy);
 }
 
+void TensorStore::release(std::string_view name) const {
+  if (const Entry* e = find(name)) files_[e->file].release(*e->info);
+}
+
 NamedTensors TensorStore::load_all(bool copy) const {
   NamedTensors out;
   out.reserve(entries_.size());

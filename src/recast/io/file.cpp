@@ -7,6 +7,7 @@
 #include <csignal>
 
 #include <fcntl.h>
+#include <algorithm>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,6 +54,14 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   }
   ::close(fd);
   return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
+}
+
+void MappedFile::release(size_t offset, size_t length) {
+  if (data_ == nullptr || offset >= size_) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t end = std::min(size_, offset + length);
+  const size_t first = (offset + page - 1) / page * page, last = end / page * page;
+  if (last > first) ::madvise(data_ + first, last - first, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -26,6 +26,10 @@ class MappedFile {
   uint8_t* mutable_data() { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the resident pages wholly inside [offset, offset + length) (a
+  // tensor copied out and not used in place); they are read again from the
+  // file if touched later. Private changes to them are discarded.
+  void release(size_t offset, size_t length);
 
  private:
   MappedFile(std::string path, uint8_t* data, size_t size)

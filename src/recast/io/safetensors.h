@@ -56,6 +56,8 @@ class SafetensorsFile {
   at::Tensor tensor(const TensorInfo& info, bool copy = false) const;
   // Every tensor, in name order.
   NamedTensors load_all(bool copy = false) const;
+  // Drops the tensor's resident pages (after it was copied out).
+  void release(const TensorInfo& info) const { file_->release(header_.data_offset + info.begin, info.nbytes()); }
 
  private:
   SafetensorsFile(std::shared_ptr<MappedFile> file, Header header)

@@ -156,6 +156,8 @@ LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_c
     } else {
       target.copy_(source);
       report.copied_bytes += source.nbytes();
+      source = at::Tensor();
+      store.release(name);  // the copy is all that is kept
     }
   };
   for (auto& item : model.named_parameters(/*recurse=*/true)) load_one(item.key(), item.value());
