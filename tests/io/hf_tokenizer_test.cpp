@@ -206,6 +206,12 @@ TEST(HfTokenizer, UnsupportedComponentsAreRefusedByName) {
   j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<x>"}}}}}}, {"special_tokens", json::object()}};
   EXPECT_NE(refusal(j).find("'<x>' is not in special_tokens"), std::string::npos) << refusal(j);
   EXPECT_NE(refusal(json::array()).find("expected a JSON object"), std::string::npos);
+  j = abc_bpe(nullptr);  // a sparse id would size the tables: refused, not allocated
+  j["model"]["vocab"]["bb"] = 2000000000;
+  EXPECT_NE(refusal(j).find("ids must be dense"), std::string::npos) << refusal(j);
+  j = abc_bpe(nullptr);
+  j["added_tokens"] = {{{"id", 1 << 30}, {"content", "<x>"}}};
+  EXPECT_NE(refusal(j).find("added_tokens[0].id"), std::string::npos) << refusal(j);
   EXPECT_THROW(make(abc_bpe(nullptr))->encode("a\xFF"), Error);  // invalid UTF-8
   EXPECT_THROW(make(abc_bpe(nullptr))->decode({7}), Error);
 }

@@ -945,6 +945,17 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(const std::string& text
   m.pre_tokenizer = make_pre_tokenizer(r, j.value("pre_tokenizer", json()), "pre_tokenizer");
   m.decoder = make_decoder(r, j.value("decoder", json()), "decoder");
   for (const auto& [token, id] : m.model->vocab) m.vocab = std::max(m.vocab, id + 1);
+  const size_t entries = m.model->vocab.size() + (j.contains("added_tokens") && j["added_tokens"].is_array()
+                                                      ? j["added_tokens"].size() : 0);
+  // Ids index tables: refuse a sparse id space (a hostile id of 2^31 would
+  // otherwise allocate gigabytes).
+  auto check_dense = [&](int64_t id, const std::string& what) {
+    if (static_cast<uint64_t>(id) >= 2 * entries + 1024) {
+      throw Error(msg(r.where(what), ": id ", id, " for ", entries, " tokens: ids must be dense (below ",
+                      2 * entries + 1024, ")"));
+    }
+  };
+  if (m.vocab > 0) check_dense(m.vocab - 1, "model.vocab");
   m.model->tokens.assign(static_cast<size_t>(m.vocab), std::string());
   for (const auto& [token, id] : m.model->vocab) m.model->tokens[static_cast<size_t>(id)] = token;
   if (auto it = j.find("added_tokens"); it != j.end() && !it->is_null()) {
@@ -957,6 +968,7 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(const std::string& text
                      r.flag(a, "special", false, path),  r.flag(a, "lstrip", false, path),
                      r.flag(a, "rstrip", false, path),   r.flag(a, "single_word", false, path),
                      r.flag(a, "normalized", true, path)};
+      check_dense(tok.id, path + ".id");
       m.added_of_id[tok.id] = m.added.size();
       m.added.push_back(tok);
       m.vocab = std::max(m.vocab, tok.id + 1);
