@@ -91,12 +91,12 @@ int main(int argc, char** argv) {
     if (!arch.empty()) {
       if (config_file.empty()) return usage();
       torch::manual_seed(seed);
-      const caffe2::TypeMeta before = c10::get_default_dtype();
-      c10::set_default_dtype(c10::scalarTypeToTypeMeta(recast::parse_dtype(dtype)));
-      recast::models::ModelPtr model =
-          recast::models::create_model(arch, recast::io::read_json_file(config_file));
-      model->init_weights();
-      c10::set_default_dtype(before);
+      recast::models::ModelPtr model;
+      {
+        const recast::models::ScopedDefaultDtype in_dtype(recast::parse_dtype(dtype));
+        model = recast::models::create_model(arch, recast::io::read_json_file(config_file));
+        model->init_weights();
+      }
       recast::models::save_model(*model, out, max_shard);
       uint64_t n = 0;
       for (const auto& t : recast::models::state_dict_for_save(*model)) n += static_cast<uint64_t>(t.second.nbytes());

@@ -234,29 +234,3 @@ TEST(HfTokenizer, TokenizerJsonComesBeforeTheOtherFormats) {
 }  // namespace
 }  // namespace recast::testing
 
-namespace recast::testing {
-namespace {
-
-// Parity with transformers on tokenizer.json-only directories trained by the
-// tokenizers library on the GPU machine (tools/make_fixtures.py
-// --hf-tokenizers-only: GPT-2 byte-level, Llama 3 regex + BOS template, Qwen2
-// NFC, Llama 2 byte fallback, T5 Unigram), every id of every case.
-TEST(HfTokenizer, FixturesGiveTransformersIds) {
-  const json manifest = io::read_json_file(kFixtures + "/manifest.json");
-  if (!manifest.contains("hf_tokenizers")) GTEST_SKIP() << "no tokenizer.json fixtures in tests/fixtures yet";
-  for (const auto& name : manifest["hf_tokenizers"]) {
-    const std::string dir = kFixtures + "/" + name.get<std::string>();
-    SCOPED_TRACE(dir);
-    auto tok = io::load_tokenizer(dir);
-    const json cases = io::read_json_file(dir + "/cases.json");
-    for (const auto& c : cases["cases"]) {
-      const std::string text = c["text"];
-      EXPECT_EQ(tok->encode(text), c["ids"].get<Ids>()) << text;
-      EXPECT_EQ(tok->encode_plain(text), c["no_special"].get<Ids>()) << text;
-      EXPECT_EQ(tok->decode(c["ids"].get<Ids>()), c["decoded"].get<std::string>()) << text;
-    }
-  }
-}
-
-}  // namespace
-}  // namespace recast::testing

@@ -218,7 +218,7 @@ TEST(Qwen2, BadLayerTypesAreNamed) {
 // same logits.
 TEST(Qwen2, WindowLayersFromMaxWindowLayersWithoutLayerTypes) {
   const std::string dir = kFixtures + "/qwen2_window";
-  if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no qwen2 fixture";
+  ASSERT_TRUE(std::filesystem::exists(dir + "/config.json")) << "tests/fixtures/qwen2_window is missing";
   TempDir copy;
   nlohmann::json config = io::read_json_file(dir + "/config.json");
   ASSERT_TRUE(config.contains("layer_types"));

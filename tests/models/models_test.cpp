@@ -33,9 +33,7 @@ std::vector<std::string> fixture_names() {
   auto manifest = io::read_json_file(kFixtures + "/manifest.json");
   auto names = manifest["fixtures"].get<std::vector<std::string>>();
   // Llama 3 / Qwen2 / Mistral (tools/make_fixtures.py --decoders-only)
-  if (manifest.contains("decoders")) {
-    for (const auto& n : manifest["decoders"]) names.push_back(n.get<std::string>());
-  }
+  for (const auto& n : manifest.at("decoders")) names.push_back(n.get<std::string>());
   return names;
 }
 

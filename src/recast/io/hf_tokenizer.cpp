@@ -1,6 +1,7 @@
 #include "recast/io/hf_tokenizer.h"
 
 #include "recast/core/error.h"
+#include "recast/io/byte_level.h"
 #include "recast/io/file.h"
 #include "recast/io/json_strict.h"
 
@@ -25,12 +26,6 @@ namespace {
 using json = nlohmann::json;
 
 // ---------------------------------------------------------------- UTF-8
-
-void append_utf8(std::string& out, int32_t cp) {
-  utf8proc_uint8_t buf[4];
-  const auto n = utf8proc_encode_char(cp, buf);
-  out.append(reinterpret_cast<const char*>(buf), static_cast<size_t>(n));
-}
 
 // The code point at s[i] and its length in bytes (s is valid UTF-8).
 std::pair<int32_t, size_t> code_point_at(std::string_view s, size_t i) {
@@ -91,25 +86,6 @@ bool is_word_char(int32_t cp) {
   const auto cat = utf8proc_category(cp);
   return cp == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
          (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
-}
-
-// GPT-2's reversible byte <-> printable code point map (ByteLevel).
-struct ByteAlphabet {
-  std::string symbol[256];
-  std::unordered_map<int32_t, uint8_t> byte_of;
-  ByteAlphabet() {
-    int extra = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-      const int32_t cp = printable ? b : 256 + extra++;
-      append_utf8(symbol[b], cp);
-      byte_of[cp] = static_cast<uint8_t>(b);
-    }
-  }
-};
-const ByteAlphabet& byte_alphabet() {
-  static const ByteAlphabet a;
-  return a;
 }
 
 // ---------------------------------------------------------------- regex
@@ -219,6 +195,20 @@ using PreTokenizer = std::function<void(std::vector<Piece>&)>;
 using Decoder = std::function<void(std::vector<std::string>&)>;
 using PostProcessor = std::function<void(std::vector<int64_t>&)>;
 
+// A Sequence component's parts: each entry of j[key] built by `make` (null
+// entries, which build nothing, dropped).
+template <typename F>
+std::vector<F> sequence_of(const Reader& r, const json& j, const char* key, const std::string& path,
+                           F (*make)(const Reader&, const json&, const std::string&)) {
+  const json& list = r.at(j, key, path);
+  if (!list.is_array()) throw Error(msg(r.where(path + "." + key), ": expected a list"));
+  std::vector<F> parts;
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (F part = make(r, list[i], msg(path, ".", key, "[", i, "]"))) parts.push_back(part);
+  }
+  return parts;
+}
+
 std::string replace_all(const std::string& s, const Regex& re, const std::string& content) {
   std::string out;
   size_t last = 0;
@@ -260,12 +250,7 @@ Normalizer make_normalizer(const Reader& r, const json& j, const std::string& pa
     return [re, content](std::string s) { return replace_all(s, *re, content); };
   }
   if (t == "Sequence") {
-    const json& list = r.at(j, "normalizers", path);
-    if (!list.is_array()) throw Error(msg(r.where(path + ".normalizers"), ": expected a list"));
-    std::vector<Normalizer> parts;
-    for (size_t i = 0; i < list.size(); ++i) {
-      if (auto n = make_normalizer(r, list[i], msg(path, ".normalizers[", i, "]"))) parts.push_back(n);
-    }
+    const std::vector<Normalizer> parts = sequence_of(r, j, "normalizers", path, &make_normalizer);
     return [parts](std::string s) {
       for (const auto& n : parts) s = n(std::move(s));
       return s;
@@ -375,7 +360,7 @@ PreTokenizer make_pre_tokenizer(const Reader& r, const json& j, const std::strin
     const bool prefix = r.flag(j, "add_prefix_space", true, path), regex = r.flag(j, "use_regex", true, path);
     auto re = std::make_shared<Regex>(kByteLevelPattern, false, r.where(path));
     return [prefix, regex, re](std::vector<Piece>& pieces) {
-      const ByteAlphabet& alpha = byte_alphabet();
+      const ByteLevelAlphabet& alpha = byte_level_alphabet();
       split_pieces(pieces, [&](const Piece& p) {
         std::string s = p.text;
         if (prefix && (s.empty() || s[0] != ' ')) s = " " + s;
@@ -420,12 +405,7 @@ PreTokenizer make_pre_tokenizer(const Reader& r, const json& j, const std::strin
     };
   }
   if (t == "Sequence") {
-    const json& list = r.at(j, "pretokenizers", path);
-    if (!list.is_array()) throw Error(msg(r.where(path + ".pretokenizers"), ": expected a list"));
-    std::vector<PreTokenizer> parts;
-    for (size_t i = 0; i < list.size(); ++i) {
-      if (auto p = make_pre_tokenizer(r, list[i], msg(path, ".pretokenizers[", i, "]"))) parts.push_back(p);
-    }
+    const std::vector<PreTokenizer> parts = sequence_of(r, j, "pretokenizers", path, &make_pre_tokenizer);
     return [parts](std::vector<Piece>& pieces) {
       for (const auto& p : parts) p(pieces);
     };
@@ -438,14 +418,14 @@ Decoder make_decoder(const Reader& r, const json& j, const std::string& path) {
   const std::string t = r.type(j, path);
   if (t == "ByteLevel") {
     return [](std::vector<std::string>& tokens) {
-      const ByteAlphabet& alpha = byte_alphabet();
+      const ByteLevelAlphabet& alpha = byte_level_alphabet();
       std::string bytes;
       for (const std::string& tok : tokens) {
         std::string mine;
         bool all = true;
         for (size_t i = 0; i < tok.size() && all;) {
           auto [cp, n] = code_point_at(tok, i);
-          auto it = alpha.byte_of.find(cp);
+          auto it = alpha.byte_of.find(static_cast<uint32_t>(cp));
           if (it == alpha.byte_of.end()) all = false; else mine += static_cast<char>(it->second);
           i += n;
         }
@@ -539,12 +519,7 @@ Decoder make_decoder(const Reader& r, const json& j, const std::string& path) {
     };
   }
   if (t == "Sequence") {
-    const json& list = r.at(j, "decoders", path);
-    if (!list.is_array()) throw Error(msg(r.where(path + ".decoders"), ": expected a list"));
-    std::vector<Decoder> parts;
-    for (size_t i = 0; i < list.size(); ++i) {
-      if (auto d = make_decoder(r, list[i], msg(path, ".decoders[", i, "]"))) parts.push_back(d);
-    }
+    const std::vector<Decoder> parts = sequence_of(r, j, "decoders", path, &make_decoder);
     return [parts](std::vector<std::string>& tokens) {
       for (const auto& d : parts) d(tokens);
     };

@@ -1,6 +1,7 @@
 #include "recast/io/tokenizer.h"
 
 #include "recast/core/error.h"
+#include "recast/io/byte_level.h"
 #include "recast/io/file.h"
 #include "recast/io/hf_tokenizer.h"
 #include "recast/io/json_strict.h"
@@ -15,11 +16,6 @@
 #include <fstream>
 
 namespace recast::io {
-namespace {
-
-// GPT-2's pre-tokenisation (openai/gpt-2 encoder.py), Unicode-aware.
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -38,6 +34,27 @@ void append_utf8(std::string& out, uint32_t cp) {
     out += static_cast<char>(0x80 | (cp & 0x3F));
   }
 }
+
+const ByteLevelAlphabet& byte_level_alphabet() {
+  static const ByteLevelAlphabet alphabet = [] {
+    ByteLevelAlphabet a;
+    int extra = 0;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      const uint32_t cp = printable ? static_cast<uint32_t>(b) : static_cast<uint32_t>(256 + extra++);
+      append_utf8(a.symbol[b], cp);
+      a.byte_of[cp] = static_cast<uint8_t>(b);
+    }
+    return a;
+  }();
+  return alphabet;
+}
+
+namespace {
+
+// GPT-2's pre-tokenisation (openai/gpt-2 encoder.py), Unicode-aware.
+constexpr const char* kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // Splits a valid UTF-8 string into code points.
 std::vector<uint32_t> code_points(std::string_view s) {
@@ -183,22 +200,10 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_files(const std::string& vocab_
     }
     t->merge_rank_.emplace(line, rank++);
   }
-  // GPT-2's reversible byte -> printable code point map.
-  std::vector<int> printable;
-  for (int b = '!'; b <= '~'; ++b) printable.push_back(b);
-  for (int b = 0xA1; b <= 0xAC; ++b) printable.push_back(b);
-  for (int b = 0xAE; b <= 0xFF; ++b) printable.push_back(b);
-  std::vector<bool> is_printable(256, false);
-  for (int b : printable) is_printable[b] = true;
-  int extra = 0;
+  const ByteLevelAlphabet& alphabet = byte_level_alphabet();
   for (int b = 0; b < 256; ++b) {
-    uint32_t cp = is_printable[b] ? static_cast<uint32_t>(b) : static_cast<uint32_t>(256 + extra++);
-    append_utf8(t->byte_symbol_[b], cp);
-    t->symbol_byte_[cp] = static_cast<uint8_t>(b);
-  }
-  for (int b = 0; b < 256; ++b) {
-    if (!t->token_to_id_.count(t->byte_symbol_[b])) {
-      throw Error(msg(vocab_json, ": no token for byte ", b, " (", quote(t->byte_symbol_[b]),
+    if (!t->token_to_id_.count(alphabet.symbol[b])) {
+      throw Error(msg(vocab_json, ": no token for byte ", b, " (", quote(alphabet.symbol[b]),
                       "): not a byte-level BPE vocabulary"));
     }
   }
@@ -213,7 +218,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_files(const std::string& vocab_
 
 void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int64_t>& out) const {
   std::vector<std::string> word;
-  for (unsigned char c : piece) word.push_back(byte_symbol_[c]);
+  for (unsigned char c : piece) word.push_back(byte_level_alphabet().symbol[c]);
   while (word.size() > 1) {
     int best = INT_MAX;
     size_t at = 0;
@@ -281,9 +286,10 @@ std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
       out += token;
       continue;
     }
+    const ByteLevelAlphabet& alphabet = byte_level_alphabet();
     for (uint32_t cp : code_points(token)) {
-      auto it = symbol_byte_.find(cp);
-      out += it == symbol_byte_.end() ? '?' : static_cast<char>(it->second);
+      auto it = alphabet.byte_of.find(cp);
+      out += it == alphabet.byte_of.end() ? '?' : static_cast<char>(it->second);
     }
   }
   return out;

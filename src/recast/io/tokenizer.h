@@ -80,8 +80,6 @@ class BpeTokenizer : public Tokenizer {
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int> merge_rank_;  // "left right" -> rank
   std::vector<std::string> specials_;
-  std::string byte_symbol_[256];                       // byte -> its printable stand-in (UTF-8)
-  std::unordered_map<uint32_t, uint8_t> symbol_byte_;  // stand-in code point -> byte
   struct Regex;
   std::unique_ptr<Regex> regex_;
 };

@@ -169,6 +169,12 @@ LoadReport load_weights(Model& model, const io::TensorStore& store, bool allow_c
   return report;
 }
 
+ScopedDefaultDtype::ScopedDefaultDtype(std::optional<c10::ScalarType> dtype) : before_(c10::get_default_dtype()) {
+  if (dtype) c10::set_default_dtype(c10::scalarTypeToTypeMeta(*dtype));
+}
+
+ScopedDefaultDtype::~ScopedDefaultDtype() { c10::set_default_dtype(before_); }
+
 ModelPtr load_model(const std::string& path, const LoadOptions& options) {
   nlohmann::json config = nlohmann::json::object();
   std::string arch = options.arch;
@@ -197,17 +203,12 @@ ModelPtr load_model(const std::string& path, const LoadOptions& options) {
   const auto started = std::chrono::steady_clock::now();
   ModelPtr model;
   try {
-    // Built in the requested dtype (the family's fresh init included), so
-    // the parameters never exist in fp32 first.
-    const caffe2::TypeMeta before = c10::get_default_dtype();
-    if (options.dtype) c10::set_default_dtype(c10::scalarTypeToTypeMeta(*options.dtype));
-    try {
+    {
+      // Built in the requested dtype (the family's fresh init included), so
+      // the parameters never exist in fp32 first.
+      const ScopedDefaultDtype in_dtype(options.dtype);
       model = build(arch, config);
-    } catch (...) {
-      c10::set_default_dtype(before);
-      throw;
     }
-    c10::set_default_dtype(before);
     if (options.dtype) {
       // Floating-point tensors only (Module::to would convert integer buffers
       // such as num_batches_tracked too).

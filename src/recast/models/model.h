@@ -175,6 +175,19 @@ struct LoadOptions {
   std::optional<c10::ScalarType> dtype;
 };
 
+// LibTorch's default dtype for a scope: a family built inside it allocates
+// (and initialises) its floating-point tensors in `dtype` (unset: unchanged).
+class ScopedDefaultDtype {
+ public:
+  explicit ScopedDefaultDtype(std::optional<c10::ScalarType> dtype);
+  ~ScopedDefaultDtype();
+  ScopedDefaultDtype(const ScopedDefaultDtype&) = delete;
+  ScopedDefaultDtype& operator=(const ScopedDefaultDtype&) = delete;
+
+ private:
+  caffe2::TypeMeta before_;
+};
+
 // Loads a checkpoint directory (config.json + weights) or a bare .safetensors
 // file with options.arch. Errors name the file and each offending tensor.
 ModelPtr load_model(const std::string& path, const LoadOptions& options = {});

@@ -91,8 +91,10 @@ Rope read_rope(const nlohmann::json& config, int64_t head_dim, int64_t max_posit
     r.attention_factor = number("attention_factor");
     r.mscale = number("mscale"), r.mscale_all_dim = number("mscale_all_dim");
     // transformers: `get("beta_fast") or 32`
-    r.beta_fast = number("beta_fast").value_or(0) != 0 ? *number("beta_fast") : 32.0;
-    r.beta_slow = number("beta_slow").value_or(0) != 0 ? *number("beta_slow") : 1.0;
+    r.beta_fast = number("beta_fast").value_or(0);
+    r.beta_slow = number("beta_slow").value_or(0);
+    if (r.beta_fast == 0) r.beta_fast = 32.0;
+    if (r.beta_slow == 0) r.beta_slow = 1.0;
     if (auto it = p.find("truncate"); it != p.end() && !it->is_null()) {
       RECAST_CHECK(it->is_boolean(), key("truncate"), ": expected true or false, found ", it->dump());
       r.truncate = it->get<bool>();
