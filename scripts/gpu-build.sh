@@ -2,6 +2,7 @@
 # On the GPU machine: builds recast against the installed PyTorch's LibTorch
 # (with CUDA), runs the whole test suite, and prints a compact summary last.
 # TARGETS=...: build only those targets (implies SKIP_TESTS).
+# CMAKE_EXTRA="-DX=Y ...": more cache settings (e.g. -DRECAST_PROCESS_GROUPS=OFF).
 # Needs .debs/ from scripts/gpu-debs.sh (carried along). Results also go to
 # $OUT when that is set. SKIP_TESTS=1: build only.
 set -euo pipefail
@@ -24,8 +25,10 @@ mkdir -p "$deps/etc/fonts"
 printf '<?xml version="1.0"?>\n<fontconfig><dir>%s</dir><cachedir>/tmp/recast-fontconfig</cachedir></fontconfig>\n' \
   "$deps/usr/share/fonts" > "$deps/etc/fonts/recast.conf"
 export FONTCONFIG_FILE=$deps/etc/fonts/recast.conf
+# NCCL's header for c10d's ProcessGroupNCCL: PyTorch's nvidia-nccl package has it.
+nccl_include=$("$python" -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "include"))' 2>/dev/null || true)
 t0=$(date +%s)
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release \
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release ${nccl_include:+-DRECAST_NCCL_INCLUDE="$nccl_include"} ${CMAKE_EXTRA:-} \
   -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags -Wl,-rpath,$deps/usr/lib/x86_64-linux-gnu" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr;$deps/usr/lib/x86_64-linux-gnu/cmake;$deps/usr/share/cmake" \
   2>&1 | tee "$out/configure.log" | grep -E "recast:|Error|error" || true

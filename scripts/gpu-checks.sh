@@ -9,6 +9,9 @@
 #                                         recast forward (CPU, CUDA) vs transformers, t2r + factorize
 #   scripts/gpu-checks.sh tokenizers      unseen tokenizer.json / tokenizer.model directories and
 #                                         GPT-2's real vocabulary: recast tokenize vs transformers
+#   scripts/gpu-checks.sh dist            NCCL through `recast launch` on one GPU (WORLD_SIZE=1) and
+#                                         under torchrun --no-python: GPT-2-small shape, bf16, tokens/s
+#                                         and loss beside the same run without a process group
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build-gpu/out}/checks
@@ -44,6 +47,27 @@ for job in "$@"; do
       [[ -f data/gpt2-vocab/vocab.json ]] && vocab=(../data/gpt2-vocab)
       (cd tools && python3 gpu_check_tokenizers.py ../build-gpu "$out" "${vocab[@]}")
       ;;
-    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers)" >&2; exit 2 ;;
+    dist)
+      d=/tmp/recast-dist
+      rm -rf "$d" && mkdir -p "$d"
+      cat README.md docs/*.md docs/recasts/*.md > "$d/corpus.txt"
+      common=(pretrain --arch gpt2 --set n_layer=12 --set n_embd=768 --set n_head=12 --set n_positions=1024
+              --data "$d/corpus.txt" --seq-len 1024 --batch-size 8 --steps "${DIST_STEPS:-40}" --log-every 10
+              --device cuda --bf16 --no-progress -v)
+      port=$((29500 + RANDOM % 1000))
+      build-gpu/recast "${common[@]}" --out "$d/plain" > "$out/dist-plain.log" 2>&1 || echo "plain failed"
+      build-gpu/recast launch --nproc-per-node 1 --master-port "$port" "${common[@]}" --out "$d/launch" \
+        > "$out/dist-launch.log" 2>&1 || echo "launch failed"
+      if command -v torchrun > /dev/null; then
+        torchrun --nproc-per-node 1 --master-port $((port + 1)) --no-python build-gpu/recast "${common[@]}" \
+          --out "$d/torchrun" > "$out/dist-torchrun.log" 2>&1 || echo "torchrun failed"
+      fi
+      for r in plain launch torchrun; do
+        [[ -f $d/$r/metrics.jsonl ]] || continue
+        echo "$r: $(grep '"split":"train"' "$d/$r/metrics.jsonl" | tail -1)"
+      done | tee "$out/dist-summary.txt"
+      grep -h "process group\|buckets\|ranks x" "$out"/dist-*.log | sort | uniq -c | head | tee -a "$out/dist-summary.txt"
+      ;;
+    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, dist)" >&2; exit 2 ;;
   esac
 done

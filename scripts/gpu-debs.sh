@@ -12,5 +12,5 @@ apt-get download libgtest-dev libgmock-dev googletest nlohmann-json3-dev libcli1
   dataset-fashion-mnist libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libstb-dev libstb0 \
   libcairo2-dev libcairo2 libpixman-1-0 libfontconfig1 fontconfig-config fonts-dejavu-core libfreetype6 \
   libpng16-16 libbrotli1 libexpat1 libx11-6 libxcb1 libxcb-render0 libxcb-shm0 libxext6 libxrender1 \
-  libxau6 libxdmcp6 libbsd0 libmd0 libsentencepiece-dev libsentencepiece0 libutf8proc-dev libutf8proc2 2>&1 | grep -v "^Get:" || true
+  libxau6 libxdmcp6 libbsd0 libmd0 libsentencepiece-dev libsentencepiece0 libutf8proc-dev libutf8proc2 libgloo-dev 2>&1 | grep -v "^Get:" || true
 ls -1

@@ -18,6 +18,7 @@ packages=(
   libstb-dev              # stb_image: PNG / JPEG image folders
   libcairo2-dev           # plots and attention maps, PNG and SVG
   libsentencepiece-dev    # SentencePiece models (T5 spiece.model, tokenizer.model)
+  libgloo-dev             # Gloo headers for LibTorch's c10d process groups (data parallelism)
   fonts-dejavu-core       # the sans-serif face their text is drawn in (fontconfig)
   dataset-fashion-mnist   # real IDX files the tests read (and the demo will train on)
 )

@@ -29,9 +29,16 @@ inline std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
-inline Result run(const std::vector<std::string>& args) {
+// `env`: extra KEY=VALUE variables for the process.
+inline Result run(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
   TempDir io_dir;
-  std::string cmd = shell_quote(RECAST_BINARY);
+  std::string cmd;
+  if (!env.empty()) {
+    cmd = "env";
+    for (const auto& kv : env) cmd += " " + shell_quote(kv);
+    cmd += " ";
+  }
+  cmd += shell_quote(RECAST_BINARY);
   for (const auto& a : args) cmd += " " + shell_quote(a);
   cmd += " >" + io_dir.file("out") + " 2>" + io_dir.file("err") + " </dev/null";
   int status = std::system(cmd.c_str());

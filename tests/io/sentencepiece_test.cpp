@@ -13,6 +13,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <tuple>
+
 namespace recast::testing {
 namespace {
 
@@ -45,6 +48,31 @@ TEST(SentencePiece, SentinelsSitAtTheTopAndDecodeAsText) {
   EXPECT_EQ(tok->encode_plain("<extra_id_7>"), std::vector<int64_t>{sp->sentinel_id(7)});
   const auto ids = tok->encode_plain("The union is strong");
   EXPECT_EQ(tok->decode(ids), "The union is strong");
+}
+
+// A tokenizer.model with no tokenizer_config.json: transformers' class for the
+// checkpoint's model_type decides what is added (Llama / Mistral: <s>; T5:
+// </s>). The model (tests/fixtures/spm_llama_style: 400 BPE pieces with byte
+// fallback, <unk> 0, <s> 1, </s> 2) was made by Debian's spm_train on
+// README.md + docs/training.md (blank lines dropped):
+//   spm_train --input=corpus.txt --model_prefix=tokenizer --vocab_size=400 --model_type=bpe
+//     --byte_fallback=true --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --character_coverage=0.9995
+TEST(SentencePiece, WithoutATokenizerConfigTheModelTypeDecidesTheSpecials) {
+  const std::string model = std::string(RECAST_SOURCE_DIR) + "/tests/fixtures/spm_llama_style/tokenizer.model";
+  for (const auto& [type, bos, eos] : {std::tuple<const char*, bool, bool>{"mistral", true, false},
+                                       {"llama", true, false}, {"t5", false, true}, {"", true, false}}) {
+    TempDir dir;
+    std::filesystem::copy_file(model, dir.file("tokenizer.model"));
+    if (*type) write_bytes(dir.file("config.json"), std::string("{\"model_type\": \"") + type + "\"}");
+    auto tok = io::load_tokenizer(dir.path());
+    const auto plain = tok->encode_plain("the union");
+    ASSERT_FALSE(plain.empty());
+    std::vector<int64_t> want;
+    if (bos) want.push_back(1);
+    want.insert(want.end(), plain.begin(), plain.end());
+    if (eos) want.push_back(2);
+    EXPECT_EQ(tok->encode("the union"), want) << type;
+  }
 }
 
 TEST(SentencePiece, TrainsWithTheLibrarySavesAndLoads) {

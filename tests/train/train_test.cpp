@@ -382,7 +382,12 @@ TEST(Dist, ReadsTorchrunVariablesAndRejectsMalformedOnes) {
   EXPECT_EQ(e.world_size, 4);
   EXPECT_EQ(e.rank, 2);
   EXPECT_EQ(e.master_addr, "10.0.0.1");
-  EXPECT_EQ(e.master_port, "29500");
+  EXPECT_EQ(e.master_port, 29500);
+  EXPECT_EQ(e.local_world_size, 4);  // LOCAL_WORLD_SIZE absent: one node
+  EXPECT_TRUE(e.launched);
+  ::setenv("MASTER_PORT", "70000", 1);
+  EXPECT_NE(error_of([] { train::dist_env(); }).find("MASTER_PORT='70000'"), std::string::npos);
+  ::setenv("MASTER_PORT", "29500", 1);
   ::setenv("RANK", "4", 1);
   EXPECT_NE(error_of([] { train::dist_env(); }).find("RANK=4 is not below WORLD_SIZE=4"),
             std::string::npos);
@@ -390,6 +395,7 @@ TEST(Dist, ReadsTorchrunVariablesAndRejectsMalformedOnes) {
   EXPECT_NE(error_of([] { train::dist_env(); }).find("WORLD_SIZE='two'"), std::string::npos);
   for (const char* v : {"WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"}) ::unsetenv(v);
   EXPECT_EQ(train::dist_env().world_size, 1);
+  EXPECT_FALSE(train::dist_env().launched);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <map>
@@ -151,6 +152,12 @@ int run_cli(int argc, char** argv, const std::vector<VerbImpl>& impls) {
       }
     };
     if (const char* env = std::getenv("RECAST_LOG_LEVEL")) level_of("RECAST_LOG_LEVEL", env);
+    // Ranks other than 0 of a data-parallel run say only warnings and errors
+    // unless asked for more: rank 0 speaks for the job.
+    if (const char* r = std::getenv("RANK"); r && *r && std::strcmp(r, "0") != 0 &&
+                                              log_level.empty() && !verbose) {
+      log::set_level(log::Level::Warn);
+    }
     if (!log_level.empty()) log::set_level(level_of("--log-level", log_level));
     if (verbose) log::set_level(log::Level::Debug);
     if (quiet) log::set_level(log::Level::Warn);

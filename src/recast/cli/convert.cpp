@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <algorithm>
 #include <map>
+#include <optional>
 
 namespace fs = std::filesystem;
 
@@ -163,7 +164,11 @@ int run_convert(const ConvertCli& o) {
   }
   check_ranges(recipe.convert_options(), o.values.count(o.recipe) ? o.values.at(o.recipe) : nlohmann::json());
   check_output_dir(o.out, "--out", /*must_be_empty=*/true);
-  io::OutputLock lock(o.out, "--out");
+  // In a data-parallel run (attention transfer under torchrun / recast
+  // launch) every rank converts and trains; rank 0 alone writes --out.
+  const bool writer = train::dist_env().rank == 0;
+  std::optional<io::OutputLock> lock;
+  if (writer) lock.emplace(o.out, "--out");
   models::ModelPtr source = models::load_model(o.model);
   const nlohmann::json source_manifest = manifest_of(o.model);  // its training facts
   source->to(device);
@@ -172,8 +177,10 @@ int run_convert(const ConvertCli& o) {
 
   // Everything goes into a temporary directory renamed into place at the end.
   const fs::path out(o.out);
-  io::remove_orphaned_temps(out.has_parent_path() ? out.parent_path().string() : ".",
-                            out.filename().string());
+  if (writer) {
+    io::remove_orphaned_temps(out.has_parent_path() ? out.parent_path().string() : ".",
+                              out.filename().string());
+  }
   const fs::path tmp = io::temp_beside(o.out);
   fs::remove_all(tmp);
   signals::TempPath guard(tmp.string());  // removed on SIGINT / SIGTERM
@@ -202,6 +209,10 @@ int run_convert(const ConvertCli& o) {
   }
   try {
     recasts::Conversion c = recipe.convert(*source, ro);
+    if (!writer) {
+      fs::remove_all(tmp);
+      return 0;
+    }
     write_conversion(o, c, source_manifest, tok.get(), tmp);
     if (fs::exists(out)) fs::remove(out);  // empty (checked above)
     fs::rename(tmp, out);

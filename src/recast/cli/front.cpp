@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   recast::signals::install();
+  if (verb != nullptr && std::strcmp(verb->name, "launch") == 0) argc = recast::cli::split_launch_command(argc, argv);
   return recast::cli::run_cli(
-      argc, argv, {{"inspect", recast::cli::add_inspect}, {"plot", recast::cli::add_plot}});
+      argc, argv,
+      {{"inspect", recast::cli::add_inspect}, {"plot", recast::cli::add_plot}, {"launch", recast::cli::add_launch}});
 }

@@ -26,6 +26,8 @@ struct TrainCli {
   int64_t save_every = 0, eval_every = 0, eval_batches = 20, log_every = 10;
   double lr = 3e-4, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
   double distill_alpha = 0.5, temperature = 2.0;
+  double dist_timeout = 600;    // seconds: rendezvous and each collective of a data-parallel run
+  bool shard_optimizer = false;  // ZeRO-1
   // pretrain: "lm" (decoders) or "span-corruption" (encoder-decoders); "" =
   // the architecture's own.
   // finetune of an encoder-decoder: "span-corruption" (plain text) or

@@ -34,7 +34,8 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_option("--out", o.out, "Directory for the final model, checkpoints/ and metrics.jsonl")
       ->required();
   cmd->add_option("--steps", o.steps, "Optimizer steps (default 1000)")->check(integer_in(1, 1e12));
-  cmd->add_option("--batch-size", o.batch_size, "Examples per micro-batch (default 16)")
+  cmd->add_option("--batch-size", o.batch_size,
+                  "Examples per micro-batch, per rank in a data-parallel run (default 16)")
       ->check(integer_in(1, 1 << 20));
   cmd->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step (default 1)")
       ->check(integer_in(1, 1 << 20));
@@ -70,6 +71,12 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
                   "source model's, so its test split stays unseen)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--resume", o.resume, "Continue from the newest checkpoint in OUT/checkpoints");
+  cmd->add_option("--dist-timeout", o.dist_timeout,
+                  "Data-parallel runs (torchrun / recast launch): seconds a rank waits for the "
+                  "others at the rendezvous and in each collective before failing (default 600)")
+      ->check(number_in(0, 1e7, true));
+  cmd->add_flag("--shard-optimizer", o.shard_optimizer,
+                "Data-parallel runs: split AdamW's moments across the ranks (ZeRO-1)");
   cmd->add_option("--tokenizer", o.tokenizer,
                   "bytes, or a directory with vocab.json + merges.txt (GPT-2 BPE), spiece.model "
                   "or tokenizer.model (SentencePiece)");
@@ -376,6 +383,8 @@ train::TrainOptions trainer_options(const TrainCli& o) {
   t.progress = !o.no_progress;
   t.distill_alpha = o.distill_alpha;
   t.temperature = o.temperature;
+  t.dist_timeout_s = o.dist_timeout;
+  t.shard_optimizer = o.shard_optimizer;
   return t;
 }
 
@@ -406,8 +415,10 @@ nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const P
 // --out for the whole run: checked before any work, locked against a second
 // writer, and removed again if this run created it and failed before its
 // first checkpoint (nothing there worth keeping: metrics.jsonl at most).
+// In a data-parallel run rank 0 alone writes --out, so it alone locks it.
 int with_out_dir(const TrainCli& o, const std::function<int()>& body) {
   check_output_dir(o.out, "--out", /*must_be_empty=*/false);
+  if (train::dist_env().rank != 0) return body();
   io::OutputLock lock(o.out, "--out");
   const bool existed = fs::exists(o.out);
   try {

@@ -51,6 +51,9 @@ inline constexpr VerbInfo kVerbs[] = {
     {"plot", "Draw training curves from a metrics.jsonl file as PNG or SVG", false},
     {"tokenize", "Print the token ids of a text as a checkpoint's tokenizer gives them", true},
     {"tokenizer", "'tokenizer train': train a SentencePiece tokenizer on a text data set", true},
+    {"launch",
+     "Start N local ranks of a training verb with torchrun's variables (data parallelism without Python)",
+     false},
 };
 
 const VerbInfo& verb_info(const std::string& name);
@@ -79,6 +82,12 @@ Runner add_bench(CLI::App& app);
 Runner add_analyze(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_tokenizer(CLI::App& app);
+Runner add_launch(CLI::App& app);
+// `recast launch [its options] VERB ARGS...`: VERB ARGS... are the ranks'
+// command, not launch's arguments. Keeps them aside and returns how many of
+// argv's leading arguments are launch's own (the rest is not parsed).
+int split_launch_command(int argc, char** argv);
+const std::vector<std::string>& launch_command();
 
 // A CLI11 check: the value is a finite number in [lo, hi] (lo excluded with
 // open_lo), integer-valued with `integer`; the message names what was

@@ -4,6 +4,9 @@
 
 #include <ATen/Context.h>
 #include <torch/cuda.h>
+
+#include <algorithm>
+#include <cstdlib>
 #if RECAST_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -42,11 +45,22 @@ bool cuda_available() {
   return torch::cuda::is_available();
 }
 
+// In a data-parallel run (torchrun / recast launch), "cuda" and "auto" mean
+// the device of this rank's LOCAL_RANK, as in torchrun scripts.
+int local_rank_device() {
+  const char* world = std::getenv("WORLD_SIZE");
+  const char* local = std::getenv("LOCAL_RANK");
+  if (!world || !local || std::atoi(world) <= 1) return 0;
+  return std::max(0, std::atoi(local));
+}
+
 c10::Device select_device(std::string_view spec) {
-  if (spec == "auto") return cuda_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  if (spec == "auto") {
+    return cuda_available() ? select_device("cuda") : c10::Device(c10::kCPU);
+  }
   if (spec == "cpu") return c10::Device(c10::kCPU);
   if (spec.substr(0, 4) == "cuda") {
-    int index = 0;
+    int index = spec.size() == 4 ? local_rank_device() : 0;
     if (spec.size() > 4) {
       if (spec[4] != ':' || spec.size() == 5 ||
           spec.find_first_not_of("0123456789", 5) != std::string_view::npos || spec.size() > 8) {

@@ -4,12 +4,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 namespace recast {
 
 ProgressBar::ProgressBar(int64_t total, Options options)
     : total_(std::max<int64_t>(total, 0)), options_(std::move(options)) {
-  tty_ = options_.tty >= 0 ? options_.tty != 0 : ::isatty(::fileno(options_.stream)) != 0;
+  tty_ = options_.tty >= 0 ? options_.tty != 0
+                           : options_.stream != nullptr && ::isatty(::fileno(options_.stream)) != 0;
+  // `recast launch` relays a rank's output through a pipe and says whether
+  // its own terminal is one (rank 0 draws the bar there).
+  if (const char* e = std::getenv("RECAST_PROGRESS_TTY"); options_.tty < 0 && e && *e) {
+    tty_ = std::strcmp(e, "1") == 0;
+  }
   start_ = last_draw_ = Clock::now();
 }
 
@@ -94,6 +102,7 @@ std::string ProgressBar::render(Clock::time_point now) const {
 
 void ProgressBar::draw(Clock::time_point now, bool final) {
   last_draw_ = now;
+  if (options_.stream == nullptr) return;  // silent (a data-parallel run's other ranks)
   std::string line = render(now);
   if (tty_) {
     std::fprintf(options_.stream, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");

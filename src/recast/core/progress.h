@@ -19,7 +19,7 @@ class ProgressBar {
   struct Options {
     std::string label;
     std::string unit = "it";
-    FILE* stream = stderr;
+    FILE* stream = stderr;         // null: draw nothing
     int tty = -1;                  // -1: detect with isatty(stream)
     double redraw_interval = 0.1;  // seconds, terminal mode
     double plain_interval = 10.0;  // seconds, plain-line mode

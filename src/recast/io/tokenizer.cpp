@@ -323,14 +323,23 @@ void BpeTokenizer::save(const std::string& dir) const {
 namespace {
 
 // What transformers adds around a SentencePiece model: T5Tokenizer
-// (spiece.model) appends </s> and has `extra_ids` sentinels (100 unless the
-// config says otherwise); LlamaTokenizer (tokenizer.model) prepends <s>
-// unless add_bos_token is false, and appends </s> only with add_eos_token.
+// (spiece.model, or any model of a T5-family checkpoint) appends </s> and has
+// `extra_ids` sentinels (100 unless the config says otherwise);
+// LlamaTokenizer (tokenizer.model: Llama, Mistral, ...) prepends <s> unless
+// add_bos_token is false, and appends </s> only with add_eos_token. Without
+// tokenizer_config.json the class is the one transformers picks for the
+// model_type in config.json.
 SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config, const char* file,
-                                                   const std::string& config_path) {
+                                                   const std::string& config_path,
+                                                   const std::string& model_type) {
   SentencePieceConventions c;
   c.file = file;
-  const bool t5 = std::string(file) == "spiece.model";
+  const bool t5_family = model_type == "t5" || model_type == "mt5" || model_type == "umt5" ||
+                         model_type == "longt5";
+  const auto named = config.is_object() ? config.find("tokenizer_class") : config.end();
+  const std::string cls = named != config.end() && named->is_string() ? named->get<std::string>() : "";
+  const bool t5 = cls.empty() ? (std::string(file) == "spiece.model" || t5_family)
+                              : cls.rfind("T5Tokenizer", 0) == 0 || cls.rfind("MT5Tokenizer", 0) == 0;
   auto flag = [&](const char* key, bool fallback) {
     auto it = config.find(key);
     if (it == config.end() || it->is_null()) return fallback;
@@ -339,7 +348,7 @@ SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config,
   };
   c.add_bos = flag("add_bos_token", !t5);
   c.add_eos = flag("add_eos_token", t5);
-  c.tokenizer_class = config.value("tokenizer_class", t5 ? "T5Tokenizer" : "LlamaTokenizer");
+  c.tokenizer_class = cls.empty() ? (t5 ? "T5Tokenizer" : "LlamaTokenizer") : cls;
   if (t5) {
     c.extra_ids = 100;
     auto it = config.find("extra_ids");
@@ -388,7 +397,16 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   for (const char* file : {"tokenizer.model", "spiece.model"}) {
     const auto model = (d / file).string();
     if (!is_regular_file(model)) continue;
-    return SentencePieceTokenizer::from_file(model, sentencepiece_conventions(config, file, config_path));
+    std::string model_type;
+    const auto model_config = (d / "config.json").string();
+    if (is_regular_file(model_config)) {
+      const nlohmann::json mc = read_json_file(model_config);
+      if (mc.is_object() && mc.contains("model_type") && mc["model_type"].is_string()) {
+        model_type = mc["model_type"].get<std::string>();
+      }
+    }
+    return SentencePieceTokenizer::from_file(model,
+                                             sentencepiece_conventions(config, file, config_path, model_type));
   }
   const auto vocab = (d / "vocab.json").string();
   const auto merges = (d / "merges.txt").string();

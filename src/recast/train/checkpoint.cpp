@@ -74,9 +74,9 @@ void remove_stale_temporaries(const std::string& ckpt_dir) {
   }
 }
 
-void save_checkpoint(const std::string& ckpt, const models::Model& model, const AdamW& opt,
-                     const Loader& loader, int64_t step, const nlohmann::json& fp,
-                     c10::Device device, int keep) {
+void save_checkpoint(const std::string& ckpt, const models::Model& model,
+                     const io::NamedTensors& optimizer_state, const Loader& loader, int64_t step,
+                     const nlohmann::json& fp, c10::Device device, int keep, int world_size) {
   const fs::path ckpt_dir(ckpt);
   fs::create_directories(ckpt_dir);
   const fs::path final_dir = ckpt_dir / step_name(step);
@@ -84,13 +84,14 @@ void save_checkpoint(const std::string& ckpt, const models::Model& model, const 
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   models::save_model(model, tmp.string());
-  io::NamedTensors state = opt.state();
+  io::NamedTensors state = optimizer_state;
   state.emplace_back("rng/cpu", generator_state(c10::kCPU));
   if (device.is_cuda()) state.emplace_back("rng/cuda", generator_state(device));
   io::save_safetensors((tmp / "optimizer.safetensors").string(), state, {{"format", "recast"}});
   const nlohmann::json trainer_state = {{"step", step},
                                         {"loader", loader.state()},
                                         {"options", fp},
+                                        {"world_size", world_size},
                                         {"recast_version", RECAST_VERSION}};
   io::write_file_atomic((tmp / "trainer_state.json").string(), trainer_state.dump(2) + "\n");
   io::sync_directory(tmp.string());
@@ -110,6 +111,7 @@ CheckpointState load_checkpoint(const std::string& dir_name, models::Model& mode
   try {
     s.step = ts.at("step").get<int64_t>();
     s.loader = ts.at("loader");
+    s.world_size = ts.value("world_size", 1);
     const nlohmann::json& saved = ts.at("options");
     for (const auto& [key, value] : fp.items()) {
       if (!saved.contains(key) || saved[key] != value) {

@@ -29,13 +29,18 @@ std::string latest_checkpoint(const std::string& out);
 // Removes what an interrupted save left (".tmp-*").
 void remove_stale_temporaries(const std::string& ckpt_dir);
 
-void save_checkpoint(const std::string& ckpt_dir, const models::Model& model, const AdamW& opt,
-                     const Loader& loader, int64_t step, const nlohmann::json& fingerprint,
-                     c10::Device device, int keep);
+// `optimizer_state` is AdamW::state() (gathered from every rank when
+// sharded); `world_size` is recorded so that a resume on another one can say
+// it is not bit-exact.
+void save_checkpoint(const std::string& ckpt_dir, const models::Model& model,
+                     const io::NamedTensors& optimizer_state, const Loader& loader, int64_t step,
+                     const nlohmann::json& fingerprint, c10::Device device, int keep,
+                     int world_size = 1);
 
 struct CheckpointState {
   int64_t step = 0;
   nlohmann::json loader;
+  int world_size = 1;  // of the run that wrote it
 };
 // Restores weights, optimizer and RNG states; throws naming the option when
 // the checkpoint was made with another fingerprint.

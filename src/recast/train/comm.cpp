@@ -6,36 +6,57 @@
 
 namespace recast::train {
 
+namespace {
+
+class Done : public PendingCollective {
+ public:
+  void wait() override {}
+};
+
+}  // namespace
+
+std::unique_ptr<PendingCollective> SingleProcess::all_reduce_sum_async(at::Tensor) {
+  return std::make_unique<Done>();
+}
+
 DistEnv dist_env() {
-  auto int_var = [](const char* name, int fallback, int lo) {
+  auto int_var = [](const char* name, int fallback, int lo, int hi) {
     const char* v = std::getenv(name);
     if (!v || !*v) return fallback;
     char* end = nullptr;
     const long x = std::strtol(v, &end, 10);
-    if (*end != '\0' || x < lo || x > 1'000'000) {
-      throw UsageError(msg("environment ", name, "=", quote(v), ": expected an integer >= ", lo));
+    if (*end != '\0' || x < lo || x > hi) {
+      throw UsageError(msg("environment ", name, "=", quote(v), ": expected an integer in [", lo, ", ",
+                           hi, "]"));
     }
     return static_cast<int>(x);
   };
   DistEnv e;
-  e.world_size = int_var("WORLD_SIZE", 1, 1);
-  e.rank = int_var("RANK", 0, 0);
-  e.local_rank = int_var("LOCAL_RANK", 0, 0);
+  e.world_size = int_var("WORLD_SIZE", 1, 1, 1'000'000);
+  if (const char* w = std::getenv("WORLD_SIZE"); w && *w) e.launched = true;
+  e.rank = int_var("RANK", 0, 0, 1'000'000);
+  e.local_rank = int_var("LOCAL_RANK", 0, 0, 1'000'000);
+  e.local_world_size = int_var("LOCAL_WORLD_SIZE", e.world_size, 1, 1'000'000);
+  e.master_port = int_var("MASTER_PORT", 29500, 1, 65535);
   if (e.rank >= e.world_size) {
     throw UsageError(msg("environment RANK=", e.rank, " is not below WORLD_SIZE=", e.world_size));
   }
-  if (const char* a = std::getenv("MASTER_ADDR")) e.master_addr = a;
-  if (const char* p = std::getenv("MASTER_PORT")) e.master_port = p;
+  if (e.local_rank >= e.local_world_size) {
+    throw UsageError(msg("environment LOCAL_RANK=", e.local_rank, " is not below LOCAL_WORLD_SIZE=",
+                         e.local_world_size));
+  }
+  if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
+  if (const char* id = std::getenv("TORCHELASTIC_RUN_ID"); id && *id) e.run_id = id;
+  if (const char* s = std::getenv("TORCHELASTIC_USE_AGENT_STORE")) {
+    e.agent_store = std::string(s) == "True" || std::string(s) == "1";
+  }
   return e;
 }
 
-std::shared_ptr<Communicator> make_communicator(const DistEnv& env) {
-  if (env.world_size > 1) {
-    throw UsageError(msg("WORLD_SIZE=", env.world_size, " (rank ", env.rank, ", master ",
-                         env.master_addr, ":", env.master_port,
-                         "): data-parallel training is not implemented yet; run one process"));
-  }
-  return std::make_shared<SingleProcess>();
+std::shared_ptr<Communicator> make_communicator(const DistEnv& env, c10::Device device,
+                                                std::chrono::milliseconds timeout) {
+  if (env.world_size == 1 && !env.launched) return std::make_shared<SingleProcess>();
+  return make_process_group(env, device, timeout);
 }
 
 }  // namespace recast::train

@@ -101,8 +101,11 @@ EvalResult evaluate(models::Model& model, const Dataset& data, const EvalOptions
   r.confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
   double total_loss = 0, total_bytes = 0;
   at::Tensor confusion = at::zeros({std::max<int64_t>(k, 1) * std::max<int64_t>(k, 1)}, at::kLong);
+  const int rank = o.comm ? o.comm->rank() : 0, world = o.comm ? o.comm->world_size() : 1;
   for (int64_t b = 0; b < batches; ++b) {
-    Example ex = data.batch(loader.next());
+    std::vector<int64_t> rows = loader.next();
+    if (b % world != rank) continue;
+    Example ex = data.batch(rows);
     models::Batch in = to_device(ex.inputs, o.device);
     if (o.transform) o.transform(in, b);
     const at::Tensor labels = ex.labels.to(o.device);
@@ -127,6 +130,14 @@ EvalResult evaluate(models::Model& model, const Dataset& data, const EvalOptions
     }
   }
   if (was_training) model.train();
+  if (world > 1) {
+    std::vector<at::Tensor> sums = {
+        at::tensor({total_loss, static_cast<double>(r.count), total_bytes}, at::kDouble), confusion};
+    o.comm->all_reduce_sum(sums);
+    total_loss = sums[0][0].item<double>();
+    r.count = static_cast<int64_t>(sums[0][1].item<double>());
+    total_bytes = sums[0][2].item<double>();
+  }
   RECAST_CHECK(r.count > 0, "evaluation: empty data set");
   r.loss = total_loss / static_cast<double>(r.count);
   if (k == 0) {

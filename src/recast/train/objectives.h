@@ -5,6 +5,7 @@
 // from a teacher's logits.
 
 #include "recast/models/model.h"
+#include "recast/train/comm.h"
 #include "recast/train/data.h"
 
 #include <c10/core/Device.h>
@@ -59,6 +60,9 @@ struct EvalOptions {
   // Applied to each batch's inputs on the device before the forward (for
   // example an image corruption); its second argument is the batch's index.
   std::function<void(models::Batch&, int64_t)> transform;
+  // Data-parallel evaluation: this rank runs batches rank, rank + N, ...; the
+  // sums are all-reduced, so every rank returns the whole split's result.
+  std::shared_ptr<Communicator> comm;
 };
 
 struct EvalResult {

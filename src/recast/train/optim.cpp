@@ -4,8 +4,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 
 namespace recast::train {
 
@@ -68,6 +70,7 @@ void AdamW::step(double lr) {
     ParamGroup& g = groups_[gi];
     std::vector<at::Tensor> params, grads, m, v;
     for (size_t i = 0; i < g.params.size(); ++i) {
+      if (!owned(gi, i)) continue;                  // another rank's share
       if (!g.params[i].grad().defined()) continue;  // unused this step
       params.push_back(g.params[i]);
       grads.push_back(g.params[i].grad());
@@ -86,15 +89,87 @@ void AdamW::step(double lr) {
     at::_foreach_add_(denom, options_.eps);
     at::_foreach_addcdiv_(params, m, denom, -lr / bias1);
   }
+  if (!comm_) return;
+  // Each share from its owner (a parameter unused this step is unchanged
+  // everywhere, so it travels as it is).
+  for (int r = 0; r < comm_->world_size(); ++r) {
+    std::vector<at::Tensor> share;
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+        if (owner_[gi][i] == r) share.push_back(groups_[gi].params[i]);
+      }
+    }
+    if (!share.empty()) comm_->broadcast(share, r);
+  }
+}
+
+bool AdamW::owned(size_t group, size_t i) const {
+  return !comm_ || owner_[group][i] == comm_->rank();
+}
+
+void AdamW::shard(std::shared_ptr<Communicator> comm) {
+  comm_ = std::move(comm);
+  const int n = comm_->world_size();
+  // Largest first to the least loaded rank (ties: the lower rank), the same on every rank.
+  std::vector<std::pair<size_t, size_t>> all;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) all.emplace_back(gi, i);
+  }
+  std::stable_sort(all.begin(), all.end(), [&](const auto& a, const auto& b) {
+    return groups_[a.first].params[a.second].numel() > groups_[b.first].params[b.second].numel();
+  });
+  std::vector<int64_t> load(static_cast<size_t>(n), 0);
+  owner_.assign(groups_.size(), {});
+  for (size_t gi = 0; gi < groups_.size(); ++gi) owner_[gi].assign(groups_[gi].params.size(), 0);
+  for (const auto& [gi, i] : all) {
+    const auto r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner_[gi][i] = static_cast<int>(r);
+    load[r] += groups_[gi].params[i].numel();
+  }
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+      if (!owned(gi, i)) exp_avg_[gi][i] = exp_avg_sq_[gi][i] = at::Tensor();
+    }
+  }
+}
+
+int64_t AdamW::state_numel() const {
+  int64_t n = 0;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+      if (exp_avg_[gi][i].defined()) n += exp_avg_[gi][i].numel() + exp_avg_sq_[gi][i].numel();
+    }
+  }
+  return n;
 }
 
 io::NamedTensors AdamW::state() const {
+  // Sharded: every share's moments from its owner, on every rank.
+  std::vector<std::vector<at::Tensor>> m = exp_avg_, v = exp_avg_sq_;
+  if (comm_) {
+    for (int r = 0; r < comm_->world_size(); ++r) {
+      std::vector<at::Tensor> share;
+      for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+          if (owner_[gi][i] != r) continue;
+          for (auto* t : {&m[gi][i], &v[gi][i]}) {
+            if (r == comm_->rank()) {
+              *t = t->clone();
+            } else {
+              *t = at::zeros_like(groups_[gi].params[i], at::MemoryFormat::Contiguous);
+            }
+            share.push_back(*t);
+          }
+        }
+      }
+      if (!share.empty()) comm_->broadcast(share, r);
+    }
+  }
   io::NamedTensors out;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     for (size_t i = 0; i < groups_[gi].names.size(); ++i) {
-      out.emplace_back("exp_avg/" + groups_[gi].names[i], exp_avg_[gi][i].to(at::kCPU).contiguous());
-      out.emplace_back("exp_avg_sq/" + groups_[gi].names[i],
-                       exp_avg_sq_[gi][i].to(at::kCPU).contiguous());
+      out.emplace_back("exp_avg/" + groups_[gi].names[i], m[gi][i].to(at::kCPU).contiguous());
+      out.emplace_back("exp_avg_sq/" + groups_[gi].names[i], v[gi][i].to(at::kCPU).contiguous());
     }
   }
   out.emplace_back("step", at::full({}, steps_, at::kLong));
@@ -103,22 +178,24 @@ io::NamedTensors AdamW::state() const {
 
 void AdamW::load_state(const io::NamedTensors& state) {
   std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-  auto take = [&](const std::string& name, const at::Tensor& like) {
+  // Checked against the parameter (moments have its shape and dtype); copied
+  // where this rank holds the moment.
+  auto take = [&](const std::string& name, const at::Tensor& param, at::Tensor& into) {
     auto it = by_name.find(name);
     if (it == by_name.end()) throw Error(msg("optimizer state: no tensor ", quote(name)));
-    if (it->second.sizes() != like.sizes() || it->second.scalar_type() != like.scalar_type()) {
-      throw Error(msg("optimizer state: tensor ", quote(name), ": expected ", like.scalar_type(),
-                      " ", shape_string(like.sizes()), ", found ", it->second.scalar_type(), " ",
+    if (it->second.sizes() != param.sizes() || it->second.scalar_type() != param.scalar_type()) {
+      throw Error(msg("optimizer state: tensor ", quote(name), ": expected ", param.scalar_type(),
+                      " ", shape_string(param.sizes()), ", found ", it->second.scalar_type(), " ",
                       shape_string(it->second.sizes())));
     }
     torch::NoGradGuard no_grad;
-    const_cast<at::Tensor&>(like).copy_(it->second);
+    if (into.defined()) into.copy_(it->second);
     by_name.erase(it);
   };
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     for (size_t i = 0; i < groups_[gi].names.size(); ++i) {
-      take("exp_avg/" + groups_[gi].names[i], exp_avg_[gi][i]);
-      take("exp_avg_sq/" + groups_[gi].names[i], exp_avg_sq_[gi][i]);
+      take("exp_avg/" + groups_[gi].names[i], groups_[gi].params[i], exp_avg_[gi][i]);
+      take("exp_avg_sq/" + groups_[gi].names[i], groups_[gi].params[i], exp_avg_sq_[gi][i]);
     }
   }
   auto step = by_name.find("step");

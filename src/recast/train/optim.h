@@ -7,10 +7,12 @@
 // (_foreach) kernels; tested against torch::optim::AdamW.
 
 #include "recast/io/safetensors.h"
+#include "recast/train/comm.h"
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -45,15 +47,28 @@ class AdamW {
   const std::vector<ParamGroup>& groups() const { return groups_; }
 
   // "exp_avg/NAME", "exp_avg_sq/NAME" (CPU copies) and "step" (int64 scalar).
+  // Sharded: a collective (every rank calls it) that gathers every moment.
   io::NamedTensors state() const;
   // Throws naming the tensor when the state does not fit these parameters.
+  // Sharded: takes a whole state and keeps this rank's share.
   void load_state(const io::NamedTensors& state);
+
+  // ZeRO-1: from now on this rank keeps the moments of its share of the
+  // parameters only (whole tensors, balanced by size, the same split on every
+  // rank) and updates only those; step() then broadcasts each share from its
+  // owner. The arithmetic of each update is the unsharded one.
+  void shard(std::shared_ptr<Communicator> comm);
+  // Elements of the moments this rank holds.
+  int64_t state_numel() const;
 
  private:
   std::vector<ParamGroup> groups_;
   Options options_;
   int64_t steps_ = 0;
-  std::vector<std::vector<at::Tensor>> exp_avg_, exp_avg_sq_;  // per group
+  bool owned(size_t group, size_t i) const;
+  std::vector<std::vector<at::Tensor>> exp_avg_, exp_avg_sq_;  // per group (undefined: not ours)
+  std::shared_ptr<Communicator> comm_;                         // set by shard()
+  std::vector<std::vector<int>> owner_;                        // per group, per parameter
 };
 
 // Linear warmup from 0 to `peak` over `warmup` steps, then cosine decay to

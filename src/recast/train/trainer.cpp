@@ -11,6 +11,7 @@
 #include "recast/train/checkpoint.h"
 #include "recast/train/metrics.h"
 #include "recast/train/optim.h"
+#include "recast/train/reducer.h"
 
 #include <torch/torch.h>
 
@@ -40,8 +41,10 @@ std::string format_number(double v) {
 
 // Options whose change would make a resumed run differ from an uninterrupted
 // one (the hooks' options under their own keys).
-nlohmann::json fingerprint(const TrainOptions& o, const Dataset& data) {
-  nlohmann::json fp = {{"batch_size", o.batch_size}, {"grad_accum", o.grad_accum}, {"lr", o.lr},
+// batch_size is the global batch (ranks x --batch-size): a run resumes on
+// another world size when the global batch stays (docs/training.md).
+nlohmann::json fingerprint(const TrainOptions& o, const Dataset& data, int world_size) {
+  nlohmann::json fp = {{"batch_size", o.batch_size * world_size}, {"grad_accum", o.grad_accum}, {"lr", o.lr},
                        {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup},
                        {"weight_decay", o.weight_decay}, {"beta1", o.beta1}, {"beta2", o.beta2},
                        {"eps", o.eps}, {"clip", o.clip}, {"train", o.train_regex},
@@ -56,14 +59,14 @@ struct StepStats {
   double loss = 0, grad_norm = 0;
   std::vector<std::pair<std::string, double>> penalties;  // hook name -> unweighted value
   int64_t tokens = 0;
+  bool stop = false;  // some rank was asked to stop (SIGINT / SIGTERM)
 };
 
 class Trainer {
  public:
   Trainer(models::Model& model, const Dataset& train_data, const Dataset* val_data,
           const TrainOptions& o, const TrainRun& run)
-      : model_(model), train_(train_data), val_(val_data), o_(o), run_(run),
-        loader_(train_data.size(), o.batch_size, o.seed, /*shuffle=*/true, /*drop_last=*/true) {}
+      : model_(model), train_(train_data), val_(val_data), o_(o), run_(run) {}
 
   TrainResult run();
 
@@ -72,7 +75,9 @@ class Trainer {
   void select_parameters();
   void create_optimizer();
   void restore();
-  StepStats step(double lr);
+  StepStats step(double lr, bool stop_requested);
+  void write_metrics(const nlohmann::json& line);
+  void broadcast_model();
   void log_window(const StepStats& s, double lr);
   void evaluate();
   void log_statistics();
@@ -84,7 +89,10 @@ class Trainer {
   const Dataset* val_;
   TrainOptions o_;
   TrainRun run_;
-  Loader loader_;
+  std::optional<Loader> loader_;  // over global batches: rank r takes rows r*B..(r+1)*B-1
+  int rank_ = 0, world_ = 1;
+  bool dp_ = false;  // a process group (even of one rank: NCCL through the launcher)
+  std::unique_ptr<GradReducer> reducer_;
   fs::path ckpt_dir_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
   std::vector<at::Tensor> trainable_params_;
@@ -110,7 +118,16 @@ void Trainer::check_options() {
   if (o_.bf16 && !o_.device.is_cuda()) {
     throw UsageError("--bf16: autocast is for CUDA; on the CPU train in fp32");
   }
-  if (!o_.comm) o_.comm = make_communicator(dist_env());
+  RECAST_CHECK(o_.dist_timeout_s > 0, "--dist-timeout: expected > 0 seconds, found ", o_.dist_timeout_s);
+  if (!o_.comm) {
+    o_.comm = make_communicator(dist_env(), o_.device,
+                                std::chrono::milliseconds(static_cast<int64_t>(o_.dist_timeout_s * 1000)));
+  }
+  rank_ = o_.comm->rank();
+  world_ = o_.comm->world_size();
+  dp_ = o_.comm->backend() != "single";
+  if (rank_ != 0) o_.progress = false;  // one progress bar: rank 0's
+  loader_.emplace(train_.size(), o_.batch_size * world_, o_.seed, /*shuffle=*/true, /*drop_last=*/true);
   if (!o_.objective) {
     o_.objective = std::make_shared<TaskObjective>(model_.task(), o_.teacher.get(), o_.distill_alpha,
                                                    o_.temperature);
@@ -155,7 +172,9 @@ void Trainer::select_parameters() {
   log::info(o_.label == "train" ? "training " : msg(o_.label, ": training "), model_.arch(), " on ",
             train_.describe());
   log::info("parameters: ", trained, " trained", frozen ? msg(", ", frozen, " frozen") : "", "; ",
-            o_.steps, " steps of ", o_.batch_size * o_.grad_accum, " examples, lr ", o_.lr,
+            o_.steps, " steps of ", o_.batch_size * o_.grad_accum * world_, " examples",
+            dp_ ? msg(" (", world_, " ranks x ", o_.batch_size, ", ", o_.comm->backend(), ")") : "",
+            ", lr ", o_.lr,
             " (warmup ", o_.warmup, ", cosine to ", o_.lr * o_.min_lr_ratio, "), ", o_.device.str(),
             o_.bf16 ? " bf16 autocast" : " fp32");
 }
@@ -163,36 +182,84 @@ void Trainer::select_parameters() {
 void Trainer::create_optimizer() {
   opt_ = std::make_unique<AdamW>(default_param_groups(trainable_, o_.weight_decay, no_decay_),
                                  AdamW::Options{o_.beta1, o_.beta2, o_.eps});
-  fp_ = fingerprint(o_, train_);
+  if (o_.shard_optimizer && dp_) {
+    opt_->shard(o_.comm);
+    log::info("--shard-optimizer: this rank holds ", opt_->state_numel(), " of the AdamW moments' ",
+              2 * std::accumulate(trainable_params_.begin(), trainable_params_.end(), int64_t{0},
+                                  [](int64_t n, const at::Tensor& p) { return n + p.numel(); }),
+              " numbers");
+  }
+  if (dp_) {
+    reducer_ = std::make_unique<GradReducer>(trainable_params_, o_.comm);
+    log::debug("gradient reducer: ", reducer_->buckets(), " buckets of <= 25 MB");
+  }
+  fp_ = fingerprint(o_, train_, world_);
+}
+
+void Trainer::write_metrics(const nlohmann::json& line) {
+  if (metrics_) metrics_->write(line);
+}
+
+// Every rank starts from rank 0's weights and buffers.
+void Trainer::broadcast_model() {
+  if (!dp_) return;
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> all;
+  for (auto& p : model_.parameters(true)) all.push_back(p);
+  for (auto& b : model_.buffers(true)) all.push_back(b);
+  o_.comm->broadcast(all, 0);
 }
 
 // Fresh start or resume; opens metrics.jsonl accordingly.
 void Trainer::restore() {
-  if (fs::exists(ckpt_dir_)) remove_stale_temporaries(ckpt_dir_.string());
-  const std::string latest = latest_checkpoint(o_.out);
+  if (rank_ == 0 && fs::exists(ckpt_dir_)) remove_stale_temporaries(ckpt_dir_.string());
+  std::string latest = latest_checkpoint(o_.out);
+  if (dp_) {  // rank 0's choice, which every rank must see
+    std::vector<at::Tensor> chosen = {at::full({1}, -1, at::kLong)};
+    if (rank_ == 0 && !latest.empty()) chosen[0].fill_(list_checkpoints(ckpt_dir_.string()).back().first);
+    o_.comm->broadcast(chosen, 0);
+    const int64_t step = chosen[0].item<int64_t>();
+    latest = step < 0 ? "" : (ckpt_dir_ / step_name(step)).string();
+    if (!latest.empty() && !fs::exists(fs::path(latest) / "trainer_state.json")) {
+      throw Error(msg("rank ", rank_, ": rank 0 resumes from ", latest, ", which this rank cannot "
+                      "see; --out must be on a file system that every rank shares"));
+    }
+  }
   if (!latest.empty() && !o_.resume) {
     throw UsageError(msg(o_.out, " already holds checkpoints (latest ", latest,
                          "); pass --resume to continue, or choose another --out"));
   }
   if (!latest.empty()) {
     CheckpointState s = load_checkpoint(latest, model_, *opt_, o_.device, fp_);
-    loader_.restore(s.loader);
+    loader_->restore(s.loader);
     step_ = s.step;
     log::info("resumed from ", latest, " at step ", step_);
+    if (s.world_size != world_) {
+      log::warn("resuming a run made on ", s.world_size, " rank(s) on ", world_,
+                ": the same global batch and data order, but not bit-exact (the gradients are "
+                "summed in another order)");
+    }
   } else if (o_.resume) {
     log::info("--resume: no checkpoint in ", ckpt_dir_.string(), " yet; starting at step 0");
   }
   last_saved_ = latest;
+  broadcast_model();
+  if (rank_ != 0) return;
   fs::create_directories(o_.out);
   metrics_ = std::make_unique<MetricsLog>((fs::path(o_.out) / "metrics.jsonl").string(), step_);
 }
 
 // The micro-batches, the hooks' penalties, clipping and the update.
-StepStats Trainer::step(double lr) {
+StepStats Trainer::step(double lr, bool stop_requested) {
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(o_.device));
   StepStats s;
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
-    const Example ex = train_.batch(loader_.next());
+    std::vector<int64_t> rows = loader_->next();
+    if (world_ > 1) {
+      rows = std::vector<int64_t>(rows.begin() + rank_ * o_.batch_size,
+                                  rows.begin() + (rank_ + 1) * o_.batch_size);
+    }
+    const Example ex = train_.batch(rows);
     Example dev = ex;
     dev.inputs = to_device(ex.inputs, o_.device, /*non_blocking=*/true);
     dev.labels = ex.labels.defined() ? ex.labels.to(o_.device, /*non_blocking=*/true) : ex.labels;
@@ -201,12 +268,29 @@ StepStats Trainer::step(double lr) {
       AutocastGuard autocast(o_.bf16);
       loss = o_.objective->loss(model_, dev);
     }
+    if (reducer_) reducer_->prepare(/*sync=*/micro == o_.grad_accum - 1);
     (loss / static_cast<double>(o_.grad_accum)).backward();
     loss_sum += loss.detach().to(at::kFloat);
-    s.tokens += ex.tokens;
+    s.tokens += ex.tokens * world_;
+  }
+  // The averaged gradients, then (below) the penalties' on top, once, as alone.
+  if (reducer_) {
+    reducer_->finish();
+    if (step_ == 0 || (step_ + 1) % (o_.log_every * 10) == 0) {
+      log::debug("step ", step_ + 1, ": ", reducer_->launched_in_backward(), " of ", reducer_->buckets(),
+                 " gradient buckets' all-reduce started during the backward");
+    }
   }
   // Penalties, once per step, their gradients added to the loss's.
-  std::vector<at::Tensor> stats = {loss_sum / static_cast<double>(o_.grad_accum)};
+  at::Tensor mean_loss = loss_sum / static_cast<double>(o_.grad_accum);
+  at::Tensor stop = at::full({}, stop_requested ? 1.0f : 0.0f, mean_loss.options());
+  if (dp_) {  // the loss over every rank's rows, and whether any rank must stop
+    std::vector<at::Tensor> agree = {at::stack({mean_loss, stop})};
+    o_.comm->all_reduce_sum(agree);
+    mean_loss = agree[0][0] / static_cast<double>(world_);
+    stop = agree[0][1];
+  }
+  std::vector<at::Tensor> stats = {mean_loss, stop};
   std::vector<std::string> penalized;
   for (const auto& hook : o_.hooks) {
     at::Tensor p = hook->penalty();
@@ -215,22 +299,15 @@ StepStats Trainer::step(double lr) {
     stats.push_back(p.detach().to(loss_sum.device(), at::kFloat));
     penalized.push_back(hook->name());
   }
-  if (o_.comm->world_size() > 1) {
-    std::vector<at::Tensor> grads;
-    for (const auto& p : trainable_params_) {
-      if (p.grad().defined()) grads.push_back(p.grad());
-    }
-    o_.comm->all_reduce_sum(grads);
-  }
   stats.insert(stats.begin() + 1, clip_grad_norm(trainable_params_, o_.clip).to(loss_sum.device()));
   // One host sync per step, checked before the optimizer may apply a
   // non-finite update.
   const at::Tensor host = at::stack(stats).to(at::kCPU, at::kDouble).contiguous();
   const double* v = host.data_ptr<double>();
-  s.loss = v[0], s.grad_norm = v[1];
-  for (size_t i = 0; i < penalized.size(); ++i) s.penalties.emplace_back(penalized[i], v[2 + i]);
+  s.loss = v[0], s.grad_norm = v[1], s.stop = v[2] > 0;
+  for (size_t i = 0; i < penalized.size(); ++i) s.penalties.emplace_back(penalized[i], v[3 + i]);
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
-    metrics_->write({{"step", step_ + 1}, {"split", "train"}, {"loss", s.loss},
+    write_metrics({{"step", step_ + 1}, {"split", "train"}, {"loss", s.loss},
                      {"grad_norm", s.grad_norm}, {"error", "non-finite"}});
     throw Error(msg("step ", step_ + 1, ": ", std::isfinite(s.loss) ? "gradient norm" : "loss",
                     " is ", std::isfinite(s.loss) ? s.grad_norm : s.loss,
@@ -238,7 +315,11 @@ StepStats Trainer::step(double lr) {
                     last_saved_.empty() ? "none" : last_saved_, ")"));
   }
   opt_->step(lr);
-  for (auto& p : trainable_params_) p.mutable_grad() = at::Tensor();
+  if (reducer_) {
+    reducer_->release();
+  } else {
+    for (auto& p : trainable_params_) p.mutable_grad() = at::Tensor();
+  }
   return s;
 }
 
@@ -263,17 +344,18 @@ void Trainer::log_window(const StepStats& s, double lr) {
                          {"elapsed_s", std::chrono::duration<double>(now - started_).count()}};
   // Each penalty at this step as its hook computed it, before its weight.
   for (const auto& [name, value] : s.penalties) line[name] = value;
-  metrics_->write(line);
+  write_metrics(line);
   window_loss_ = 0, window_steps_ = 0, window_tokens_ = 0, window_start_ = Clock::now();
 }
 
 void Trainer::evaluate() {
   if (!val_) return;
   EvalOptions eo;
-  eo.batch_size = o_.batch_size;
+  eo.batch_size = o_.batch_size * world_;  // the batches one process of the global batch takes
   eo.max_batches = o_.eval_batches;
   eo.device = o_.device;
   eo.bf16 = o_.bf16;
+  eo.comm = o_.comm;  // each rank takes every world_-th batch; the sums are reduced
   EvalResult r = train::evaluate(model_, *val_, eo);
   nlohmann::json j = {{"step", step_}, {"split", "eval"}, {"loss", r.loss}};
   if (r.classes.empty()) {
@@ -282,7 +364,7 @@ void Trainer::evaluate() {
   } else {
     j["accuracy"] = r.accuracy;
   }
-  metrics_->write(j);
+  write_metrics(j);
   log::info("step ", step_, ": eval loss ", format_number(r.loss),
             r.classes.empty() ? msg(", perplexity ", format_number(r.perplexity))
                               : msg(", accuracy ", format_number(r.accuracy)));
@@ -301,19 +383,25 @@ void Trainer::log_statistics() {
   for (const auto& hook : o_.hooks) {
     nlohmann::json stats = hook->statistics(model_, probe);
     if (stats.is_null()) continue;
-    nlohmann::json line = {{"step", step_}, {"split", hook->name()}, {"epoch", loader_.epoch()}};
+    nlohmann::json line = {{"step", step_}, {"split", hook->name()}, {"epoch", loader_->epoch()}};
     for (const auto& [key, value] : stats.items()) line[key] = value;
-    metrics_->write(line);
+    write_metrics(line);
   }
 }
 
+// Every rank takes part (a sharded optimizer's state is gathered); rank 0 writes.
 void Trainer::save() {
-  save_checkpoint(ckpt_dir_.string(), model_, *opt_, loader_, step_, fp_, o_.device, o_.keep);
+  io::NamedTensors state = opt_->state();
+  if (rank_ == 0) {
+    save_checkpoint(ckpt_dir_.string(), model_, state, *loader_, step_, fp_, o_.device, o_.keep,
+                    world_);
+  }
   last_saved_ = (ckpt_dir_ / step_name(step_)).string();
 }
 
 // The final model: what every other verb reads.
 void Trainer::finish() {
+  if (rank_ != 0) return;
   if (!o_.save_final) {
     log::info(o_.label, ": ", step_, " steps (final train loss ", format_number(result_.last_loss), ")");
     return;
@@ -341,6 +429,7 @@ TrainResult Trainer::run() {
   bar_options.label = o_.label;
   bar_options.unit = "step";
   if (!o_.progress) bar_options.tty = 0, bar_options.plain_interval = 1e9;
+  if (rank_ != 0) bar_options.stream = nullptr;  // one bar per job: rank 0's
   ProgressBar bar(o_.steps, bar_options);
   bar.set_position(step_);
   result_.step = step_;
@@ -351,7 +440,7 @@ TrainResult Trainer::run() {
     const double lr = cosine_lr(step_, o_.steps, o_.warmup, o_.lr, o_.min_lr_ratio);
     StepStats s;
     try {
-      s = step(lr);
+      s = step(lr, signals && signals->stop_requested());
     } catch (...) {
       bar.finish();
       throw;
@@ -361,12 +450,12 @@ TrainResult Trainer::run() {
     result_.last_loss = s.loss;
     log_window(s, lr);
     bar.update(1, {{"loss", s.loss}, {"lr", lr}, {throughput_name, last_throughput_}});
-    const bool stopping = signals && signals->stop_requested();
+    const bool stopping = s.stop;
     if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < o_.steps) {
       evaluate();
       log_statistics();
     }
-    if (loader_.at_epoch_end()) log_statistics();
+    if (loader_->at_epoch_end()) log_statistics();
     if ((o_.save_every > 0 && step_ % o_.save_every == 0) || step_ == o_.steps || stopping) save();
     if (stopping && step_ < o_.steps) {
       bar.finish();

@@ -78,7 +78,11 @@ struct TrainOptions {
   // --resume continues). Off for a run inside another verb (convert's
   // attention transfer), where a signal ends the verb and removes its output.
   bool stop_on_signal = true;
-  std::shared_ptr<Communicator> comm;  // null: from the environment (dist_env)
+  // Data parallelism: null comm means the environment's (dist_env: torchrun's
+  // variables, or a single process); batch_size is per rank.
+  std::shared_ptr<Communicator> comm;
+  double dist_timeout_s = 600;   // rendezvous and every collective
+  bool shard_optimizer = false;  // ZeRO-1: AdamW's moments split across the ranks
 };
 
 struct TrainRun {
