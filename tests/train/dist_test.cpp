@@ -8,6 +8,7 @@
 
 #include "models/tiny.h"
 #include "process_util.h"
+#include "train/train_cli_util.h"
 #include "recast/io/safetensors.h"
 #include "recast/train/comm.h"
 #include "recast/train/objectives.h"
@@ -195,20 +196,6 @@ TEST(DistEval, ShardedEvaluationEqualsOneProcess) {
 
 // ---- processes
 
-// A corpus of 24 small documents, the same every time.
-void write_corpus(const std::string& dir) {
-  const char* words[] = {"the ", "union ", "is ", "strong ", "and ", "we ", "shall ", "not ", "fail.\n"};
-  uint64_t x = 777;
-  for (int d = 0; d < 24; ++d) {
-    std::string text;
-    while (text.size() < 900) {
-      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-      text += words[(x >> 33) % 9];
-    }
-    write_bytes(dir + "/doc" + std::to_string(d) + ".txt", text);
-  }
-}
-
 std::vector<std::string> pretrain(const std::string& data, const std::string& out, int batch,
                                   int steps = 20) {
   return {"pretrain", "--arch", "gpt2", "--set", "n_layer=2", "--set", "n_embd=32", "--set",
@@ -216,12 +203,6 @@ std::vector<std::string> pretrain(const std::string& data, const std::string& ou
           std::to_string(steps), "--lr", "3e-3", "--save-every", "3", "--log-every", "1",
           "--eval-batches", "3", "--threads", "1", "--no-progress", "--dist-timeout", "30",
           "--out", out};
-}
-
-void set_arg(std::vector<std::string>& args, const std::string& name, const std::string& value) {
-  auto it = std::find(args.begin(), args.end(), name);
-  ASSERT_NE(it, args.end()) << name;
-  *(it + 1) = value;
 }
 
 std::vector<std::string> launch(int nproc, const std::vector<std::string>& verb) {
@@ -272,38 +253,6 @@ void expect_same_curves(const std::string& a, const std::string& b, double tol) 
   for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(la[i], lb[i], tol * lb[i]) << "step " << i + 1;
 }
 
-// Processes started directly (rank variables in their environment, no launcher).
-class Ranked {
- public:
-  Ranked(const std::vector<std::string>& args, const std::vector<std::string>& env, const std::string& log) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      for (const auto& kv : env) ::putenv(const_cast<char*>(kv.c_str()));
-      std::vector<char*> argv;
-      std::string bin = RECAST_BINARY;
-      argv.push_back(bin.data());
-      std::vector<std::string> copy = args;
-      for (auto& a : copy) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(bin.c_str(), argv.data());
-      ::_exit(127);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  void signal(int sig) { ::kill(pid_, sig); }
-  int wait() {
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
 // The processes `pid` started (Linux: /proc/PID/task/PID/children).
 std::vector<pid_t> children_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
@@ -332,31 +281,12 @@ std::string env_of(pid_t pid, const std::string& key) {
   return "";
 }
 
-int64_t last_step(const std::string& out) {
-  std::ifstream in(out + "/metrics.jsonl");
-  int64_t step = 0;
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.contains("step")) step = std::max<int64_t>(step, j["step"].get<int64_t>());
-  }
-  return step;
-}
-
-bool wait_for_step(const std::string& out, int64_t step) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (last_step(out) >= step) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
-}
-
 class DistCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
     fs::create_directories(dir_->file("corpus"));
-    write_corpus(dir_->file("corpus"));
+    write_corpus(dir_->file("corpus"), 24, 900, 777);
     // One process, batch 4: what two ranks of batch 2 must reproduce.
     Result one = run(pretrain(corpus(), dir_->file("one"), 4));
     ASSERT_EQ(one.code, 0) << one.err;
@@ -432,7 +362,7 @@ TEST_F(DistCli, ShardedOptimizerTrainsExactlyAsUnsharded) {
 TEST_F(DistCli, KillOfTheWholeJobThenResumeIsBitIdentical) {
   TempDir t;
   const std::string out = t.file("run");
-  Ranked job(launch(2, pretrain(corpus(), out, 2)), {}, t.file("log"));
+  Child job(launch(2, pretrain(corpus(), out, 2)), t.file("log"));
   ASSERT_TRUE(wait_for_step(out, 7)) << read_bytes(t.file("log"));
   const std::vector<pid_t> ranks = children_of(job.pid());
   EXPECT_EQ(ranks.size(), 2u);
@@ -467,8 +397,8 @@ TEST_F(DistCli, AKilledRankEndsTheOthersWithinTheTimeout) {
     e.push_back("LOCAL_RANK=" + std::to_string(r));
     return e;
   };
-  Ranked r0(args, env(0), t.file("log0"));
-  Ranked r1(args, env(1), t.file("log1"));
+  Child r0(args, t.file("log0"), env(0));
+  Child r1(args, t.file("log1"), env(1));
   ASSERT_TRUE(wait_for_step(out, 3)) << read_bytes(t.file("log0"));
   const auto killed = std::chrono::steady_clock::now();
   r1.signal(SIGKILL);
@@ -482,7 +412,7 @@ TEST_F(DistCli, AKilledRankEndsTheOthersWithinTheTimeout) {
 
   // Under the launcher: the job's exit code is the killed rank's, the other rank is ended.
   TempDir t2;
-  Ranked job(launch(2, pretrain(corpus(), t2.file("run"), 2, 400)), {}, t2.file("log"));
+  Child job(launch(2, pretrain(corpus(), t2.file("run"), 2, 400)), t2.file("log"));
   ASSERT_TRUE(wait_for_step(t2.file("run"), 3)) << read_bytes(t2.file("log"));
   pid_t rank1 = -1;
   const std::vector<pid_t> children = children_of(job.pid());
@@ -500,11 +430,11 @@ TEST_F(DistCli, AKilledRankEndsTheOthersWithinTheTimeout) {
 TEST_F(DistCli, SigtermToTheLauncherCheckpointsAndExitsZeroThenResumes) {
   TempDir t;
   const std::string out = t.file("run");
-  Ranked job(launch(2, pretrain(corpus(), out, 2)), {}, t.file("log"));
+  Child job(launch(2, pretrain(corpus(), out, 2)), t.file("log"));
   ASSERT_TRUE(wait_for_step(out, 5)) << read_bytes(t.file("log"));
   job.signal(SIGTERM);
   ASSERT_EQ(job.wait(), 0) << read_bytes(t.file("log"));
-  const int64_t stopped = last_step(out);
+  const int64_t stopped = logged_step(out);
   EXPECT_LT(stopped, 20);
   EXPECT_TRUE(fs::exists(out + "/checkpoints/step-" + [&] {
     char b[16];

@@ -4,6 +4,7 @@
 // input giving one-line errors and no output directory.
 
 #include "process_util.h"
+#include "train/train_cli_util.h"
 #include "recast/io/checkpoint.h"
 #include "recast/io/file.h"
 #include "recast/io/safetensors.h"
@@ -32,21 +33,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A corpus of 40 small documents of pseudo-English, the same every time.
-void write_corpus(const std::string& dir) {
-  const char* words[] = {"the ",  "union ", "is ",  "strong ", "and ",     "we ",
-                         "shall ", "not ",  "fail. ", "our ",  "people ", "endure.\n"};
-  uint64_t x = 12345;
-  for (int d = 0; d < 40; ++d) {
-    std::string text;
-    while (text.size() < 1500) {
-      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-      text += words[(x >> 33) % 12];
-    }
-    write_bytes(dir + "/doc" + std::to_string(d) + ".txt", text);
-  }
-}
-
 std::vector<std::string> pretrain_args(const std::string& data, const std::string& out,
                                        int steps = 50) {
   return {"pretrain", "--arch",     "gpt2",  "--set",         "n_layer=2",     "--set",
@@ -54,64 +40,6 @@ std::vector<std::string> pretrain_args(const std::string& data, const std::strin
           "32",        "--batch-size", "4",  "--steps",       std::to_string(steps), "--lr",
           "3e-3",      "--save-every", "3",  "--log-every",   "1",             "--threads",
           "2",         "--no-progress", "-q", "--out",        out};
-}
-
-void set_arg(std::vector<std::string>& args, const std::string& name, const std::string& value) {
-  auto it = std::find(args.begin(), args.end(), name);
-  ASSERT_NE(it, args.end()) << name;
-  *(it + 1) = value;
-}
-
-// A child process running recast with stdout/stderr in files.
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& args, const std::string& log) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      std::vector<char*> argv;
-      std::string bin = RECAST_BINARY;
-      argv.push_back(bin.data());
-      std::vector<std::string> copy = args;
-      for (auto& a : copy) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(bin.c_str(), argv.data());
-      ::_exit(127);
-    }
-  }
-  void signal(int sig) { ::kill(pid_, sig); }
-  // Exit code, or 128 + signal.
-  int wait() {
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
-// Highest "step" in OUT/metrics.jsonl so far (0 when none).
-int64_t logged_step(const std::string& out) {
-  std::ifstream in(out + "/metrics.jsonl");
-  std::string line;
-  int64_t step = 0;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.contains("step")) step = std::max<int64_t>(step, j["step"].get<int64_t>());
-  }
-  return step;
-}
-
-bool wait_for_step(const std::string& out, int64_t step) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (logged_step(out) >= step) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return false;
 }
 
 class TrainCli : public ::testing::Test {
