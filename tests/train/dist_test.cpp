@@ -188,8 +188,8 @@ TEST(DistEval, ShardedEvaluationEqualsOneProcess) {
       so.comm = std::shared_ptr<Communicator>(&comm, [](Communicator*) {});
       const train::EvalResult r = train::evaluate(*m, data, so);
       EXPECT_EQ(r.count, alone.count);
-      EXPECT_NEAR(r.loss, alone.loss, 1e-12 * alone.loss);
-      EXPECT_NEAR(r.bits_per_byte, alone.bits_per_byte, 1e-12 * alone.bits_per_byte);
+      EXPECT_NEAR(r.loss, alone.loss, 1e-6 * alone.loss);  // fp32 means of other row subsets
+      EXPECT_NEAR(r.bits_per_byte, alone.bits_per_byte, 1e-6 * alone.bits_per_byte);
     });
   }
 }

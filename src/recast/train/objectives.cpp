@@ -104,7 +104,11 @@ EvalResult evaluate(models::Model& model, const Dataset& data, const EvalOptions
   const int rank = o.comm ? o.comm->rank() : 0, world = o.comm ? o.comm->world_size() : 1;
   for (int64_t b = 0; b < batches; ++b) {
     std::vector<int64_t> rows = loader.next();
-    if (b % world != rank) continue;
+    if (world > 1) {  // this rank's share of the batch's rows
+      const auto n = static_cast<int64_t>(rows.size());
+      rows = std::vector<int64_t>(rows.begin() + rank * n / world, rows.begin() + (rank + 1) * n / world);
+      if (rows.empty()) continue;
+    }
     Example ex = data.batch(rows);
     models::Batch in = to_device(ex.inputs, o.device);
     if (o.transform) o.transform(in, b);

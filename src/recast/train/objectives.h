@@ -60,8 +60,9 @@ struct EvalOptions {
   // Applied to each batch's inputs on the device before the forward (for
   // example an image corruption); its second argument is the batch's index.
   std::function<void(models::Batch&, int64_t)> transform;
-  // Data-parallel evaluation: this rank runs batches rank, rank + N, ...; the
-  // sums are all-reduced, so every rank returns the whole split's result.
+  // Data-parallel evaluation: batch_size is the global batch, of which each
+  // rank runs its share of the rows (as in training); the sums are
+  // all-reduced, so every rank returns the whole split's result.
   std::shared_ptr<Communicator> comm;
 };
 
