@@ -4,7 +4,8 @@
 // 3 ranks as processes: N ranks x B train what one process trains with N * B
 // (with and without gradient accumulation, with a sharded optimizer), a kill
 // -9 of the whole job resumes bit for bit, a killed rank ends the job within
-// the timeout, SIGTERM to the launcher checkpoints and exits 0.
+// the timeout, SIGTERM to the launcher checkpoints and exits 0; finetune and
+// convert's attention transfer run under it as well.
 
 #include "models/tiny.h"
 #include "process_util.h"
@@ -446,6 +447,34 @@ TEST_F(DistCli, SigtermToTheLauncherCheckpointsAndExitsZeroThenResumes) {
   Result r = run(launch(2, args));
   ASSERT_EQ(r.code, 0) << r.err;
   expect_two_ranks_final(out);
+}
+
+// finetune and convert's attention transfer take the process group too; rank
+// 0 alone writes --out, and the result is the one process's with the global batch.
+TEST_F(DistCli, FinetuneAndAttentionTransferUnderTheLauncher) {
+  const auto finetune = [&](const std::string& out, int batch) {
+    return std::vector<std::string>{"finetune", "--model", path("one"), "--data", corpus(), "--seq-len", "16",
+                                    "--batch-size", std::to_string(batch), "--steps", "8", "--threads", "1",
+                                    "--no-progress", "--out", out};
+  };
+  ASSERT_EQ(run(finetune(path("ft-one"), 4)).code, 0);
+  Result ft = run(launch(2, finetune(path("ft-two"), 2)));
+  ASSERT_EQ(ft.code, 0) << ft.err;
+  EXPECT_LT(relative_difference(path("ft-two"), path("ft-one")), 1e-5);
+
+  const auto convert = [&](const std::string& out, int batch) {
+    return std::vector<std::string>{"convert", "--recipe", "t2r", "--model", path("one"), "--out", out,
+                                    "--feature-dim", "8", "--data", corpus(), "--seq-len", "16", "--batch-size",
+                                    std::to_string(batch), "--transfer-steps", "6", "--threads", "1"};
+  };
+  ASSERT_EQ(run(convert(path("t2r-one"), 4)).code, 0);
+  Result cv = run(launch(2, convert(path("t2r-two"), 2)));
+  ASSERT_EQ(cv.code, 0) << cv.err;
+  EXPECT_LT(relative_difference(path("t2r-two"), path("t2r-one")), 1e-5);
+  // Only rank 0's output: no other rank's temporary left beside --out.
+  for (const auto& e : fs::directory_iterator(dir_->path())) {
+    EXPECT_EQ(e.path().filename().string().find(".t2r-two.tmp-"), std::string::npos) << e.path();
+  }
 }
 
 TEST_F(DistCli, LaunchMisuseIsAUsageError) {
