@@ -384,7 +384,10 @@ TEST(Dist, ReadsTorchrunVariablesAndRejectsMalformedOnes) {
   EXPECT_EQ(e.master_addr, "10.0.0.1");
   EXPECT_EQ(e.master_port, 29500);
   EXPECT_EQ(e.local_world_size, 4);  // LOCAL_WORLD_SIZE absent: one node
-  EXPECT_TRUE(e.launched);
+  EXPECT_FALSE(e.launched);  // WORLD_SIZE alone: no launcher
+  ::setenv("TORCHELASTIC_RUN_ID", "job", 1);
+  EXPECT_TRUE(train::dist_env().launched);
+  ::unsetenv("TORCHELASTIC_RUN_ID");
   ::setenv("MASTER_PORT", "70000", 1);
   EXPECT_NE(error_of([] { train::dist_env(); }).find("MASTER_PORT='70000'"), std::string::npos);
   ::setenv("MASTER_PORT", "29500", 1);

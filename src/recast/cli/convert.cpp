@@ -163,10 +163,11 @@ int run_convert(const ConvertCli& o) {
     throw UsageError(msg(opt->get_name(), " is an option of --recipe ", list, ", not ", o.recipe));
   }
   check_ranges(recipe.convert_options(), o.values.count(o.recipe) ? o.values.at(o.recipe) : nlohmann::json());
-  check_output_dir(o.out, "--out", /*must_be_empty=*/true);
   // In a data-parallel run (attention transfer under torchrun / recast
-  // launch) every rank converts and trains; rank 0 alone writes --out.
+  // launch) every rank converts and trains; rank 0 alone writes --out (and
+  // alone checks it: another rank may look after rank 0 has written it).
   const bool writer = train::dist_env().rank == 0;
+  check_output_dir(o.out, "--out", /*must_be_empty=*/writer);
   std::optional<io::OutputLock> lock;
   if (writer) lock.emplace(o.out, "--out");
   models::ModelPtr source = models::load_model(o.model);

@@ -110,6 +110,7 @@ Rank start_rank(const LaunchCli& o, const std::string& exe, int local_rank, bool
     ::dup2(err_pipe[1], STDERR_FILENO);
     ::signal(SIGINT, SIG_DFL);
     ::signal(SIGTERM, SIG_DFL);
+    ::signal(SIGPIPE, SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -163,6 +164,7 @@ int run_launch(const LaunchCli& o) {
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+  ::signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap the ranks before waitpid sees them
   const bool tty = ::isatty(STDERR_FILENO) != 0;
   std::vector<Rank> ranks;
   for (int i = 0; i < o.nproc; ++i) ranks.push_back(start_rank(opts, exe, i, tty && opts.node_rank == 0 && i == 0));
@@ -206,6 +208,10 @@ int run_launch(const LaunchCli& o) {
       if (r.exited) continue;
       int status = 0;
       const pid_t w = ::waitpid(r.pid, &status, WNOHANG);
+      if (w < 0 && errno == ECHILD) {  // already reaped elsewhere: its code is unknown
+        r.exited = true;
+        continue;
+      }
       if (w == r.pid) {
         r.exited = true;
         r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -225,10 +231,17 @@ int run_launch(const LaunchCli& o) {
     }
     if (ending && std::chrono::steady_clock::now() >= kill_at) send_all(SIGKILL);
     if (all_done) {
-      // What is left in the pipes.
+      // What is left in the pipes; a grandchild that kept them open (the
+      // sentencepiece helper) gets a second at most.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
       for (auto& r : ranks) {
-        while (r.out.fd >= 0) r.out.pump();
-        while (r.err.fd >= 0) r.err.pump();
+        for (Relay* rel : {&r.out, &r.err}) {
+          while (rel->fd >= 0 && std::chrono::steady_clock::now() < until) {
+            pollfd p{rel->fd, POLLIN, 0};
+            if (::poll(&p, 1, 50) > 0) rel->pump();
+          }
+          if (rel->fd >= 0) ::close(rel->fd), rel->fd = -1;
+        }
       }
       break;
     }
@@ -272,7 +285,10 @@ int split_launch_command(int argc, char** argv) {
   for (++i; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.empty() || a[0] != '-') break;  // the verb
-    if (a == "-h" || a == "--help" || a == "--help-all" || a.find('=') != std::string::npos) continue;
+    if (a == "-h" || a == "--help" || a == "--help-all" || a == "-v" || a == "--verbose" || a == "-q" ||
+        a == "--quiet" || a.find('=') != std::string::npos) {
+      continue;  // flags
+    }
     ++i;  // every other option of launch takes a value
   }
   command_store().assign(argv + std::min(i, argc), argv + argc);

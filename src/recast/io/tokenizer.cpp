@@ -338,8 +338,8 @@ SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config,
                          model_type == "longt5";
   const auto named = config.is_object() ? config.find("tokenizer_class") : config.end();
   const std::string cls = named != config.end() && named->is_string() ? named->get<std::string>() : "";
-  const bool t5 = cls.empty() ? (std::string(file) == "spiece.model" || t5_family)
-                              : cls.rfind("T5Tokenizer", 0) == 0 || cls.rfind("MT5Tokenizer", 0) == 0;
+  const bool t5 = std::string(file) == "spiece.model" ||
+                  (cls.empty() ? t5_family : cls.rfind("T5Tokenizer", 0) == 0 || cls.rfind("MT5Tokenizer", 0) == 0);
   auto flag = [&](const char* key, bool fallback) {
     auto it = config.find(key);
     if (it == config.end() || it->is_null()) return fallback;
@@ -399,10 +399,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     if (!is_regular_file(model)) continue;
     std::string model_type;
     const auto model_config = (d / "config.json").string();
-    if (is_regular_file(model_config)) {
-      const nlohmann::json mc = read_json_file(model_config);
-      if (mc.is_object() && mc.contains("model_type") && mc["model_type"].is_string()) {
-        model_type = mc["model_type"].get<std::string>();
+    if (!is_regular_file(config_path) && is_regular_file(model_config)) {
+      try {  // the model's config only breaks a tie; loading the model checks it
+        const nlohmann::json mc = read_json_file(model_config);
+        if (mc.is_object() && mc.contains("model_type") && mc["model_type"].is_string()) {
+          model_type = mc["model_type"].get<std::string>();
+        }
+      } catch (const Error&) {
       }
     }
     return SentencePieceTokenizer::from_file(model,

@@ -33,7 +33,6 @@ DistEnv dist_env() {
   };
   DistEnv e;
   e.world_size = int_var("WORLD_SIZE", 1, 1, 1'000'000);
-  if (const char* w = std::getenv("WORLD_SIZE"); w && *w) e.launched = true;
   e.rank = int_var("RANK", 0, 0, 1'000'000);
   e.local_rank = int_var("LOCAL_RANK", 0, 0, 1'000'000);
   e.local_world_size = int_var("LOCAL_WORLD_SIZE", e.world_size, 1, 1'000'000);
@@ -46,7 +45,8 @@ DistEnv dist_env() {
                          e.local_world_size));
   }
   if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
-  if (const char* id = std::getenv("TORCHELASTIC_RUN_ID"); id && *id) e.run_id = id;
+  if (const char* id = std::getenv("TORCHELASTIC_RUN_ID"); id && *id) e.run_id = id, e.launched = true;
+  e.restart_count = int_var("TORCHELASTIC_RESTART_COUNT", 0, 0, 1'000'000);
   if (const char* s = std::getenv("TORCHELASTIC_USE_AGENT_STORE")) {
     e.agent_store = std::string(s) == "True" || std::string(s) == "1";
   }

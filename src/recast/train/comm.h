@@ -67,10 +67,12 @@ struct DistEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string run_id;
+  int restart_count = 0;  // TORCHELASTIC_RESTART_COUNT: torchrun's attempt
   // torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE=True).
   bool agent_store = false;
-  // WORLD_SIZE was set (torchrun / recast launch): a process group even for
-  // a world of one (NCCL on one GPU through the launcher).
+  // Started by torchrun or recast launch (TORCHELASTIC_RUN_ID is set): a
+  // process group even for a world of one (NCCL on one GPU through the
+  // launcher). A WORLD_SIZE=1 that a scheduler exports alone does not.
   bool launched = false;
 };
 DistEnv dist_env();

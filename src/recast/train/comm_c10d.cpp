@@ -156,8 +156,9 @@ c10::intrusive_ptr<c10d::Store> rendezvous(const DistEnv& env, std::chrono::mill
   o.timeout = timeout;
   try {
     auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
-    // torchrun's agent store holds its own keys: ours live under the run's prefix.
-    return c10::make_intrusive<c10d::PrefixStore>("recast/" + env.run_id + "/",
+    // torchrun's agent store holds its own keys and outlives a restart: ours
+    // live under the run's and the attempt's prefix.
+    return c10::make_intrusive<c10d::PrefixStore>(msg("recast/", env.run_id, "/attempt_", env.restart_count, "/"),
                                                   c10::intrusive_ptr<c10d::Store>(store));
   } catch (const std::exception& e) {
     throw Error(msg("rank ", env.rank, " of ", env.world_size, ": rendezvous at ", env.master_addr,

@@ -58,6 +58,7 @@ class AdamW {
   // rank) and updates only those; step() then broadcasts each share from its
   // owner. The arithmetic of each update is the unsharded one.
   void shard(std::shared_ptr<Communicator> comm);
+  bool sharded() const { return comm_ != nullptr; }
   // Elements of the moments this rank holds.
   int64_t state_numel() const;
 

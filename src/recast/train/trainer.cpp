@@ -75,7 +75,10 @@ class Trainer {
   void select_parameters();
   void create_optimizer();
   void restore();
-  StepStats step(double lr, bool stop_requested);
+  // `signals`: read once the gradients are in (a signal during the step
+  // stops after it); null inside another verb.
+  StepStats step(double lr, const signals::StopScope* signals);
+  void broadcast_buffers();
   void write_metrics(const nlohmann::json& line);
   void broadcast_model();
   void log_window(const StepStats& s, double lr);
@@ -200,6 +203,18 @@ void Trainer::write_metrics(const nlohmann::json& line) {
   if (metrics_) metrics_->write(line);
 }
 
+// Buffers that each rank updates from its own rows (BatchNorm's running
+// statistics) are rank 0's wherever they are read: evaluation and checkpoints.
+void Trainer::broadcast_buffers() {
+  if (!dp_) return;
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> buffers;
+  for (auto& b : model_.buffers(true)) {
+    if (b.is_floating_point()) buffers.push_back(b);
+  }
+  if (!buffers.empty()) o_.comm->broadcast(buffers, 0);
+}
+
 // Every rank starts from rank 0's weights and buffers.
 void Trainer::broadcast_model() {
   if (!dp_) return;
@@ -250,7 +265,7 @@ void Trainer::restore() {
 }
 
 // The micro-batches, the hooks' penalties, clipping and the update.
-StepStats Trainer::step(double lr, bool stop_requested) {
+StepStats Trainer::step(double lr, const signals::StopScope* signals) {
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(o_.device));
   StepStats s;
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
@@ -283,6 +298,7 @@ StepStats Trainer::step(double lr, bool stop_requested) {
   }
   // Penalties, once per step, their gradients added to the loss's.
   at::Tensor mean_loss = loss_sum / static_cast<double>(o_.grad_accum);
+  const bool stop_requested = signals != nullptr && signals->stop_requested();
   at::Tensor stop = at::full({}, stop_requested ? 1.0f : 0.0f, mean_loss.options());
   if (dp_) {  // the loss over every rank's rows, and whether any rank must stop
     std::vector<at::Tensor> agree = {at::stack({mean_loss, stop})};
@@ -350,6 +366,7 @@ void Trainer::log_window(const StepStats& s, double lr) {
 
 void Trainer::evaluate() {
   if (!val_) return;
+  broadcast_buffers();
   EvalOptions eo;
   eo.batch_size = o_.batch_size * world_;  // the batches one process of the global batch takes
   eo.max_batches = o_.eval_batches;
@@ -391,7 +408,10 @@ void Trainer::log_statistics() {
 
 // Every rank takes part (a sharded optimizer's state is gathered); rank 0 writes.
 void Trainer::save() {
-  io::NamedTensors state = opt_->state();
+  broadcast_buffers();
+  // A sharded state is gathered by every rank; otherwise rank 0's is the state.
+  io::NamedTensors state;
+  if (rank_ == 0 || opt_->sharded()) state = opt_->state();
   if (rank_ == 0) {
     save_checkpoint(ckpt_dir_.string(), model_, state, *loader_, step_, fp_, o_.device, o_.keep,
                     world_);
@@ -440,7 +460,7 @@ TrainResult Trainer::run() {
     const double lr = cosine_lr(step_, o_.steps, o_.warmup, o_.lr, o_.min_lr_ratio);
     StepStats s;
     try {
-      s = step(lr, signals && signals->stop_requested());
+      s = step(lr, signals ? &*signals : nullptr);
     } catch (...) {
       bar.finish();
       throw;
@@ -450,7 +470,9 @@ TrainResult Trainer::run() {
     result_.last_loss = s.loss;
     log_window(s, lr);
     bar.update(1, {{"loss", s.loss}, {"lr", lr}, {throughput_name, last_throughput_}});
-    const bool stopping = s.stop;
+    // Alone, a signal that came after the step's read still stops here (as
+    // before data parallelism); ranks go by the flag they agreed on.
+    const bool stopping = s.stop || (!dp_ && signals && signals->stop_requested());
     if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < o_.steps) {
       evaluate();
       log_statistics();
