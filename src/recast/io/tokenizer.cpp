@@ -400,12 +400,10 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     std::string model_type;
     const auto model_config = (d / "config.json").string();
     if (!is_regular_file(config_path) && is_regular_file(model_config)) {
-      try {  // the model's config only breaks a tie; loading the model checks it
-        const nlohmann::json mc = read_json_file(model_config);
-        if (mc.is_object() && mc.contains("model_type") && mc["model_type"].is_string()) {
-          model_type = mc["model_type"].get<std::string>();
-        }
-      } catch (const Error&) {
+      // A malformed config.json is an error naming it, not a silent default.
+      const nlohmann::json mc = read_json_file(model_config);
+      if (mc.is_object() && mc.contains("model_type") && mc["model_type"].is_string()) {
+        model_type = mc["model_type"].get<std::string>();
       }
     }
     return SentencePieceTokenizer::from_file(model,
