@@ -9,6 +9,11 @@
 #                                         recast forward (CPU, CUDA) vs transformers, t2r + factorize
 #   scripts/gpu-checks.sh tokenizers      unseen tokenizer.json / tokenizer.model directories and
 #                                         GPT-2's real vocabulary: recast tokenize vs transformers
+#   scripts/gpu-checks.sh decode          CUDA-graph decoding: the graph's greedy tokens equal
+#                                         eager decoding's (GPT-2-small shape softmax and T2R, a GQA
+#                                         Llama shape; fp32 and bf16)
+#   scripts/gpu-checks.sh decode-bench    after decode: ms/token with and without graphs at batch
+#                                         1 / 32 (DECODE_BATCHES), context 1k..32k (DECODE_CONTEXTS)
 #   scripts/gpu-checks.sh dist            NCCL through `recast launch` on one GPU (WORLD_SIZE=1) and
 #                                         under torchrun --no-python: GPT-2-small shape, bf16, tokens/s
 #                                         and loss beside the same run without a process group
@@ -68,6 +73,56 @@ for job in "$@"; do
       done | tee "$out/dist-summary.txt"
       grep -h "process group\|buckets\|ranks x" "$out"/dist-*.log | sort | uniq -c | head | tee -a "$out/dist-summary.txt"
       ;;
-    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, dist)" >&2; exit 2 ;;
+    decode)
+      d=/tmp/recast-decode
+      rm -rf "$d" && mkdir -p "$d"
+      python3 - "$d" <<'PY'
+import sys, torch, transformers as tf
+d = sys.argv[1]
+torch.manual_seed(0)
+tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=33000)).save_pretrained(f"{d}/softmax")
+tf.LlamaForCausalLM(tf.LlamaConfig(num_hidden_layers=4, hidden_size=512, intermediate_size=1376, num_attention_heads=8,
+    num_key_value_heads=2, vocab_size=32000, max_position_embeddings=8192)).save_pretrained(f"{d}/llama")
+PY
+      build-gpu/recast convert --recipe t2r --model "$d/softmax" --out "$d/t2r" --device cuda > "$out/decode-convert.log" 2>&1
+      ids=$(python3 -c 'import random; random.seed(1); print(",".join(str(random.randrange(30000)) for _ in range(200)))')
+      : > "$out/decode-tokens.txt"
+      for m in softmax t2r llama; do
+        for dt in f32 bf16; do
+          g=(build-gpu/recast generate --model "$d/$m" --prompt-ids "$ids" --prompt-ids "${ids:0:300}" --max-tokens 64
+             --temperature 0 --ignore-eos --device cuda --dtype "$dt" --json -v)
+          "${g[@]}" > "$d/graph.json" 2> "$d/graph.err"
+          "${g[@]}" --no-cuda-graph > "$d/eager.json" 2> "$d/eager.err"
+          same=$(cmp -s "$d/graph.json" "$d/eager.json" && echo same || echo DIFFERENT)
+          echo "$m $dt: graph vs eager greedy tokens $same ($(wc -c < "$d/graph.json") bytes); $(grep -ih "graph" "$d/graph.err" | head -1)" |
+            tee -a "$out/decode-tokens.txt"
+        done
+      done
+      ;;
+    decode-bench)
+      d=/tmp/recast-decode  # models made by the decode job
+      : > "$out/decode.jsonl"
+      for batch in ${DECODE_BATCHES:-1 32}; do
+        for ctx in ${DECODE_CONTEXTS:-1024 4096 16384 32000}; do
+          for m in softmax t2r; do
+            for mode in graph eager; do
+              flag=(); [[ $mode == eager ]] && flag=(--no-cuda-graph)
+              timeout 120 build-gpu/recast bench decode --model "$d/$m" --context "$ctx" --new-tokens 64 --batch "$batch" \
+                --device cuda --dtype bf16 --json "${flag[@]}" >> "$out/decode.jsonl" 2> "$out/decode-err.txt" ||
+                echo "{\"attention\": \"$m\", \"batch\": $batch, \"context\": $ctx, \"mode\": \"$mode\", \"error\": \"$(tail -1 "$out/decode-err.txt" | tr -d '"')\"}" >> "$out/decode.jsonl"
+            done
+          done
+        done
+      done
+      python3 - "$out/decode.jsonl" <<'PY' | tee "$out/decode-summary.txt"
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    mode = r.get("mode") or ("graph" if r.get("cuda_graph") else "eager")
+    head = f'{r["attention"]:8s} {mode:5s} B={r["batch"]:<3d} ctx={r["context"]:<6d}'
+    print(head, f'error: {r["error"]}' if "error" in r else f'{r["ms_per_token"]:8.3f} ms/token {r["tokens_per_s"]:10.1f} tok/s  peak {r["peak_memory_mb"]:8.0f} MB')
+PY
+      ;;
+    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, decode, decode-bench, dist)" >&2; exit 2 ;;
   esac
 done

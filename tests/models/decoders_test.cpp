@@ -152,15 +152,15 @@ TEST(SlidingWindow, RollingCacheKeepsWindowMinusOneKeysAndDecodesAsTheParallelFo
       models::KVCache cache;
       EXPECT_LT(cached_vs_full(*m, prefill, cache), 1e-5);
       ASSERT_EQ(cache.keys.size(), 2u);
-      for (const auto& k : cache.keys) EXPECT_EQ(k.size(2), 3);
+      for (size_t l = 0; l < 2; ++l) EXPECT_EQ(cache.held(l), 3);
     }
   }
   // Qwen2's default: windows only from max_window_layers on (here layer 1).
   auto m = tiny_model("qwen2", {{"vocab_size", 61}}, 6);
   models::KVCache cache;
   EXPECT_LT(cached_vs_full(*m, 4, cache), 1e-5);
-  EXPECT_EQ(cache.keys[0].size(2), 23);
-  EXPECT_EQ(cache.keys[1].size(2), 4);
+  EXPECT_EQ(cache.held(0), 23);
+  EXPECT_EQ(cache.held(1), 4);
 }
 
 // Right padding in the parallel form and a padded prefix decoded step by

@@ -77,9 +77,38 @@ TEST(Attention, PathsAgreeWithALoopForMasksGroupsAndOffsets) {
     at::Tensor expected = loop_attention(q, k, v, m);
     at::Tensor reference = ops::attention_reference(q, k, v, m);
     at::Tensor fused = ops::attention(q, k, v, m);
+    if (c.tq == 1) {
+      EXPECT_LE(max_error(ops::attention_decode(q, k, v, m), expected), 1e-5);
+    }
     // Padded queries of row 1 see only real keys, so every row is well defined.
     EXPECT_LE(max_error(reference, expected), 1e-5);
     EXPECT_LE(max_error(fused, expected), 1e-5);
+  }
+}
+
+// A fixed-shape step: the query at buffer index `slot` over a whole buffer
+// whose unwritten and padded keys `key_padding` masks (and a window by slot)
+// equals the query over the keys held, with a T5-style bias and GQA.
+TEST(Attention, FixedShapeStepEqualsTheKeysHeld) {
+  torch::manual_seed(4);
+  const int64_t cap = 12, slot = 7;
+  for (int64_t window : {0, 3}) {
+    at::Tensor q = at::randn({2, 4, 1, 8});
+    at::Tensor k = at::randn({2, 2, cap, 8}), v = at::randn({2, 2, cap, 8});
+    at::Tensor bias = at::randn({1, 4, 1, cap});
+    at::Tensor real = at::zeros({2, cap}, at::kBool);
+    real.narrow(1, 0, slot + 1).fill_(true);
+    real[1].narrow(0, 0, 2).fill_(false);  // row 1 left-padded
+    ops::AttentionMask fixed;
+    fixed.causal = true, fixed.key_padding = real, fixed.window = window, fixed.bias = bias;
+    fixed.slot = at::full({1}, slot, at::kLong);
+    ops::AttentionMask held;
+    held.causal = true, held.query_offset = slot, held.window = window;
+    held.key_padding = real.narrow(1, 0, slot + 1), held.bias = bias.narrow(3, 0, slot + 1);
+    const at::Tensor expected = ops::attention_reference(q, k.narrow(2, 0, slot + 1),
+                                                         v.narrow(2, 0, slot + 1), held);
+    EXPECT_LE(max_error(ops::attention(q, k, v, fixed), expected), 1e-5) << "window " << window;
+    EXPECT_LE(max_error(ops::attention_reference(q, k, v, fixed), expected), 1e-5);
   }
 }
 

@@ -1,7 +1,10 @@
 // recast bench decode --model DIR --context N --new-tokens M [--batch B] [--json]
 // The cost of generating after a prompt of N tokens: prefill once, then M
 // decode steps (argmax), timed after a warm-up step, synchronising the device
-// before each clock read. On CUDA the peak memory of decoding and of the
+// before each clock read. The KV cache is static (reserved for N + M + 2
+// positions); on CUDA each step replays one CUDA graph (fixed shapes, argmax
+// on the device; the warm-up and capture steps untimed) unless
+// --no-cuda-graph; --no-static-cache measures the concatenating cache. On CUDA the peak memory of decoding and of the
 // prefill are reported separately. Works for softmax (KV cache) and T2R (recurrent
 // state) models alike; reports ms per token, the cache / state size, and on
 // CUDA the peak memory.
@@ -11,6 +14,7 @@
 #include "recast/core/device.h"
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/models/decode_steps.h"
 
 #include <torch/torch.h>
 
@@ -27,18 +31,10 @@ struct BenchDecodeCli {
   uint64_t seed = 0;
   int threads = 0;
   bool json = false;
+  bool no_cuda_graph = false, no_static_cache = false;
 };
 
-double cache_mb(const models::KVCache& c) {
-  double bytes = 0;
-  for (const auto* list : {&c.keys, &c.values, &c.windows}) {
-    for (const auto& t : *list) bytes += t.defined() ? static_cast<double>(t.nbytes()) : 0.0;
-  }
-  for (const auto& s : c.linear) {
-    if (s.defined()) bytes += static_cast<double>(s.s.nbytes() + s.z.nbytes());
-  }
-  return bytes / (1024.0 * 1024.0);
-}
+double cache_mb(const models::KVCache& c) { return c.bytes() / (1024.0 * 1024.0); }
 
 int run_bench_decode(const BenchDecodeCli& o) {
   set_threads(o.threads);
@@ -54,7 +50,7 @@ int run_bench_decode(const BenchDecodeCli& o) {
   const nlohmann::json& c = model->config();
   const int64_t vocab = models::cfg_int(c, "vocab_size");
   const int64_t positions = model->context_length();
-  if (o.context + o.new_tokens + 1 > positions) {
+  if (o.context + o.new_tokens + 2 > positions) {
     throw UsageError(msg("--context ", o.context, " + --new-tokens ", o.new_tokens,
                          " exceeds the model's ", positions,
                          " positions (pretrain with a longer context for long prompts)"));
@@ -68,24 +64,40 @@ int run_bench_decode(const BenchDecodeCli& o) {
   take_peak_allocated_mb(device);  // resets the peak
   using Clock = std::chrono::steady_clock;
   models::KVCache cache;
+  // The static cache holds the prompt, the warm-up steps and the timed ones.
+  if (!o.no_static_cache) cache.reserve(o.context + o.new_tokens + 2);
   synchronize(device);
   auto t0 = Clock::now();
   // The prefill's logits [B, context, V] are dropped at once: only the last
-  // position's argmax stays, so the decode peak below holds weights + cache +
-  // one step's activations, what stays resident per sequence.
-  at::Tensor next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
+  // position's stays, so the decode peak below holds weights + cache + one
+  // step's activations, what stays resident per sequence.
+  at::Tensor last = model->forward(batch, nullptr, &cache).select(1, -1);
   synchronize(device);
   const double prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const double prefill_peak_mb = take_peak_allocated_mb(device);
-  // One untimed step (first-call allocations), then the timed ones.
-  batch.input_ids = next;
-  next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
-  synchronize(device);
-  t0 = Clock::now();
-  for (int64_t i = 0; i < o.new_tokens; ++i) {
+  // CUDA: fixed-shape steps replayed as one graph each (greedy, on the device).
+  const bool graph = device.is_cuda() && !o.no_cuda_graph && !o.no_static_cache;
+  std::unique_ptr<models::FixedSteps> steps;
+  at::Tensor next = last.argmax(-1, true);
+  if (graph) {
+    steps = std::make_unique<models::FixedSteps>(*model, cache, o.batch, o.new_tokens + 3,
+                                                 models::SamplingOptions{0.0, 0, 1.0}, std::nullopt, true);
+    steps->start(last, {}, at::full({o.batch, 1}, o.context, at::kLong), 0);
+  }
+  last = at::Tensor();
+  auto one_step = [&] {
+    if (steps) {
+      steps->step();
+      return;
+    }
     batch.input_ids = next;
     next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
-  }
+  };
+  // Untimed steps: first-call allocations; with a graph, its warm-up and capture.
+  for (int i = 0; i < (steps ? 2 : 1); ++i) one_step();
+  synchronize(device);
+  t0 = Clock::now();
+  for (int64_t i = 0; i < o.new_tokens; ++i) one_step();
   synchronize(device);
   const double decode_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const double peak_mb = take_peak_allocated_mb(device);
@@ -105,7 +117,9 @@ int run_bench_decode(const BenchDecodeCli& o) {
                       {"prefill_ms", prefill_ms},
                       {"ms_per_token", decode_ms / static_cast<double>(o.new_tokens)},
                       {"tokens_per_s", static_cast<double>(o.new_tokens * o.batch) * 1000.0 / decode_ms},
-                      {"cache_mb", cache_mb(cache)}};
+                      {"cache_mb", cache_mb(cache)},
+                      {"static_cache", !o.no_static_cache},
+                      {"cuda_graph", steps != nullptr && steps->graphed()}};
   if (device.is_cuda()) {
     j["peak_memory_mb"] = peak_mb;  // while decoding
     j["prefill_peak_memory_mb"] = prefill_peak_mb;
@@ -113,9 +127,9 @@ int run_bench_decode(const BenchDecodeCli& o) {
   if (o.json) {
     std::cout << j.dump() << std::endl;
   } else {
-    std::printf("%s, %s, batch %lld, context %lld: prefill %.1f ms, decode %.3f ms/token "
+    std::printf("%s, %s%s, batch %lld, context %lld: prefill %.1f ms, decode %.3f ms/token "
                 "(%.1f tokens/s), cache %.2f MB%s\n",
-                attention.c_str(), device.str().c_str(), static_cast<long long>(o.batch),
+                attention.c_str(), device.str().c_str(), j["cuda_graph"].get<bool>() ? " (CUDA graph)" : "", static_cast<long long>(o.batch),
                 static_cast<long long>(o.context), prefill_ms, j["ms_per_token"].get<double>(),
                 j["tokens_per_s"].get<double>(), j["cache_mb"].get<double>(),
                 device.is_cuda() ? msg(", peak ", static_cast<int64_t>(peak_mb), " MB").c_str() : "");
@@ -143,6 +157,10 @@ Runner add_bench(CLI::App& app) {
   decode->add_option("--threads", o->threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));
   decode->add_flag("--json", o->json, "Print one JSON object");
+  decode->add_flag("--no-cuda-graph", o->no_cuda_graph,
+                   "CUDA: step eagerly instead of replaying one CUDA graph per step");
+  decode->add_flag("--no-static-cache", o->no_static_cache,
+                   "Grow the KV cache by concatenation each step (the old path; implies --no-cuda-graph)");
   return [o] { return run_bench_decode(*o); };
 }
 

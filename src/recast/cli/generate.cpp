@@ -19,6 +19,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <mutex>
 
 namespace recast::cli {
 namespace {
@@ -30,7 +31,8 @@ struct GenerateCli {
   double temperature = 1.0, top_p = 1.0;
   uint64_t seed = 0;
   int threads = 0;
-  bool json = false, ignore_eos = false;
+  bool json = false, ignore_eos = false, no_cuda_graph = false;
+  int64_t stream_every = 8;
   // The sampling options as given on the command line: with --temperature 0
   // (greedy) none of them applies.
   std::vector<const CLI::Option*> sampling;
@@ -120,8 +122,19 @@ int run_generate(const GenerateCli& o) {
   g.pad = seq2seq ? static_cast<const models::Seq2SeqModel&>(*model).pad_token()
                   : std::max<int64_t>(eos, 0);
   g.context = model->context_length();
+  g.cuda_graph = !o.no_cuda_graph;
+  g.stream_every = o.stream_every;
   model->to(device, dtype);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
+  if (device.is_cuda()) {
+    // Sampling on the device (CUDA graph steps): its generator, seeded.
+    at::Generator device_gen = at::globalContext().defaultGenerator(device);
+    {
+      std::lock_guard<std::mutex> lock(device_gen.mutex());
+      device_gen.set_current_seed(o.seed);
+    }
+    g.device_gen = device_gen;
+  }
 
   // One prompt as text: stream it as it comes (whole UTF-8 characters only).
   const bool streaming = !o.json && tok && prompts.size() == 1;
@@ -200,6 +213,12 @@ Runner add_generate(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "CPU threads (default: every core)")
       ->check(integer_in(0, 4096));
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep going past <|endoftext|>");
+  cmd->add_flag("--no-cuda-graph", o->no_cuda_graph,
+                "CUDA: step eagerly (sampling on the host) instead of replaying one CUDA graph per "
+                "token (sampling on the device)");
+  cmd->add_option("--stream-every", o->stream_every,
+                  "CUDA graph steps: hand the new tokens to the host every N steps (default 8)")
+      ->check(integer_in(1, 1 << 20));
   cmd->add_flag("--json", o->json,
                 "Print {\"prompt_ids\", \"ids\", \"text\"} (one line per prompt) instead of streaming");
   return [o] { return run_generate(*o); };

@@ -27,8 +27,23 @@ namespace recast::layers {
 // What a decoder remembers between calls: past keys and values of its softmax
 // layers ([B, Hkv, T, d] per layer) and the constant-size state of its linear
 // (T2R) layers. The model advances `tokens` after each forward.
+//
+// Static decoding state (reserve()): each softmax layer's keys and values live
+// in buffers of `reserved()` positions, allocated on the layer's first append;
+// a step writes its keys in place and attends to a view of the keys held, so
+// decoding copies no history and, past the first step, allocates no cache. A
+// call that needs more positions reallocates (doubling) before it writes;
+// clear() forgets the tokens and keeps every buffer and state tensor (their
+// addresses too, which a captured CUDA graph relies on). Without reserve(),
+// each append concatenates (the training / one-shot path).
+//
+// Fixed-shape steps (set_fixed_step(), for CUDA graphs): a one-token step
+// writes its keys at buffer index `slot` (int64 [1] on the device) and attends
+// over the whole buffer, masked by `valid` (bool [B, reserved]: that row's key
+// at that index is written and real); the linear and convolution states are
+// updated in place. Nothing in such a step reads a value on the host.
 struct KVCache {
-  std::vector<at::Tensor> keys, values;
+  std::vector<at::Tensor> keys, values;  // storage; see past() for the keys held
   // Encoder-decoder models: each layer's cross-attention keys and values,
   // projected from the encoder's states once, on the first decoding step.
   std::vector<at::Tensor> cross_keys, cross_values;
@@ -37,17 +52,45 @@ struct KVCache {
   // each layer's last inputs [B, window, C], a constant size.
   std::vector<at::Tensor> windows;
   int64_t tokens = 0;
+  // Fixed-shape steps: see above. Undefined otherwise.
+  at::Tensor slot, valid;
+
   int64_t length() const { return tokens; }
   ops::LinearState& linear_state(size_t layer) {
     if (linear.size() <= layer) linear.resize(layer + 1);
     return linear[layer];
   }
   // Appends this step's keys and values to layer `layer` and returns the
-  // whole history.
+  // keys and values it holds.
   std::pair<at::Tensor, at::Tensor> append(size_t layer, const at::Tensor& k, const at::Tensor& v);
   // Drops all but the last `keep` keys and values of layer `layer` (a
   // sliding window's rolling cache).
   void keep_last(size_t layer, int64_t keep);
+  // The keys and values layer `layer` holds (undefined when none).
+  std::pair<at::Tensor, at::Tensor> past(size_t layer) const;
+  int64_t held(size_t layer) const;
+
+  // Static state: buffers of `positions` keys per layer (see above).
+  void reserve(int64_t positions);
+  int64_t reserved() const { return reserved_; }
+  bool fixed_step() const { return slot.defined(); }
+  // Starts fixed-shape steps (slot int64 [1], valid bool [B, reserved], both
+  // on the cache's device and updated by the caller between steps) / ends
+  // them with `total_tokens` written.
+  void set_fixed_step(const at::Tensor& slot, const at::Tensor& valid);
+  void end_fixed_steps(int64_t total_tokens);
+  // Forgets every token; keeps the buffers (zeroes the recurrent states and
+  // windows in place, drops the cross-attention keys).
+  void clear();
+  // Bytes held by buffers and states.
+  double bytes() const;
+
+ private:
+  struct Span {
+    int64_t start = 0, end = 0;  // the keys held: buffer indices [start, end)
+  };
+  std::vector<Span> spans_;
+  int64_t reserved_ = 0;
 };
 
 // The shape of one attention: what a core is built for.

@@ -145,7 +145,7 @@ at::Tensor ConvMixerImpl::mix(const at::Tensor& x, const ops::AttentionMask& mas
   const int64_t b = x.size(0), t = x.size(1);
   // at::glu: the first half times the sigmoid of the second, one kernel.
   at::Tensor g = at::glu(conv_glu->forward(x), -1);
-  if (mask.key_padding.defined()) {
+  if (mask.key_padding.defined() && !mask.slot.defined()) {
     const at::Tensor real = mask.key_padding.narrow(1, mask.query_offset, t);
     g = g.masked_fill(real.logical_not().unsqueeze(-1), 0);
   }
@@ -159,10 +159,13 @@ at::Tensor ConvMixerImpl::mix(const at::Tensor& x, const ops::AttentionMask& mas
     if (cache->windows.size() <= layer) cache->windows.resize(layer + 1);
     at::Tensor& past = cache->windows[layer];
     const int64_t keep = window();
-    if (!past.defined()) past = at::zeros({b, keep, channels_}, g.options());
+    if (!past.defined() || past.size(0) != b || past.scalar_type() != g.scalar_type()) {
+      past = at::zeros({b, keep, channels_}, g.options());
+    }
     in = at::cat({past, g}, 1);
     o.history = keep;
-    past = in.narrow(1, in.size(1) - keep, keep).clone();
+    // In place: the window's tensor stays the same (a captured step reads it).
+    past.copy_(in.narrow(1, in.size(1) - keep, keep));
   }
   at::Tensor y = ops::token_conv(in, w, o)
                      .view({b, t, spec().heads, spec().head_dim})

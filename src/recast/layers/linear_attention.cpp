@@ -101,7 +101,13 @@ at::Tensor t2r_attention(FeatureMap& phi, const at::Tensor& q, const at::Tensor&
   if (q.size(2) == 1) return ops::linear_attention_recurrent(fq, fk, v, *state, key_padding, o);
   ops::LinearState next;
   at::Tensor y = ops::linear_attention_chunked(fq, fk, v, key_padding, o, state, &next);
-  *state = next;
+  if (state->defined() && !at::GradMode::is_enabled() && state->s.sizes() == next.s.sizes()) {
+    // A static decoding state keeps its tensors (a captured step reads them).
+    state->s.copy_(next.s);
+    state->z.copy_(next.z);
+  } else {
+    *state = next;
+  }
   return y;
 }
 
@@ -123,7 +129,10 @@ at::Tensor T2RAttentionImpl::forward(const at::Tensor& q, const at::Tensor& k, c
                                      const ops::AttentionMask& mask, KVCache* cache) {
   const int64_t t = q.size(2), groups = q.size(1) / k.size(1);
   at::Tensor padding;
-  if (mask.key_padding.defined()) padding = mask.key_padding.narrow(1, mask.query_offset, t);
+  // (A fixed-shape step decodes a real token: its key_padding is the buffer's.)
+  if (mask.key_padding.defined() && !mask.slot.defined()) {
+    padding = mask.key_padding.narrow(1, mask.query_offset, t);
+  }
   ops::LinearState* state =
       cache ? &cache->linear_state(static_cast<size_t>(spec().layer)) : nullptr;
   at::Tensor y = t2r_attention(feature_map, q, groups > 1 ? ops::repeat_kv(k, groups) : k,

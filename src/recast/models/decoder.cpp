@@ -27,6 +27,8 @@ at::Tensor check_input_ids(const Batch& batch, int64_t vocab, int64_t max_positi
   return ids.scalar_type() == at::kLong ? ids : ids.to(at::kLong);
 }
 
+namespace {
+
 ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64_t offset) {
   ops::AttentionMask mask;
   mask.causal = true;
@@ -57,6 +59,34 @@ at::Tensor decoder_positions(const Batch& batch, const at::Tensor& ids, int64_t 
   RECAST_CHECK(lo >= 0 && hi < max_positions, "position_ids: values in [", lo, ", ", hi,
                "], expected within [0, ", max_positions, ")");
   return p.to(ids.device(), at::kLong);
+}
+
+}  // namespace
+
+DecoderInputs decoder_inputs(const Batch& batch, int64_t vocab, int64_t max_positions,
+                             const KVCache* cache) {
+  DecoderInputs in;
+  if (cache != nullptr && cache->fixed_step()) {
+    const at::Tensor& ids = batch.input_ids;
+    const at::Tensor& pos = batch.position_ids;
+    RECAST_CHECK(ids.defined() && ids.dim() == 2 && ids.size(1) == 1 && ids.scalar_type() == at::kLong,
+                 "input_ids: a fixed-shape step takes int64 [B, 1]");
+    RECAST_CHECK(pos.defined() && pos.sizes() == ids.sizes() && pos.scalar_type() == at::kLong,
+                 "position_ids: a fixed-shape step takes int64 [B, 1]");
+    RECAST_CHECK(cache->valid.dim() == 2 && cache->valid.size(0) == ids.size(0),
+                 "KV cache: valid keys [", ids.size(0), ", N] expected, found ", cache->valid.sizes());
+    in.ids = ids;
+    in.positions = pos;
+    in.mask.causal = true;
+    in.mask.key_padding = cache->valid;
+    in.mask.slot = cache->slot;
+    return in;
+  }
+  const int64_t offset = cache != nullptr ? cache->length() : 0;
+  in.ids = check_input_ids(batch, vocab, max_positions, offset);
+  in.mask = decoder_mask(batch, in.ids, offset);
+  in.positions = decoder_positions(batch, in.ids, offset, max_positions);
+  return in;
 }
 
 void LmHead::init(torch::nn::Module& owner, int64_t width, int64_t vocab, bool tied) {

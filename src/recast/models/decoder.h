@@ -16,13 +16,21 @@ namespace recast::models {
 at::Tensor check_input_ids(const Batch& batch, int64_t vocab, int64_t max_positions,
                            int64_t offset);
 
-// Causal mask + key padding from batch.attention_mask ([B, offset + T]).
-ops::AttentionMask decoder_mask(const Batch& batch, const at::Tensor& ids, int64_t offset);
-
-// int64 [B or 1, T] on ids' device: batch.position_ids when given (checked:
+// A decoder-only model's inputs for one forward after `cache`'s tokens (none
+// without a cache): ids as check_input_ids returns them; the causal mask with
+// key padding from batch.attention_mask ([B, offset + T]); positions int64
+// [B or 1, T] on the ids' device, batch.position_ids when given (checked:
 // shape, 0 <= p < max_positions), else offset, offset + 1, ...
-at::Tensor decoder_positions(const Batch& batch, const at::Tensor& ids, int64_t offset,
-                             int64_t max_positions);
+// In a fixed-shape step (cache->fixed_step()) nothing is read on the host:
+// the ids and positions are the decoder's own (bounded when it set the step
+// up), the mask is the cache's slot and valid keys.
+struct DecoderInputs {
+  at::Tensor ids;
+  ops::AttentionMask mask;
+  at::Tensor positions;
+};
+DecoderInputs decoder_inputs(const Batch& batch, int64_t vocab, int64_t max_positions,
+                             const KVCache* cache);
 
 // Number of labels when `config` describes a sequence classifier (its
 // "architectures" names `architecture`): len(id2label), else num_labels; 0 for a

@@ -2,6 +2,7 @@
 
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/models/decode_steps.h"
 #include "recast/models/seq2seq.h"
 
 #include <torch/torch.h>
@@ -96,6 +97,174 @@ std::vector<std::vector<int64_t>> generate_seq2seq(
 
 }  // namespace
 
+namespace {
+
+// A batch of `seqs` left-padded to the longest, as transformers' generate
+// pads: the mask hides the padding, positions count real tokens (padding
+// gets position 1). mask and next_pos stay on the host.
+struct LeftPadded {
+  Batch batch;
+  bool padded = false;  // rows of unequal length: mask and positions explicit
+  at::Tensor mask;      // int64 [B, T] (when padded)
+  at::Tensor next_pos;  // int64 [B, 1]: the next token's position on each row
+};
+
+LeftPadded left_padded(const std::vector<std::vector<int64_t>>& seqs, int64_t pad, c10::Device device) {
+  const auto rows = static_cast<int64_t>(seqs.size());
+  const auto ids_options = at::TensorOptions().dtype(at::kLong);
+  size_t longest = 0;
+  for (const auto& s : seqs) longest = std::max(longest, s.size());
+  LeftPadded p;
+  for (const auto& s : seqs) p.padded = p.padded || s.size() != longest;
+  std::vector<int64_t> ids(static_cast<size_t>(rows) * longest, pad), real(ids.size(), 0);
+  for (size_t r = 0; r < seqs.size(); ++r) {
+    const size_t lead = longest - seqs[r].size();
+    std::copy(seqs[r].begin(), seqs[r].end(), ids.begin() + static_cast<ptrdiff_t>(r * longest + lead));
+    std::fill(real.begin() + static_cast<ptrdiff_t>(r * longest + lead),
+              real.begin() + static_cast<ptrdiff_t>((r + 1) * longest), 1);
+  }
+  const auto t = static_cast<int64_t>(longest);
+  p.batch.input_ids = at::tensor(ids, ids_options).view({rows, t}).to(device);
+  if (p.padded) {
+    p.mask = at::tensor(real, ids_options).view({rows, t});
+    const at::Tensor pos = (p.mask.cumsum(1) - 1).masked_fill(p.mask.eq(0), 1);
+    p.next_pos = p.mask.sum(1, /*keepdim=*/true);
+    p.batch.attention_mask = p.mask.to(device);
+    p.batch.position_ids = pos.to(device);
+  } else {
+    p.next_pos = at::full({rows, 1}, t, ids_options);
+  }
+  return p;
+}
+
+// Past the model's context: every row keeps its last context/2 tokens (prompt
+// and generated; a stopped row: anything will do) to prefill afresh.
+std::vector<std::vector<int64_t>> slide(const std::vector<std::vector<int64_t>>& prompts,
+                                        const std::vector<std::vector<int64_t>>& out,
+                                        const std::vector<bool>& done, const GenerateOptions& o) {
+  const auto keep = static_cast<size_t>(o.context / 2);
+  std::vector<std::vector<int64_t>> tails;
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    std::vector<int64_t> all = prompts[r];
+    all.insert(all.end(), out[r].begin(), out[r].end());
+    if (done[r]) all.push_back(o.pad);
+    tails.emplace_back(all.end() - static_cast<ptrdiff_t>(std::min(keep, all.size())), all.end());
+  }
+  log::debug("context of ", o.context, " tokens full: sliding to the last ", keep);
+  return tails;
+}
+
+// Positions the static cache reserves: the longest prompt and every new
+// token, within the context.
+int64_t cache_positions(const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& o) {
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  int64_t n = static_cast<int64_t>(longest) + std::max<int64_t>(o.max_tokens, 1);
+  if (o.context > 0) n = std::min(n, o.context);
+  return n;
+}
+
+std::vector<std::vector<int64_t>> generate_eager(Model& model,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerateOptions& o, at::Generator& gen,
+                                                 const std::function<void(size_t, int64_t)>& on_token) {
+  const auto rows = static_cast<int64_t>(prompts.size());
+  const c10::Device device = model.device();
+  const auto ids_options = at::TensorOptions().dtype(at::kLong);
+  std::vector<std::vector<int64_t>> out(prompts.size());
+  std::vector<bool> done(prompts.size(), false);
+  KVCache cache;
+  if (o.static_cache) cache.reserve(cache_positions(prompts, o));
+  LeftPadded p = left_padded(prompts, o.pad, device);
+  at::Tensor mask = p.mask, next_pos = p.next_pos;
+  for (int64_t step = 0; step < o.max_tokens; ++step) {
+    if (o.context > 0 && cache.length() + p.batch.input_ids.size(1) > o.context) {
+      // Each slide costs one forward over context/2 tokens.
+      cache.clear();
+      p = left_padded(slide(prompts, out, done, o), o.pad, device);
+      mask = p.mask, next_pos = p.next_pos;
+    }
+    const at::Tensor logits = model.forward(p.batch, nullptr, &cache);
+    std::vector<int64_t> next(prompts.size(), o.pad);
+    if (!sample_rows(logits, o, gen, done, out, next, on_token)) break;
+    p.batch.input_ids = at::tensor(next, ids_options).view({rows, 1}).to(device);
+    if (p.padded) {
+      mask = at::cat({mask, at::ones({rows, 1}, ids_options)}, 1);
+      p.batch.attention_mask = mask.to(device);
+      p.batch.position_ids = next_pos.to(device);
+      next_pos = next_pos + 1;
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<int64_t>> generate_fixed(Model& model,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerateOptions& o, at::Generator& gen,
+                                                 const std::function<void(size_t, int64_t)>& on_token) {
+  const auto rows = static_cast<int64_t>(prompts.size());
+  const c10::Device device = model.device();
+  std::vector<std::vector<int64_t>> out(prompts.size());
+  std::vector<bool> done(prompts.size(), false);
+  if (o.max_tokens <= 0) return out;
+  KVCache cache;
+  cache.reserve(cache_positions(prompts, o));
+  std::optional<at::Generator> noise = o.device_gen;
+  if (!noise && device.is_cpu()) noise = gen;
+  FixedSteps steps(model, cache, rows, o.max_tokens, o.sampling, noise,
+                   o.cuda_graph && device.is_cuda());
+  int64_t produced = 0, consumed = 0;  // tokens in the device history / handed out
+  auto prefill = [&](const std::vector<std::vector<int64_t>>& seqs) {
+    steps.finish();
+    cache.clear();
+    const LeftPadded p = left_padded(seqs, o.pad, device);
+    const at::Tensor logits = model.forward(p.batch, nullptr, &cache);
+    steps.start(logits.select(1, logits.size(1) - 1), p.mask, p.next_pos, produced++);
+  };
+  // Hands the new tokens out; false when every row has stopped.
+  auto flush = [&] {
+    if (produced > consumed) {
+      const at::Tensor fresh = steps.history().narrow(1, consumed, produced - consumed).cpu().contiguous();
+      const int64_t* ids = fresh.data_ptr<int64_t>();
+      const int64_t n = fresh.size(1);
+      for (int64_t j = 0; j < n; ++j) {
+        for (size_t r = 0; r < out.size(); ++r) {
+          if (done[r]) continue;
+          const int64_t id = ids[static_cast<int64_t>(r) * n + j];
+          if (id == o.eos && o.eos >= 0) {
+            done[r] = true;
+            continue;
+          }
+          out[r].push_back(id);
+          if (on_token) on_token(r, id);
+        }
+      }
+      consumed = produced;
+    }
+    return std::find(done.begin(), done.end(), false) != done.end();
+  };
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  prefill(o.context > 0 && static_cast<int64_t>(longest) > o.context ? slide(prompts, out, done, o)
+                                                                      : prompts);
+  const int64_t every = std::max<int64_t>(o.stream_every, 1);
+  while (produced < o.max_tokens) {
+    if (produced - consumed >= every && !flush()) return out;
+    if (o.context > 0 && steps.tokens() + 1 > o.context) {
+      if (!flush()) return out;
+      prefill(slide(prompts, out, done, o));
+      continue;
+    }
+    steps.step();
+    ++produced;
+  }
+  flush();
+  steps.finish();
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::vector<int64_t>> generate(Model& model,
                                            const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& o, at::Generator& gen,
@@ -104,79 +273,15 @@ std::vector<std::vector<int64_t>> generate(Model& model,
   for (size_t r = 0; r < prompts.size(); ++r) {
     RECAST_CHECK(!prompts[r].empty(), "generate: prompt ", r, " is empty");
   }
+  torch::NoGradGuard no_grad;
   if (model.task() == Task::Seq2SeqLM) {
-    torch::NoGradGuard no_grad;
     return generate_seq2seq(static_cast<Seq2SeqModel&>(model), prompts, o, gen, on_token);
   }
   RECAST_CHECK(o.context == 0 || o.context >= 2, "generate: context ", o.context, " is too short");
-  const auto rows = static_cast<int64_t>(prompts.size());
-  const c10::Device device = model.device();
-  const auto ids_options = at::TensorOptions().dtype(at::kLong);
-  torch::NoGradGuard no_grad;
-
-  std::vector<std::vector<int64_t>> out(prompts.size());
-  std::vector<bool> done(prompts.size(), false);
-  KVCache cache;
-  Batch batch;
-  bool padded = false;   // rows of unequal length: masks and positions are explicit
-  at::Tensor mask;       // [B, cache + T] (when padded)
-  at::Tensor next_pos;   // [B, 1]: the next token's position on each row (when padded)
-
-  // Prefill: each row's tokens, left-padded to the longest; a fresh cache.
-  auto prefill = [&](const std::vector<std::vector<int64_t>>& seqs) {
-    size_t longest = 0;
-    for (const auto& s : seqs) longest = std::max(longest, s.size());
-    padded = false;
-    for (const auto& s : seqs) padded = padded || s.size() != longest;
-    std::vector<int64_t> ids(static_cast<size_t>(rows) * longest, o.pad), real(ids.size(), 0);
-    for (size_t r = 0; r < seqs.size(); ++r) {
-      const size_t lead = longest - seqs[r].size();
-      std::copy(seqs[r].begin(), seqs[r].end(), ids.begin() + static_cast<ptrdiff_t>(r * longest + lead));
-      std::fill(real.begin() + static_cast<ptrdiff_t>(r * longest + lead),
-                real.begin() + static_cast<ptrdiff_t>((r + 1) * longest), 1);
-    }
-    const auto t = static_cast<int64_t>(longest);
-    cache = KVCache();
-    batch = Batch();
-    batch.input_ids = at::tensor(ids, ids_options).view({rows, t}).to(device);
-    if (padded) {
-      mask = at::tensor(real, ids_options).view({rows, t});
-      // As transformers: positions count real tokens; padding gets position 1.
-      const at::Tensor pos = (mask.cumsum(1) - 1).masked_fill(mask.eq(0), 1);
-      next_pos = mask.sum(1, /*keepdim=*/true);
-      batch.attention_mask = mask.to(device);
-      batch.position_ids = pos.to(device);
-    }
-  };
-  prefill(prompts);
-
-  for (int64_t step = 0; step < o.max_tokens; ++step) {
-    if (o.context > 0 && cache.length() + batch.input_ids.size(1) > o.context) {
-      // Past the model's context: every row keeps its last half and prefills
-      // it afresh (each slide costs one forward over context/2 tokens).
-      const auto keep = static_cast<size_t>(o.context / 2);
-      std::vector<std::vector<int64_t>> tails;
-      for (size_t r = 0; r < prompts.size(); ++r) {
-        std::vector<int64_t> all = prompts[r];
-        all.insert(all.end(), out[r].begin(), out[r].end());
-        if (done[r]) all.push_back(o.pad);  // a stopped row: anything will do
-        tails.emplace_back(all.end() - static_cast<ptrdiff_t>(std::min(keep, all.size())), all.end());
-      }
-      log::debug("context of ", o.context, " tokens full: sliding to the last ", keep);
-      prefill(tails);
-    }
-    const at::Tensor logits = model.forward(batch, nullptr, &cache);
-    std::vector<int64_t> next(prompts.size(), o.pad);
-    if (!sample_rows(logits, o, gen, done, out, next, on_token)) break;
-    batch.input_ids = at::tensor(next, ids_options).view({rows, 1}).to(device);
-    if (padded) {
-      mask = at::cat({mask, at::ones({rows, 1}, ids_options)}, 1);
-      batch.attention_mask = mask.to(device);
-      batch.position_ids = next_pos.to(device);
-      next_pos = next_pos + 1;
-    }
-  }
-  return out;
+  const bool fixed = o.steps == GenerateOptions::Steps::Fixed ||
+                     (o.steps == GenerateOptions::Steps::Auto && o.cuda_graph && model.device().is_cuda());
+  return fixed ? generate_fixed(model, prompts, o, gen, on_token)
+               : generate_eager(model, prompts, o, gen, on_token);
 }
 
 }  // namespace recast::models

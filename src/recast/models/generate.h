@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <optional>
 #include <vector>
 
 namespace recast::models {
@@ -37,6 +38,21 @@ struct GenerateOptions {
   int64_t context = 0;   // positions the model can take; 0: unlimited. When
                          // full, each row keeps its last context/2 tokens and
                          // prefills them afresh (a sliding window).
+  // How decoder-only models step (encoder-decoders always step eagerly):
+  //   Eager  a static KV cache of views (nothing copied per token), sampled
+  //          on the host from `gen`;
+  //   Fixed  steps of fixed shapes, sampled on the device (decode_steps.h);
+  //          on CUDA one graph per step unless cuda_graph is false;
+  //   Auto   Fixed on CUDA with cuda_graph, else Eager.
+  // Greedy decoding gives the same tokens every way (tested).
+  enum class Steps { Auto, Eager, Fixed };
+  Steps steps = Steps::Auto;
+  bool cuda_graph = true;
+  bool static_cache = true;   // Eager: false concatenates the cache per step
+  int64_t stream_every = 1;   // Fixed: the host reads the tokens every N steps
+  // Fixed: the sampling noise's generator (none: the device's default,
+  // seeded by the caller).
+  std::optional<at::Generator> device_gen;
 };
 
 // Generates for every prompt (each non-empty) in one batch on the model's

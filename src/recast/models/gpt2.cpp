@@ -205,10 +205,7 @@ class Gpt2 : public Model {
   }
 
   at::Tensor forward(const Batch& batch, Recorder* rec, KVCache* cache) override {
-    const int64_t offset = cache ? cache->length() : 0;
-    const at::Tensor ids = check_input_ids(batch, c_.vocab, c_.positions, offset);
-    ops::AttentionMask mask = decoder_mask(batch, ids, offset);
-    const at::Tensor pos = decoder_positions(batch, ids, offset, c_.positions);
+    const auto [ids, mask, pos] = decoder_inputs(batch, c_.vocab, c_.positions, cache);
     at::Tensor x = transformer_->wte(ids) + transformer_->wpe(pos);
     for (size_t i = 0; i < transformer_->h->size(); ++i) {
       x = transformer_->h[i]->as<Block>()->forward(x, mask, cache);

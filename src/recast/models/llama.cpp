@@ -244,13 +244,10 @@ class Llama : public Model {
   }
 
   at::Tensor forward(const Batch& batch, Recorder* rec, KVCache* cache) override {
-    const int64_t offset = cache ? cache->length() : 0;
-    const at::Tensor ids =
-        check_input_ids(batch, c_.vocab, std::numeric_limits<int64_t>::max(), offset);
-    ops::AttentionMask mask = decoder_mask(batch, ids, offset);
+    const auto [ids, mask, positions] =
+        decoder_inputs(batch, c_.vocab, std::numeric_limits<int64_t>::max(), cache);
     at::Tensor x = model_->embed_tokens(ids);
-    auto [cos, sin] =
-        rotary(decoder_positions(batch, ids, offset, std::numeric_limits<int64_t>::max()), x);
+    auto [cos, sin] = rotary(positions, x);
     for (size_t i = 0; i < model_->layers->size(); ++i) {
       x = model_->layers[i]->as<Layer>()->forward(x, cos, sin, mask, cache);
       if (rec) rec->record(msg("model.layers.", i), x);

@@ -26,12 +26,28 @@ double lowest(at::ScalarType dtype) {
   }
 }
 
+// The softmax runs in fp32 (or fp64 for fp64 scores: a masked fp64 score,
+// the dtype's lowest, would become -inf in fp32 and a fully masked row NaN).
+at::ScalarType softmax_dtype(const at::Tensor& scores) {
+  return scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 }  // namespace
 
 at::Tensor additive_mask(const AttentionMask& mask, int64_t tq, int64_t tk, at::ScalarType dtype,
                          at::Device device) {
   if (!mask.causal && !mask.key_padding.defined()) return {};
   auto opts = at::TensorOptions().device(device);
+  if (mask.slot.defined()) {
+    RECAST_CHECK(tq == 1 && mask.key_padding.defined() && mask.key_padding.dim() == 2 &&
+                     mask.key_padding.size(1) == tk,
+                 "attention: a fixed-shape step takes one query and key_padding [B, ", tk, "]");
+    at::Tensor keep = mask.key_padding.to(at::kBool);
+    if (mask.window > 0) keep = keep & (at::arange(tk, opts.dtype(at::kLong)) > mask.slot - mask.window);
+    return at::zeros(keep.sizes(), opts.dtype(dtype))
+        .masked_fill(keep.logical_not(), lowest(dtype))
+        .view({-1, 1, 1, tk});
+  }
   at::Tensor keep = at::ones({1, 1, tq, tk}, opts.dtype(at::kBool));
   if (mask.causal) {
     // query i (absolute position offset + i) sees keys j <= offset + i
@@ -73,8 +89,28 @@ at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const a
   if (mask.bias.defined()) scores = scores + mask.bias.to(scores.scalar_type());
   at::Tensor m = additive_mask(mask, q.size(2), k.size(2), scores.scalar_type(), q.device());
   if (m.defined()) scores = scores + m;
-  at::Tensor p = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor p = at::softmax(scores, -1, softmax_dtype(scores)).to(q.scalar_type());
   return at::matmul(p, vv);
+}
+
+at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const AttentionMask& mask, std::optional<double> scale) {
+  check_shapes(q, k, v);
+  RECAST_CHECK(q.size(2) == 1, "attention_decode: expected one query, found ", q.size(2));
+  const int64_t b = q.size(0), h = q.size(1), hkv = k.size(1), g = h / hkv, tk = k.size(2);
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  // The query heads of one key / value head as rows of one product: the
+  // keys are read once, never repeated.
+  const at::Tensor qg = q.reshape({b, hkv, g, q.size(3)});
+  at::Tensor scores = at::matmul(qg, k.transpose(-2, -1)) * s;  // [B, Hkv, g, Tk]
+  if (mask.bias.defined()) {
+    const at::Tensor bias = mask.bias.to(scores.scalar_type());
+    scores = scores + bias.expand({b, h, 1, tk}).reshape({b, hkv, g, tk});
+  }
+  at::Tensor m = additive_mask(mask, 1, tk, scores.scalar_type(), q.device());
+  if (m.defined()) scores = scores + m;  // [B or 1, 1, 1, Tk]
+  const at::Tensor p = at::softmax(scores, -1, softmax_dtype(scores)).to(q.scalar_type());
+  return at::matmul(p, v).view({b, h, 1, v.size(3)});
 }
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -85,7 +121,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   // changes every step, and a fused kernel that plans per shape pays for that
   // each time (the suspected cause of a ~65 ms per token constant in decode
   // on the H100; see docs/results.md).
-  if (q.size(2) == 1) return attention_reference(q, k, v, mask, scale);
+  if (q.size(2) == 1) return attention_decode(q, k, v, mask, scale);
   const int64_t groups = q.size(1) / k.size(1);
   at::Tensor kk = repeat_kv(k, groups);
   at::Tensor vv = repeat_kv(v, groups);
@@ -102,6 +138,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                                           m.defined() ? std::optional<at::Tensor>(m) : std::nullopt,
                                           0.0, plain_causal, scale);
 #else
+  if (q.size(2) == 1) return attention_decode(q, k, v, mask, scale);
   return attention_reference(q, k, v, mask, scale);
 #endif
 }

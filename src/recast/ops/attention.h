@@ -26,6 +26,12 @@ struct AttentionMask {
   // Added to the scores before the softmax, after any scaling: [B or 1,
   // H, Tq, Tk] (T5's relative position bias). Undefined: none.
   at::Tensor bias;
+  // Fixed-shape decoding (a CUDA graph's step): the query is the token at
+  // buffer index `slot` (int64 [1] on the device), the keys are a whole
+  // preallocated buffer and key_padding [B, Tk] says which hold a real,
+  // written token (the causal part: none after the slot). With `window`, key
+  // j is seen when j > slot - window. query_offset / key_offset are unused.
+  at::Tensor slot;
 };
 
 // q: [B, H, Tq, d]; k: [B, Hkv, Tk, d], v: [B, Hkv, Tk, dv] (dv may differ from
@@ -41,6 +47,12 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const AttentionMask& mask,
                                std::optional<double> scale = std::nullopt);
+
+// One query per sequence (decoding): each key / value head's query heads in
+// one product, the keys read once (no repeat for grouped-query attention).
+// Agrees with attention_reference.
+at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const AttentionMask& mask, std::optional<double> scale = std::nullopt);
 
 // [B, 1, Tq, Tk] additive mask (0 or lowest) for `mask`, or an undefined
 // tensor when nothing is masked. mask.bias is not part of it.

@@ -146,13 +146,20 @@ at::Tensor linear_attention_recurrent(const at::Tensor& fq, const at::Tensor& fk
   }
   RECAST_CHECK(state.s.sizes() == at::IntArrayRef({b, h, f, dv}), "linear attention: state is ",
                shape_string(state.s.sizes()), ", expected ", shape_string(std::vector<int64_t>{b, h, f, dv}));
+  const bool in_place = !(at::GradMode::is_enabled() &&
+                          (q.requires_grad() || k.requires_grad() || vv.requires_grad() ||
+                           state.s.requires_grad() || state.z.requires_grad()));
   std::vector<at::Tensor> out;
   out.reserve(static_cast<size_t>(t));
   for (int64_t i = 0; i < t; ++i) {
     at::Tensor qi = q.select(2, i), ki = k.select(2, i), vi = vv.select(2, i);  // [B, H, *]
-    // Out of place: autograd sees every step (the state tensors are not reused).
-    state.s = state.s + ki.unsqueeze(-1) * vi.unsqueeze(-2);
-    state.z = state.z + ki;
+    if (in_place) {  // decoding: the state's tensors stay the same
+      state.s.add_(ki.unsqueeze(-1) * vi.unsqueeze(-2));
+      state.z.add_(ki);
+    } else {  // autograd sees every step (the state tensors are not reused)
+      state.s = state.s + ki.unsqueeze(-1) * vi.unsqueeze(-2);
+      state.z = state.z + ki;
+    }
     at::Tensor num = at::matmul(qi.unsqueeze(-2), state.s).squeeze(-2);         // [B, H, dv]
     at::Tensor den = (qi * state.z).sum(-1, /*keepdim=*/true).clamp_min(o.eps);  // [B, H, 1]
     out.push_back(num / den);
