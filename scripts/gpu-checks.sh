@@ -114,6 +114,20 @@ PY
           done
         done
       done
+      # The peer (transformers' generate, eager and static cache + torch.compile) and the
+      # copy bandwidth, in the same run.
+      : > "$out/decode-hf.jsonl"
+      for mode in ${DECODE_HF_MODES:-eager compile}; do
+        (cd tools && timeout 240 python3 bench_decode_hf.py "$d/softmax" --context "${DECODE_HF_CONTEXT:-4096}" \
+          --new-tokens 64 --mode "$mode") >> "$out/decode-hf.jsonl" 2> "$out/decode-hf-$mode.err" || tail -3 "$out/decode-hf-$mode.err"
+      done
+      python3 -c 'import json, time, torch
+x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+torch.cuda.synchronize(); t = time.perf_counter()
+for _ in range(20): y.copy_(x)
+torch.cuda.synchronize(); print(json.dumps({"copy_GBps": 2 * 20 * 2**30 / (time.perf_counter() - t) / 1e9}))' > "$out/decode-bandwidth.json"
+      cat "$out/decode-hf.jsonl" "$out/decode-bandwidth.json"
       python3 - "$out/decode.jsonl" <<'PY' | tee "$out/decode-summary.txt"
 import json, sys
 for l in open(sys.argv[1]):
