@@ -219,6 +219,23 @@ TEST(FixedSteps, RefuseAFullCacheAndAnUnreservedOne) {
   EXPECT_THROW(steps.step(), Error);  // 4 positions held
 }
 
+// logits_to_keep: the last positions' logits, the same as the whole forward's.
+TEST(StaticCache, LogitsToKeepProjectsTheLastPositionsOnly) {
+  for (const char* arch : {"gpt2", "llama"}) {
+    auto m = decoder(arch, "", {});
+    torch::NoGradGuard no_grad;
+    models::Batch b;
+    b.input_ids = torch::randint(61, {2, 9}, torch::kLong);
+    const at::Tensor all = m->forward(b);
+    b.logits_to_keep = 1;
+    const at::Tensor last = m->forward(b);
+    ASSERT_EQ(last.sizes(), (std::vector<int64_t>{2, 1, all.size(2)})) << arch;
+    EXPECT_TRUE(last.allclose(all.narrow(1, 8, 1), 1e-6, 1e-6)) << arch;
+    b.logits_to_keep = 20;  // more than T: every position
+    EXPECT_EQ(m->forward(b).sizes(), all.sizes());
+  }
+}
+
 TEST(SampleOnDevice, KeepsWhatTopKAndTopPKeepAndSamplesTheSoftmax) {
   at::Generator gen = at::detail::createCPUGenerator(5);
   const at::Tensor logits = torch::tensor({0.1f, 2.0f, 1.9f, -1.0f, 0.5f}).expand({4000, 5});

@@ -68,9 +68,10 @@ int run_bench_decode(const BenchDecodeCli& o) {
   if (!o.no_static_cache) cache.reserve(o.context + o.new_tokens + 2);
   synchronize(device);
   auto t0 = Clock::now();
-  // The prefill's logits [B, context, V] are dropped at once: only the last
-  // position's stays, so the decode peak below holds weights + cache + one
-  // step's activations, what stays resident per sequence.
+  // The prefill projects the last position only (logits_to_keep), so its
+  // peak is not [B, context, V] logits and the decode peak below holds
+  // weights + cache + one step's activations, what stays resident per sequence.
+  batch.logits_to_keep = 1;
   at::Tensor last = model->forward(batch, nullptr, &cache).select(1, -1);
   synchronize(device);
   const double prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();

@@ -89,6 +89,11 @@ DecoderInputs decoder_inputs(const Batch& batch, int64_t vocab, int64_t max_posi
   return in;
 }
 
+at::Tensor last_positions(const at::Tensor& x, int64_t keep) {
+  const int64_t t = x.size(1);
+  return keep <= 0 || keep >= t ? x : x.narrow(1, t - keep, keep);
+}
+
 void LmHead::init(torch::nn::Module& owner, int64_t width, int64_t vocab, bool tied) {
   tied_ = tied;
   if (!tied) {

@@ -41,6 +41,9 @@ int64_t sequence_classification_labels(const nlohmann::json& config, const char*
 // with right padding), or the last position without a mask.
 at::Tensor last_token_states(const at::Tensor& x, const at::Tensor& attention_mask);
 
+// x [B, T, W] -> its last `keep` positions (keep <= 0 or >= T: all of x).
+at::Tensor last_positions(const at::Tensor& x, int64_t keep);
+
 // The output projection: tied to the token embedding (no tensor of its own,
 // absent from the checkpoint) or a bias-free Linear registered as "lm_head".
 class LmHead {

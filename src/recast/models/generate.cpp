@@ -125,6 +125,7 @@ LeftPadded left_padded(const std::vector<std::vector<int64_t>>& seqs, int64_t pa
   }
   const auto t = static_cast<int64_t>(longest);
   p.batch.input_ids = at::tensor(ids, ids_options).view({rows, t}).to(device);
+  p.batch.logits_to_keep = 1;  // sampled from the last position only
   if (p.padded) {
     p.mask = at::tensor(real, ids_options).view({rows, t});
     const at::Tensor pos = (p.mask.cumsum(1) - 1).masked_fill(p.mask.eq(0), 1);

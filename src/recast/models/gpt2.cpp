@@ -215,7 +215,7 @@ class Gpt2 : public Model {
     x = transformer_->ln_f(x);
     if (rec) rec->record("transformer.ln_f", x);
     if (labels_ > 0) return score_(last_token_states(x, batch.attention_mask));
-    return lm_head_(x, transformer_->wte->weight);
+    return lm_head_(last_positions(x, batch.logits_to_keep), transformer_->wte->weight);
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {

@@ -255,7 +255,7 @@ class Llama : public Model {
     if (cache) cache->tokens += ids.size(1);
     x = model_->norm(x);
     if (rec) rec->record("model.norm", x);
-    return lm_head_(x, model_->embed_tokens->weight);
+    return lm_head_(last_positions(x, batch.logits_to_keep), model_->embed_tokens->weight);
   }
 
   Batch example_batch(int64_t batch_size, uint64_t seed) const override {

@@ -35,6 +35,10 @@ struct Batch {
   // Encoder-decoder models: the decoder's tokens, int64 [B, T_dec]
   // (transformers' decoder_input_ids: the targets shifted right).
   at::Tensor decoder_input_ids;
+  // Decoder language models: logits for the last N positions only (0: every
+  // position), as transformers' logits_to_keep; a prefill that samples from
+  // the last position needs 1 ([B, T, V] would be 103 GB at 32 x 32k in bf16).
+  int64_t logits_to_keep = 0;
 };
 
 // Records intermediates whose stable names match a regex (`--dump`). Names are
