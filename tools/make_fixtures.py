@@ -15,13 +15,15 @@ on the CPU in fp32:
 
 Run on the GPU machine (which has PyTorch, transformers and timm):
     python3 tools/make_fixtures.py tests/fixtures [--tokenizer-only | --t5-only | --decoders-only | --hf-tokenizers-only
-                                                   | --gpt2-real-only VOCAB_DIR]
+                                                   | --gpt2-real-only VOCAB_DIR
+                                                   | --spm-classes-only]
 Every parameter and BatchNorm statistic is perturbed after the library's own
 initialisation so that biases, norms and running statistics are all exercised.
 """
 
 import inspect
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -437,6 +439,40 @@ def hf_tokenizer_fixtures(out, corpus=None, texts=None, size=1.0):
     return made
 
 
+def spm_class_fixtures(out):
+    """tests/fixtures/hf_llama2_spm_model/tokenizer.model as transformers 5
+    loads it under other directory files: beside a config.json of model_type
+    mistral (AutoTokenizer picks the generic tokenizers backend: no dummy
+    prefix, no BOS) and beside a tokenizer_config.json naming LlamaTokenizer
+    with add_bos_token, add_eos_token and legacy (prepend "always")."""
+    model = out / "hf_llama2_spm_model" / "tokenizer.model"
+    layouts = {
+        "hf_mistral_spm_model": {"config.json": {"model_type": "mistral"}},
+        "hf_llama_spm_legacy": {"tokenizer_config.json": {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True,
+                                                          "add_eos_token": True, "legacy": True}},
+        "hf_bare_spm_model": {},  # tokenizer.model alone: whatever AutoTokenizer makes of it, if anything
+    }
+    made = []
+    for name, files in layouts.items():
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(model, d / "tokenizer.model")
+        for f, content in files.items():
+            (d / f).write_text(json.dumps(content) + "\n")
+        try:
+            auto = transformers.AutoTokenizer.from_pretrained(str(d))
+        except Exception as e:  # noqa: BLE001 - reported, the directory dropped
+            print(f"{name}: AutoTokenizer refused it: {e}")
+            shutil.rmtree(d)
+            continue
+        cases = [{"text": t, "ids": auto(t).input_ids, "no_special": auto(t, add_special_tokens=False).input_ids,
+                  "decoded": auto.decode(auto(t).input_ids)} for t in HF_TOKENIZER_CASES]
+        (d / "cases.json").write_text(json.dumps({"style": f"tokenizer.model as {type(auto).__name__}",
+                                                   "cases": cases}, ensure_ascii=False, indent=1) + "\n")
+        made.append(name)
+    return made
+
+
 GPT2_REAL_CASES = HF_TOKENIZER_CASES + [
     "def encode(self, text: str) -> list[int]:\n    return [self.vocab[t] for t in text.split()]  # ok\n",
     "Antidisestablishmentarianism and pneumonoultramicroscopicsilicovolcanoconiosis, hyper-parameters",
@@ -508,6 +544,8 @@ def main():
         return update_manifest(out, "seq2seq", t5_fixtures(out))
     if len(sys.argv) > 2 and sys.argv[2] == "--hf-tokenizers-only":
         return update_manifest(out, "hf_tokenizers", hf_tokenizer_fixtures(out))
+    if len(sys.argv) > 2 and sys.argv[2] == "--spm-classes-only":
+        return update_manifest(out, "hf_spm_classes", spm_class_fixtures(out))
     if len(sys.argv) > 3 and sys.argv[2] == "--gpt2-real-only":
         return update_manifest(out, "gpt2_real", [gpt2_real_fixture(out, sys.argv[3])])
     if len(sys.argv) > 2 and sys.argv[2] == "--decoders-only":

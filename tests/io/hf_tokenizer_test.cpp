@@ -9,6 +9,9 @@
 #include "recast/core/error.h"
 #include "recast/io/hf_tokenizer.h"
 #include "recast/io/json_strict.h"
+#include "recast/io/sentencepiece.h"
+#include "recast/io/sentencepiece_model.h"
+#include "recast/io/tokenizer.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -234,12 +237,17 @@ TEST(HfTokenizer, TokenizerJsonComesBeforeTheOtherFormats) {
 // Parity with transformers on directories trained on the GPU machine
 // (tools/make_fixtures.py --hf-tokenizers-only): tokenizer.json-only GPT-2
 // byte-level, Llama 3 regex + BOS template, Qwen2 NFC, Llama 2 byte fallback,
-// T5 Unigram, and a tokenizer.model-only Llama 2 directory; every id of every
+// T5 Unigram, and a tokenizer.model-only Llama 2 directory (converted as
+// transformers 5 converts it: io/sentencepiece_model.h); every id of every
 // case, with and without special tokens, and the decoded text.
 TEST(HfTokenizer, FixturesGiveTransformersIds) {
   const json manifest = io::read_json_file(kFixtures + "/manifest.json");
   ASSERT_TRUE(manifest.contains("hf_tokenizers")) << "tests/fixtures/manifest.json lists no hf_tokenizers";
-  for (const auto& name : manifest["hf_tokenizers"]) {
+  json names = manifest["hf_tokenizers"];
+  // The same tokenizer.model under Mistral's generic backend and under
+  // LlamaTokenizer with BOS, EOS and legacy (make_fixtures.py --spm-classes-only).
+  for (const auto& name : manifest.value("hf_spm_classes", json::array())) names.push_back(name);
+  for (const auto& name : names) {
     const std::string dir = kFixtures + "/" + name.get<std::string>();
     SCOPED_TRACE(dir);
     auto tok = io::load_tokenizer(dir);
@@ -247,22 +255,60 @@ TEST(HfTokenizer, FixturesGiveTransformersIds) {
     ASSERT_GE(cases["cases"].size(), 15u);
     for (const auto& c : cases["cases"]) {
       const std::string text = c["text"];
-      if (c.contains("sentencepiece")) {
-        // tokenizer.model: recast runs libsentencepiece and gives its ids.
-        // transformers 5.17 converts the model to its tokenizers backend
-        // instead, which keeps every space of a run as its own piece (it does
-        // not apply SentencePiece's remove_extra_whitespaces) and adds no BOS
-        // to a directory without tokenizer_config.json; those ids (c["ids"])
-        // differ on runs of spaces (issue 20, open). (<s>, </s>, <unk> in a
-        // text are special tokens to recast and transformers, text to
-        // SentencePiece.)
-        const bool specials = text.find("<s>") != std::string::npos || text.find("<unk>") != std::string::npos;
-        if (!specials) EXPECT_EQ(tok->encode_plain(text), c["sentencepiece"].get<Ids>()) << text;
-        continue;
-      }
       EXPECT_EQ(tok->encode(text), c["ids"].get<Ids>()) << text;
       EXPECT_EQ(tok->encode_plain(text), c["no_special"].get<Ids>()) << text;
       EXPECT_EQ(tok->decode(c["ids"].get<Ids>()), c["decoded"].get<std::string>()) << text;
+    }
+  }
+}
+
+// The tokenizer.json recast builds from a tokenizer.model is the one
+// transformers 5.17 builds: tests/fixtures/hf_llama2_bytefallback/tokenizer.json
+// is LlamaTokenizer's backend for hf_llama2_spm_model/tokenizer.model, saved
+// by make_fixtures.py. Vocabulary, merges (derived from the pieces), added
+// tokens and every component agree.
+TEST(HfTokenizer, TokenizerModelConvertsAsTransformersDoes) {
+  const std::string model = kFixtures + "/hf_llama2_spm_model/tokenizer.model";
+  const auto proto = io::parse_sentencepiece_model(io::read_sentencepiece_file(model), model);
+  EXPECT_EQ(proto.model_type, 2);
+  EXPECT_TRUE(proto.byte_fallback);
+  EXPECT_EQ(proto.pieces.size(), 400u);
+  const json ours = json::parse(io::sentencepiece_to_tokenizer_json(proto, io::SentencePieceConversion{}));
+  const json theirs = io::read_json_file(kFixtures + "/hf_llama2_bytefallback/tokenizer.json");
+  for (const char* key : {"added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder", "model"}) {
+    EXPECT_EQ(ours[key], theirs[key]) << key;
+  }
+  auto tok = io::load_tokenizer(kFixtures + "/hf_llama2_spm_model");
+  EXPECT_EQ(tok->kind(), "tokenizer.model");
+  // Llama's named tokens and a BOS when tokenizer_config.json asks for one.
+  TempDir dir;
+  std::filesystem::copy_file(model, dir.file("tokenizer.model"));
+  write_bytes(dir.file("tokenizer_config.json"), R"({"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": true,
+                                                     "add_eos_token": true, "eos_token": {"content": "</s>"}})");
+  auto with = io::load_tokenizer(dir.path());
+  const auto plain = with->encode_plain("Hello world");
+  Ids want = {1};
+  want.insert(want.end(), plain.begin(), plain.end());
+  want.push_back(2);
+  EXPECT_EQ(with->encode("Hello world"), want);
+  EXPECT_EQ(with->eos_id(), 2);
+  // Saved as the converted tokenizer.json, which loads back the same.
+  TempDir saved;
+  with->save(saved.path());
+  EXPECT_EQ(io::load_tokenizer(saved.path())->encode("Hello  world"), with->encode("Hello  world"));
+}
+
+// A malformed tokenizer.model is refused with the file and the field.
+TEST(HfTokenizer, MalformedTokenizerModelIsNamed) {
+  const std::string model = kFixtures + "/hf_llama2_spm_model/tokenizer.model";
+  const std::string bytes = io::read_sentencepiece_file(model);
+  for (const std::string& bad : {bytes.substr(0, bytes.size() / 2), std::string("\x0a\xff\xff\xff\xff\x0f", 6),
+                                 std::string(), std::string("\x0b", 1)}) {
+    try {
+      io::parse_sentencepiece_model(bad, "m/tokenizer.model");
+      ADD_FAILURE() << "parsed " << bad.size() << " bytes";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("m/tokenizer.model: not a SentencePiece model (", 0), 0u) << e.what();
     }
   }
 }

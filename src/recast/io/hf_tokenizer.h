@@ -43,7 +43,9 @@ class HfTokenizer : public Tokenizer {
   std::vector<int64_t> encode_plain(std::string_view text) const override;
   std::string decode(const std::vector<int64_t>& ids) const override;
   int64_t vocab_size() const override;
-  std::string kind() const override { return "tokenizer.json"; }
+  std::string kind() const override { return kind_; }
+  // What kind() reports ("tokenizer.model" for a converted SentencePiece model).
+  void set_kind(std::string kind) { kind_ = std::move(kind); }
   bool is_special(int64_t id) const override;
   // tokenizer_config.json's eos_token when the directory has one, else the
   // first of </s>, <|endoftext|>, <|end_of_text|>, <|im_end|>, <eos> present.
@@ -61,6 +63,7 @@ class HfTokenizer : public Tokenizer {
   HfTokenizer();
   std::unique_ptr<Impl> impl_;
   std::string json_text_;
+  std::string kind_ = "tokenizer.json";
   int64_t eos_ = -1;
 };
 

@@ -21,8 +21,10 @@
 namespace recast::io {
 namespace {
 
+}  // namespace
+
 // The whole file (a SentencePiece model: a few MB at most; refused above 1 GiB).
-std::string read_model_file(const std::string& path) {
+std::string read_sentencepiece_file(const std::string& path) {
   if (!is_regular_file(path)) {
     const std::string why = path_problem(path);
     throw Error(msg(path, ": ", why.empty() ? "is a directory, not a SentencePiece model" : why));
@@ -38,6 +40,8 @@ std::string read_model_file(const std::string& path) {
   RECAST_CHECK(in.gcount() == size, path, ": short read");
   return bytes;
 }
+
+namespace {
 
 // Throws unless `text` is well-formed UTF-8 (no overlong forms, surrogates or
 // code points above U+10FFFF), naming the byte where it breaks.
@@ -171,7 +175,7 @@ SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_file(
     const std::string& path, SentencePieceConventions c) {
-  return from_serialized(read_model_file(path), std::move(c), path);
+  return from_serialized(read_sentencepiece_file(path), std::move(c), path);
 }
 
 std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_serialized(

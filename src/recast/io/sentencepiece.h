@@ -29,6 +29,9 @@ namespace recast::io {
 std::string train_sentencepiece(const std::vector<std::string>& sentences, int64_t vocab_size,
                                 const std::string& model_type);
 
+// A model file's bytes (refused above 1 GiB; errors name the file).
+std::string read_sentencepiece_file(const std::string& path);
+
 struct SentencePieceConventions {
   int64_t extra_ids = 0;  // <extra_id_0> ... above the pieces
   bool add_bos = false, add_eos = false;

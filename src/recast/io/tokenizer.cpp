@@ -6,6 +6,8 @@
 #include "recast/io/hf_tokenizer.h"
 #include "recast/io/json_strict.h"
 #include "recast/io/sentencepiece.h"
+#include "recast/io/sentencepiece_model.h"
+#include "recast/core/log.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -322,31 +324,24 @@ void BpeTokenizer::save(const std::string& dir) const {
 
 namespace {
 
-// What transformers adds around a SentencePiece model: T5Tokenizer
-// (spiece.model, or any model of a T5-family checkpoint) appends </s> and has
-// `extra_ids` sentinels (100 unless the config says otherwise);
-// LlamaTokenizer (tokenizer.model: Llama, Mistral, ...) prepends <s> unless
-// add_bos_token is false, and appends </s> only with add_eos_token. Without
-// tokenizer_config.json the class is the one transformers picks for the
-// model_type in config.json.
+// What transformers adds around a SentencePiece model run as one:
+// T5Tokenizer (spiece.model, or any model of a T5-family checkpoint) appends
+// </s> and has `extra_ids` sentinels (100 unless the config says otherwise);
+// others get <s> / </s> only as tokenizer_config.json says.
 SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config, const char* file,
-                                                   const std::string& config_path,
-                                                   const std::string& model_type) {
+                                                   const std::string& config_path, bool t5,
+                                                   const std::string& cls) {
   SentencePieceConventions c;
   c.file = file;
-  const bool t5_family = model_type == "t5" || model_type == "mt5" || model_type == "umt5" ||
-                         model_type == "longt5";
-  const auto named = config.is_object() ? config.find("tokenizer_class") : config.end();
-  const std::string cls = named != config.end() && named->is_string() ? named->get<std::string>() : "";
-  const bool t5 = std::string(file) == "spiece.model" ||
-                  (cls.empty() ? t5_family : cls.rfind("T5Tokenizer", 0) == 0 || cls.rfind("MT5Tokenizer", 0) == 0);
   auto flag = [&](const char* key, bool fallback) {
     auto it = config.find(key);
     if (it == config.end() || it->is_null()) return fallback;
     if (!it->is_boolean()) throw Error(msg(config_path, ": ", key, ": expected true or false"));
     return it->get<bool>();
   };
-  c.add_bos = flag("add_bos_token", !t5);
+  // transformers 5 adds <s> / </s> to other SentencePiece models only where
+  // tokenizer_config.json asks.
+  c.add_bos = flag("add_bos_token", false);
   c.add_eos = flag("add_eos_token", t5);
   c.tokenizer_class = cls.empty() ? (t5 ? "T5Tokenizer" : "LlamaTokenizer") : cls;
   if (t5) {
@@ -361,6 +356,75 @@ SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config,
     }
   }
   return c;
+}
+
+bool config_flag(const nlohmann::json& config, const std::string& config_path, const char* key, bool fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) throw Error(msg(config_path, ": ", key, ": expected true or false, found ", it->dump()));
+  return it->get<bool>();
+}
+
+// A named token of tokenizer_config.json: a string or {"content": ...}.
+std::string config_token(const nlohmann::json& config, const std::string& config_path, const char* key,
+                         const std::string& fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  const nlohmann::json& t = it->is_object() && it->contains("content") ? (*it)["content"] : *it;
+  if (!t.is_string() || t.get<std::string>().empty()) {
+    throw Error(msg(config_path, ": ", key, ": expected a token string, found ", it->dump()));
+  }
+  return t.get<std::string>();
+}
+
+// A SentencePiece model file, as transformers 5 loads it (docs/models.md,
+// "tokenizer.model"): the class comes from tokenizer_config.json's
+// tokenizer_class, else from config.json's model_type. T5's classes keep the
+// model as SentencePiece (with </s> and the sentinels); LlamaTokenizer and
+// the generic backend (model_type mistral) convert it to a tokenizers
+// pipeline, which recast builds as a tokenizer.json (io/sentencepiece_model.h).
+// Other classes are run by SentencePiece itself with Llama's conventions,
+// said at info level.
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model, const char* file,
+                                              const nlohmann::json& config, const std::string& config_path,
+                                              const std::string& model_type) {
+  const auto named = config.is_object() ? config.find("tokenizer_class") : config.end();
+  std::string cls = named != config.end() && named->is_string() ? named->get<std::string>() : "";
+  const std::string base = cls.size() > 4 && cls.compare(cls.size() - 4, 4, "Fast") == 0 ? cls.substr(0, cls.size() - 4) : cls;
+  const bool t5_family = model_type == "t5" || model_type == "mt5" || model_type == "umt5" ||
+                         model_type == "longt5";
+  const bool t5 = std::string(file) == "spiece.model" ||
+                  (cls.empty() ? t5_family : base == "T5Tokenizer" || base == "MT5Tokenizer");
+  if (!t5) {
+    SentencePieceConversion c;
+    bool convert = true;
+    if (base == "LlamaTokenizer" || (cls.empty() && (model_type.empty() || model_type == "llama"))) {
+      c.style = SentencePieceConversion::Llama;
+    } else if (base == "TokenizersBackend" || base == "PreTrainedTokenizer" ||
+               (cls.empty() && model_type == "mistral")) {
+      c.style = SentencePieceConversion::Generic;
+    } else {
+      convert = false;
+    }
+    const std::string bytes = read_sentencepiece_file(model);
+    const SentencePieceModel proto = parse_sentencepiece_model(bytes, model);
+    if (convert && can_convert(proto, c.style)) {
+      c.add_bos = config_flag(config, config_path, "add_bos_token", false);
+      c.add_eos = config_flag(config, config_path, "add_eos_token", false);
+      c.legacy = config_flag(config, config_path, "legacy", false);
+      c.add_prefix_space = config_flag(config, config_path, "add_prefix_space", true);
+      c.bos = config_token(config, config_path, "bos_token", c.bos);
+      c.eos = config_token(config, config_path, "eos_token", c.eos);
+      c.unk = config_token(config, config_path, "unk_token", c.unk);
+      auto t = HfTokenizer::from_json_text(sentencepiece_to_tokenizer_json(proto, c), model);
+      t->set_kind("tokenizer.model");
+      if (config.contains("eos_token")) t->set_eos(c.eos);
+      return t;
+    }
+    log::info(model, ": ", convert ? "its precompiled normaliser" : "tokenizer_class " + quote(cls),
+              " is not converted as transformers does; encoding with SentencePiece itself");
+  }
+  return SentencePieceTokenizer::from_file(model, sentencepiece_conventions(config, file, config_path, t5, cls));
 }
 
 }  // namespace
@@ -399,15 +463,16 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     if (!is_regular_file(model)) continue;
     std::string model_type;
     const auto model_config = (d / "config.json").string();
-    if (!is_regular_file(config_path) && is_regular_file(model_config)) {
+    // The model type picks the class where tokenizer_config.json names none.
+    const bool named = config.is_object() && config.contains("tokenizer_class") && config["tokenizer_class"].is_string();
+    if (!named && is_regular_file(model_config)) {
       // A malformed config.json is an error naming it, not a silent default.
       const nlohmann::json mc = read_json_file(model_config);
       if (mc.is_object() && mc.contains("model_type") && mc["model_type"].is_string()) {
         model_type = mc["model_type"].get<std::string>();
       }
     }
-    return SentencePieceTokenizer::from_file(model,
-                                             sentencepiece_conventions(config, file, config_path, model_type));
+    return load_sentencepiece(model, file, config, config_path, model_type);
   }
   const auto vocab = (d / "vocab.json").string();
   const auto merges = (d / "merges.txt").string();
