@@ -12,8 +12,11 @@
 #   scripts/gpu-checks.sh decode          CUDA-graph decoding: the graph's greedy tokens equal
 #                                         eager decoding's (GPT-2-small shape softmax and T2R, a GQA
 #                                         Llama shape; fp32 and bf16)
-#   scripts/gpu-checks.sh decode-bench    after decode: ms/token with and without graphs at batch
-#                                         1 / 32 (DECODE_BATCHES), context 1k..32k (DECODE_CONTEXTS)
+#   scripts/gpu-checks.sh decode-bench    after decode: ms/token of the rows in DECODE_ROWS ("model
+#                                         batch context graph|eager|profile" per line)
+#   scripts/gpu-checks.sh decode-peers    transformers' generate (eager, static + torch.compile) on the
+#                                         same weights, and the measured copy bandwidth
+#   scripts/gpu-checks.sh spm-fixtures    make_fixtures.py --spm-classes-only into $OUT/checks/fixtures
 #   scripts/gpu-checks.sh dist            NCCL through `recast launch` on one GPU (WORLD_SIZE=1) and
 #                                         under torchrun --no-python: GPT-2-small shape, bf16, tokens/s
 #                                         and loss beside the same run without a process group
@@ -73,6 +76,13 @@ for job in "$@"; do
       done | tee "$out/dist-summary.txt"
       grep -h "process group\|buckets\|ranks x" "$out"/dist-*.log | sort | uniq -c | head | tee -a "$out/dist-summary.txt"
       ;;
+    spm-fixtures)
+      # tests/fixtures/hf_{mistral,llama,bare}_spm_* (make_fixtures.py --spm-classes-only), made from the
+      # committed hf_llama2_spm_model; copied back by hand.
+      rm -rf "$out/fixtures" && mkdir -p "$out/fixtures"
+      cp -r tests/fixtures/hf_llama2_spm_model "$out/fixtures/"
+      python3 tools/make_fixtures.py "$out/fixtures" --spm-classes-only 2>&1 | grep -v Warning | tail -5
+      ;;
     decode)
       d=/tmp/recast-decode
       rm -rf "$d" && mkdir -p "$d"
@@ -80,11 +90,23 @@ for job in "$@"; do
 import sys, torch, transformers as tf
 d = sys.argv[1]
 torch.manual_seed(0)
-tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=33000)).save_pretrained(f"{d}/softmax")
+tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=66000)).save_pretrained(f"{d}/softmax")
 tf.LlamaForCausalLM(tf.LlamaConfig(num_hidden_layers=4, hidden_size=512, intermediate_size=1376, num_attention_heads=8,
     num_key_value_heads=2, vocab_size=32000, max_position_embeddings=8192)).save_pretrained(f"{d}/llama")
+# Llama-3.2-1B's shape (random weights, bf16 on disk).
+with torch.device("cuda"):
+    m = tf.LlamaForCausalLM(tf.LlamaConfig(num_hidden_layers=16, hidden_size=2048, intermediate_size=8192,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+        rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)).to(torch.bfloat16)
+m.save_pretrained(f"{d}/llama1b")
 PY
-      build-gpu/recast convert --recipe t2r --model "$d/softmax" --out "$d/t2r" --device cuda > "$out/decode-convert.log" 2>&1
+      c=(build-gpu/recast convert --device cuda)
+      "${c[@]}" --recipe t2r --model "$d/softmax" --out "$d/t2r" > "$out/decode-convert.log" 2>&1
+      # hybrid: every 4th layer (0, 4, 8) keeps softmax attention
+      "${c[@]}" --recipe t2r --model "$d/softmax" --out "$d/hybrid" --layers 'h\.([1235679]|1[01])\.' >> "$out/decode-convert.log" 2>&1
+      "${c[@]}" --recipe factorize --model "$d/softmax" --out "$d/factorized" --rank-ratio 0.25 >> "$out/decode-convert.log" 2>&1
+      "${c[@]}" --recipe t2r --model "$d/llama1b" --out "$d/llama1b-t2r" >> "$out/decode-convert.log" 2>&1
+      grep -i "error" "$out/decode-convert.log" | head -5 || true
       ids=$(python3 -c 'import random; random.seed(1); print(",".join(str(random.randrange(30000)) for _ in range(200)))')
       : > "$out/decode-tokens.txt"
       for m in softmax t2r llama; do
@@ -100,43 +122,57 @@ PY
       done
       ;;
     decode-bench)
-      d=/tmp/recast-decode  # models made by the decode job
-      : > "$out/decode.jsonl"
-      for batch in ${DECODE_BATCHES:-1 32}; do
-        for ctx in ${DECODE_CONTEXTS:-1024 4096 16384 32000}; do
-          for m in softmax t2r; do
-            for mode in graph eager; do
-              flag=(); [[ $mode == eager ]] && flag=(--no-cuda-graph)
-              timeout 120 build-gpu/recast bench decode --model "$d/$m" --context "$ctx" --new-tokens 64 --batch "$batch" \
-                --device cuda --dtype bf16 --json "${flag[@]}" >> "$out/decode.jsonl" 2> "$out/decode-err.txt" ||
-                echo "{\"attention\": \"$m\", \"batch\": $batch, \"context\": $ctx, \"mode\": \"$mode\", \"error\": \"$(tail -1 "$out/decode-err.txt" | tr -d '"')\"}" >> "$out/decode.jsonl"
-            done
-          done
+      # After decode. DECODE_ROWS: "model batch context mode" per line (mode graph, eager or
+      # profile: a graph run under the Kineto profiler, trace in $out). Appends to decode.jsonl.
+      d=/tmp/recast-decode
+      rows=${DECODE_ROWS:-"softmax 1 4096 graph
+t2r 1 4096 graph"}
+      while read -r m batch ctx mode; do
+        [[ -z $m ]] && continue
+        flag=()
+        [[ $mode == eager ]] && flag=(--no-cuda-graph)
+        [[ $mode == profile ]] && flag=(--profile "$out/profile-$m-b$batch-$ctx.json")
+        timeout 150 build-gpu/recast bench decode --model "$d/$m" --context "$ctx" --new-tokens 64 --batch "$batch" \
+          --device cuda --dtype bf16 --json "${flag[@]}" > "$out/row.json" 2> "$out/decode-err.txt" &&
+          python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["variant"]=sys.argv[2]; r["mode"]=sys.argv[3]; print(json.dumps(r))' \
+            "$out/row.json" "$m" "$mode" >> "$out/decode.jsonl" ||
+          echo "{\"variant\": \"$m\", \"batch\": $batch, \"context\": $ctx, \"mode\": \"$mode\", \"error\": \"$(tail -1 "$out/decode-err.txt" | tr -d '"\\' | cut -c1-200)\"}" >> "$out/decode.jsonl"
+      done <<< "$rows"
+      python3 - "$out/decode.jsonl" <<'PY' | tee "$out/decode-summary.txt"
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    head = f'{r["variant"]:12s} {r["mode"]:7s} B={r["batch"]:<3d} ctx={r["context"]:<6d}'
+    if "error" in r:
+        print(head, "error:", r["error"]); continue
+    print(head, f'{r["ms_per_token"]:8.3f} ms/token {r["tokens_per_s"]:10.1f} tok/s  peak {r["peak_memory_mb"]:8.0f} MB graph={r["cuda_graph"]}')
+    p = r.get("profile")
+    if p:
+        print(f'    profile: {p["events_per_token"]:.1f} device events/token, {p["busy_us_per_token"]:.1f} us busy/token')
+        for t in p["top"][:12]:
+            print(f'      {t["us_per_token"]:8.1f} us {t["per_token"]:5.1f}x {t["name"][:110]}')
+PY
+      ;;
+    decode-peers)
+      # transformers' generate (DECODE_HF_MODES: eager, compile) on DECODE_HF_MODELS at DECODE_HF_CONTEXT,
+      # and the copy bandwidth, in the same run as decode-bench.
+      d=/tmp/recast-decode
+      for m in ${DECODE_HF_MODELS:-softmax}; do
+        for mode in ${DECODE_HF_MODES:-eager compile}; do
+          (cd tools && timeout 280 python3 bench_decode_hf.py "$d/$m" --context "${DECODE_HF_CONTEXT:-4096}" \
+            --new-tokens 64 --mode "$mode") > "$out/hf-row.json" 2> "$out/decode-hf-$m-$mode.err" &&
+            python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["variant"]=sys.argv[2]; print(json.dumps(r))' \
+              "$out/hf-row.json" "$m" | tee -a "$out/decode-hf.jsonl" || { echo "$m $mode failed"; tail -3 "$out/decode-hf-$m-$mode.err"; }
         done
-      done
-      # The peer (transformers' generate, eager and static cache + torch.compile) and the
-      # copy bandwidth, in the same run.
-      : > "$out/decode-hf.jsonl"
-      for mode in ${DECODE_HF_MODES:-eager compile}; do
-        (cd tools && timeout 240 python3 bench_decode_hf.py "$d/softmax" --context "${DECODE_HF_CONTEXT:-4096}" \
-          --new-tokens 64 --mode "$mode") >> "$out/decode-hf.jsonl" 2> "$out/decode-hf-$mode.err" || tail -3 "$out/decode-hf-$mode.err"
       done
       python3 -c 'import json, time, torch
 x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
 torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(20): y.copy_(x)
-torch.cuda.synchronize(); print(json.dumps({"copy_GBps": 2 * 20 * 2**30 / (time.perf_counter() - t) / 1e9}))' > "$out/decode-bandwidth.json"
-      cat "$out/decode-hf.jsonl" "$out/decode-bandwidth.json"
-      python3 - "$out/decode.jsonl" <<'PY' | tee "$out/decode-summary.txt"
-import json, sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    mode = r.get("mode") or ("graph" if r.get("cuda_graph") else "eager")
-    head = f'{r["attention"]:8s} {mode:5s} B={r["batch"]:<3d} ctx={r["context"]:<6d}'
-    print(head, f'error: {r["error"]}' if "error" in r else f'{r["ms_per_token"]:8.3f} ms/token {r["tokens_per_s"]:10.1f} tok/s  peak {r["peak_memory_mb"]:8.0f} MB')
-PY
+torch.cuda.synchronize(); print(json.dumps({"copy_GBps": 2 * 20 * 2**30 / (time.perf_counter() - t) / 1e9, "device": torch.cuda.get_device_name(0)}))' | tee "$out/decode-bandwidth.json"
+      echo "nsys: $(command -v nsys || echo none); ncu: $(command -v ncu || echo none)" | tee -a "$out/decode-bandwidth.json.txt"
       ;;
-    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, decode, decode-bench, dist)" >&2; exit 2 ;;
+    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, spm-fixtures, decode, decode-bench, decode-peers, dist)" >&2; exit 2 ;;
   esac
 done

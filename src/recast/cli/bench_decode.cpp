@@ -7,16 +7,25 @@
 // --no-cuda-graph; --no-static-cache measures the concatenating cache. On CUDA the peak memory of decoding and of the
 // prefill are reported separately. Works for softmax (KV cache) and T2R (recurrent
 // state) models alike; reports ms per token, the cache / state size, and on
-// CUDA the peak memory.
+// CUDA the peak memory. --profile FILE runs --new-tokens more steps under
+// LibTorch's Kineto profiler, writes its Chrome trace to FILE and adds the
+// device's kernels per token (count and time, the busiest first) to the
+// report: where a step's time goes.
 
 #include "recast/cli/train_common.h"
 #include "recast/cli/verbs.h"
 #include "recast/core/device.h"
 #include "recast/core/error.h"
 #include "recast/core/log.h"
+#include "recast/io/file.h"
+#include "recast/io/json_strict.h"
 #include "recast/models/decode_steps.h"
 
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
+
+#include <filesystem>
+#include <map>
 
 #include <chrono>
 #include <cstdio>
@@ -32,7 +41,82 @@ struct BenchDecodeCli {
   int threads = 0;
   bool json = false;
   bool no_cuda_graph = false, no_static_cache = false;
+  std::string profile;
 };
+
+// `steps` calls of `step` under the Kineto profiler; the trace goes to
+// `path` (atomically) and the device work per step is summarised from it:
+// GPU kernels, copies and sets on CUDA; on the CPU, the top-level operators.
+nlohmann::json profile_steps(const std::function<void()>& step, int64_t steps, c10::Device device,
+                             const std::string& path) {
+  namespace prof = torch::autograd::profiler;
+  namespace impl = torch::profiler::impl;
+  std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(impl::ActivityType::CUDA);
+  const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
+  const std::string tmp = io::temp_beside(path);
+  bool enabled = false;
+  try {
+    prof::prepareProfiler(config, activities);
+    prof::enableProfiler(config, activities);
+    enabled = true;
+    for (int64_t i = 0; i < steps; ++i) step();
+    synchronize(device);
+    enabled = false;
+    prof::disableProfiler()->save(tmp);
+  } catch (...) {
+    if (enabled) prof::disableProfiler();
+    std::filesystem::remove(tmp);
+    try {
+      throw;
+    } catch (const c10::Error& e) {
+      throw Error(msg("--profile: LibTorch's Kineto profiler failed: ", e.what_without_backtrace()));
+    }
+  }
+  nlohmann::json trace;
+  try {
+    trace = io::read_json_file(tmp);
+  } catch (...) {
+    std::filesystem::remove(tmp);
+    throw;
+  }
+  std::filesystem::rename(tmp, path);
+  // name -> (count, microseconds)
+  std::map<std::string, std::pair<int64_t, double>> by_name;
+  double busy_us = 0;
+  int64_t events = 0;
+  const auto list = trace.find("traceEvents");
+  if (list != trace.end() && list->is_array()) {
+    for (const auto& e : *list) {
+      if (!e.is_object() || !e.contains("cat") || !e["cat"].is_string() || !e.contains("dur") ||
+          !e["dur"].is_number()) continue;
+      const std::string cat = e["cat"].get<std::string>();
+      const bool device_work = cat == "kernel" || cat == "gpu_memcpy" || cat == "gpu_memset";
+      if (device.is_cuda() ? !device_work : cat != "cpu_op") continue;
+      const std::string name = e.value("name", std::string("?"));
+      const double dur = e["dur"].get<double>();
+      auto& [count, us] = by_name[name];
+      ++count;
+      us += dur;
+      busy_us += dur;
+      ++events;
+    }
+  }
+  std::vector<std::pair<std::string, std::pair<int64_t, double>>> rows(by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
+  nlohmann::json top = nlohmann::json::array();
+  const double n = static_cast<double>(steps);
+  for (size_t i = 0; i < rows.size() && i < 25; ++i) {
+    top.push_back({{"name", rows[i].first.substr(0, 160)},
+                   {"per_token", static_cast<double>(rows[i].second.first) / n},
+                   {"us_per_token", rows[i].second.second / n}});
+  }
+  return {{"trace", path},
+          {"what", device.is_cuda() ? "device kernels, copies and sets" : "CPU operators (inclusive, nested)"},
+          {"events_per_token", static_cast<double>(events) / n},
+          {"busy_us_per_token", busy_us / n},
+          {"top", top}};
+}
 
 double cache_mb(const models::KVCache& c) { return c.bytes() / (1024.0 * 1024.0); }
 
@@ -50,8 +134,10 @@ int run_bench_decode(const BenchDecodeCli& o) {
   const nlohmann::json& c = model->config();
   const int64_t vocab = models::cfg_int(c, "vocab_size");
   const int64_t positions = model->context_length();
-  if (o.context + o.new_tokens + 2 > positions) {
-    throw UsageError(msg("--context ", o.context, " + --new-tokens ", o.new_tokens,
+  // Profiling runs --new-tokens more steps.
+  const int64_t steps = o.profile.empty() ? o.new_tokens : 2 * o.new_tokens;
+  if (o.context + steps + 2 > positions) {
+    throw UsageError(msg("--context ", o.context, " + --new-tokens ", o.new_tokens, o.profile.empty() ? "" : " (twice: --profile)",
                          " exceeds the model's ", positions,
                          " positions (pretrain with a longer context for long prompts)"));
   }
@@ -65,7 +151,7 @@ int run_bench_decode(const BenchDecodeCli& o) {
   using Clock = std::chrono::steady_clock;
   models::KVCache cache;
   // The static cache holds the prompt, the warm-up steps and the timed ones.
-  if (!o.no_static_cache) cache.reserve(o.context + o.new_tokens + 2);
+  if (!o.no_static_cache) cache.reserve(o.context + steps + 2);
   synchronize(device);
   auto t0 = Clock::now();
   // The prefill projects the last position only (logits_to_keep), so its
@@ -78,30 +164,32 @@ int run_bench_decode(const BenchDecodeCli& o) {
   const double prefill_peak_mb = take_peak_allocated_mb(device);
   // CUDA: fixed-shape steps replayed as one graph each (greedy, on the device).
   const bool graph = device.is_cuda() && !o.no_cuda_graph && !o.no_static_cache;
-  std::unique_ptr<models::FixedSteps> steps;
+  std::unique_ptr<models::FixedSteps> fixed;
   at::Tensor next = last.argmax(-1, true);
   if (graph) {
-    steps = std::make_unique<models::FixedSteps>(*model, cache, o.batch, o.new_tokens + 3,
+    fixed = std::make_unique<models::FixedSteps>(*model, cache, o.batch, steps + 3,
                                                  models::SamplingOptions{0.0, 0, 1.0}, std::nullopt, true);
-    steps->start(last, {}, at::full({o.batch, 1}, o.context, at::kLong), 0);
+    fixed->start(last, {}, at::full({o.batch, 1}, o.context, at::kLong), 0);
   }
   last = at::Tensor();
   auto one_step = [&] {
-    if (steps) {
-      steps->step();
+    if (fixed) {
+      fixed->step();
       return;
     }
     batch.input_ids = next;
     next = model->forward(batch, nullptr, &cache).select(1, -1).argmax(-1, true);
   };
   // Untimed steps: first-call allocations; with a graph, its warm-up and capture.
-  for (int i = 0; i < (steps ? 2 : 1); ++i) one_step();
+  for (int i = 0; i < (fixed ? 2 : 1); ++i) one_step();
   synchronize(device);
   t0 = Clock::now();
   for (int64_t i = 0; i < o.new_tokens; ++i) one_step();
   synchronize(device);
   const double decode_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const double peak_mb = take_peak_allocated_mb(device);
+  nlohmann::json profile;
+  if (!o.profile.empty()) profile = profile_steps(one_step, o.new_tokens, device, o.profile);
   // The recast whose core stands in the attention slots ("t2r"), else softmax.
   std::string attention = "softmax";
   for (const auto& b : model->slots().built()) {
@@ -120,7 +208,8 @@ int run_bench_decode(const BenchDecodeCli& o) {
                       {"tokens_per_s", static_cast<double>(o.new_tokens * o.batch) * 1000.0 / decode_ms},
                       {"cache_mb", cache_mb(cache)},
                       {"static_cache", !o.no_static_cache},
-                      {"cuda_graph", steps != nullptr && steps->graphed()}};
+                      {"cuda_graph", fixed != nullptr && fixed->graphed()}};
+  if (!profile.is_null()) j["profile"] = profile;
   if (device.is_cuda()) {
     j["peak_memory_mb"] = peak_mb;  // while decoding
     j["prefill_peak_memory_mb"] = prefill_peak_mb;
@@ -134,6 +223,15 @@ int run_bench_decode(const BenchDecodeCli& o) {
                 static_cast<long long>(o.context), prefill_ms, j["ms_per_token"].get<double>(),
                 j["tokens_per_s"].get<double>(), j["cache_mb"].get<double>(),
                 device.is_cuda() ? msg(", peak ", static_cast<int64_t>(peak_mb), " MB").c_str() : "");
+    if (!profile.is_null()) {
+      std::printf("profile (%s): %.1f per token, %.1f us per token busy; trace %s\n",
+                  profile["what"].get<std::string>().c_str(), profile["events_per_token"].get<double>(),
+                  profile["busy_us_per_token"].get<double>(), o.profile.c_str());
+      for (const auto& r : profile["top"]) {
+        std::printf("  %8.1f us %6.1f x  %s\n", r["us_per_token"].get<double>(), r["per_token"].get<double>(),
+                    r["name"].get<std::string>().c_str());
+      }
+    }
   }
   return 0;
 }
@@ -162,6 +260,9 @@ Runner add_bench(CLI::App& app) {
                    "CUDA: step eagerly instead of replaying one CUDA graph per step");
   decode->add_flag("--no-static-cache", o->no_static_cache,
                    "Grow the KV cache by concatenation each step (the old path; implies --no-cuda-graph)");
+  decode->add_option("--profile", o->profile,
+                     "Profile --new-tokens more steps (LibTorch's Kineto): Chrome trace to this file, "
+                     "kernels per token in the report");
   return [o] { return run_bench_decode(*o); };
 }
 
