@@ -434,10 +434,12 @@ TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
   TempDir t;
   image_folder(t.file("two"), 2);
   image_folder(t.file("three"), 3);
-  Result pre = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
-                    t.file("two"), "--steps", "3", "--batch-size", "4", "--out", t.file("m2"),
+  // An RGB model (in_chans 3) on grey images: every verb repeats the channel.
+  Result pre = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--set", "in_chans=3",
+                    "--data", t.file("two"), "--steps", "3", "--batch-size", "4", "--out", t.file("m2"),
                     "--no-progress", "--threads", "2"});
   ASSERT_EQ(pre.code, 0) << pre.err;
+  EXPECT_NE(pre.err.find("given as 3x16x16"), std::string::npos) << pre.err;
   Result fine = run({"finetune", "--model", t.file("m2"), "--data", t.file("three"), "--steps", "3",
                      "--batch-size", "4", "--out", t.file("m3"), "--no-progress", "--threads", "2"});
   ASSERT_EQ(fine.code, 0) << fine.err;
@@ -527,9 +529,11 @@ const TcnnChain& tcnn_chain() {
   if (c.dir) return c;
   c.dir = std::make_unique<TempDir>();
   image_folder(c.file("imgs"), 3, 20);
+  // At 24 px (the loader resizes the 16 px images), with random crops and
+  // flips; every later verb takes the size from the manifest.
   c.pretrain = run({"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
                     c.file("imgs"), "--steps", "4", "--batch-size", "8", "--out", c.file("cnn"),
-                    "--no-progress", "--threads", "2"});
+                    "--no-progress", "--threads", "2", "--image-size", "24", "--crop-pad", "2", "--hflip"});
   if (c.pretrain.code != 0) return c;
   c.convert = run({"convert", "--recipe", "tcnn", "--model", c.file("cnn"), "--out", c.file("tcnn"),
                    "--layers", "layer[34]\\.", "--data", c.file("imgs"), "--threads", "2"});
@@ -545,6 +549,22 @@ TEST_F(TrainCli, TcnnConvertKeepsThePredictions) {
   ASSERT_EQ(c.pretrain.code, 0) << c.pretrain.err;
   ASSERT_EQ(c.convert.code, 0) << c.convert.err;
   EXPECT_NE(c.convert.err.find("same predictions"), std::string::npos) << c.convert.err;
+  // The image size travels: the CNN's manifest and config, the T-CNN's and
+  // the fine-tune's manifests (eval, convert and finetune resize to it).
+  const auto cnn = nlohmann::json::parse(read_bytes(c.file("cnn/recast_manifest.json")));
+  EXPECT_EQ(cnn["image_size"], 24);
+  EXPECT_EQ(cnn["augment"], (nlohmann::json{{"crop_pad", 2}, {"hflip", true}}));
+  const auto config = nlohmann::json::parse(read_bytes(c.file("cnn/config.json")));
+  EXPECT_EQ(config["pretrained_cfg"]["input_size"], (nlohmann::json{1, 24, 24}));
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(c.file("tcnn/recast_manifest.json")))["image_size"], 24);
+  if (c.finetune.code == 0) {
+    EXPECT_EQ(nlohmann::json::parse(read_bytes(c.file("ft/recast_manifest.json")))["image_size"], 24);
+    EXPECT_NE(c.finetune.err.find("given as 1x24x24"), std::string::npos) << c.finetune.err;
+  }
+  // Text is not resized.
+  expect_one_line_error(run({"pretrain", "--arch", "gpt2", "--data", corpus(), "--image-size", "32", "--steps", "1",
+                             "--out", c.file("nope")}),
+                        2, "--image-size: --data");
 }
 
 TEST_F(TrainCli, TcnnFinetuneLogsGatesAndDistances) {

@@ -349,6 +349,83 @@ TEST(Data, ImageBatchesAreNormalised) {
   EXPECT_NEAR(ex.inputs.pixel_values.max().item<double>(), 1.0, 1e-6);  // (1 - 0.5) / 0.5
 }
 
+// --image-size / grey to RGB / --crop-pad / --hflip (train::ImageTransform):
+// the resize is torch's bilinear (align_corners false), the channels repeat,
+// the augmentation is a shifted, zero-filled, mirrored copy drawn from
+// (seed, draw, index) and only in the train split.
+TEST(Data, ImageTransformResizesRepeatsAndAugmentsDeterministically) {
+  TempDir dir;
+  for (const char* c : {"a", "b"}) fs::create_directories(dir.file(c));
+  std::vector<uint8_t> px(6 * 6);
+  for (int i = 0; i < 36; ++i) px[static_cast<size_t>(i)] = static_cast<uint8_t>(7 * i);
+  for (int k = 0; k < 12; ++k) {
+    ASSERT_TRUE(stbi_write_png(dir.file(std::string(k % 2 ? "a" : "b") + "/" + std::to_string(k) + ".png").c_str(),
+                               6, 6, 1, px.data(), 6));
+  }
+  train::Normalization norm{{0.0}, {1.0}};
+  train::DataOptions o{dir.path(), "all", 0, 0, "text"};
+  const at::Tensor plain = train::open_dataset(o, nullptr, &norm)->batch({0}).inputs.pixel_values;
+  o.image.size = 15;
+  o.image.channels = 3;
+  auto data = train::open_dataset(o, nullptr, &norm);
+  const at::Tensor big = data->batch({0}).inputs.pixel_values;
+  ASSERT_EQ(big.sizes(), (std::vector<int64_t>{1, 3, 15, 15}));
+  EXPECT_TRUE(big.select(1, 0).equal(big.select(1, 2)));
+  const at::Tensor want = at::upsample_bilinear2d(plain, {15, 15}, false);
+  EXPECT_LT((big.select(1, 1) - want.select(1, 0)).abs().max().item<double>(), 1e-6);
+  EXPECT_NE(data->describe().find("given as 3x15x15"), std::string::npos) << data->describe();
+  // A one-channel normalisation serves the repeated channels.
+  EXPECT_EQ(norm.mean.size(), 1u);
+
+  // Augmentation: train split only; the same draw gives the same crops.
+  train::DataOptions a{dir.path(), "train", 0, 0, "text"};
+  a.image.crop_pad = 2;
+  a.image.hflip = true;
+  a.image.seed = 5;
+  auto train_set = train::open_dataset(a, nullptr, &norm);
+  EXPECT_NE(train_set->describe().find("random crop, padding 2, horizontal flip"), std::string::npos);
+  const std::vector<int64_t> rows = {0, 1, 2, 3, 4, 5, 6, 7};
+  const at::Tensor one = train_set->batch(rows, 3).inputs.pixel_values;
+  EXPECT_TRUE(one.equal(train_set->batch(rows, 3).inputs.pixel_values));
+  EXPECT_FALSE(one.equal(train_set->batch(rows, 4).inputs.pixel_values));
+  // Each augmented image is the stored one shifted by at most 2 pixels and
+  // maybe mirrored, zeros where it came from outside.
+  const at::Tensor src = plain[0][0];
+  int shifted = 0, flipped = 0;
+  for (int64_t r = 0; r < one.size(0); ++r) {
+    const at::Tensor img = one[r][0];
+    bool found = false;
+    for (int flip = 0; flip < 2 && !found; ++flip) {
+      for (int64_t dy = -2; dy <= 2 && !found; ++dy) {
+        for (int64_t dx = -2; dx <= 2 && !found; ++dx) {
+          at::Tensor cand = at::zeros({6, 6});
+          for (int64_t y = 0; y < 6; ++y) {
+            for (int64_t x = 0; x < 6; ++x) {
+              const int64_t sy = y + dy, sx = (flip ? 5 - x : x) + dx;
+              if (sy >= 0 && sy < 6 && sx >= 0 && sx < 6) cand[y][x] = src[sy][sx];
+            }
+          }
+          if (cand.equal(img)) {
+            found = true;
+            shifted += dy != 0 || dx != 0;
+            flipped += flip;
+          }
+        }
+      }
+    }
+    EXPECT_TRUE(found) << "row " << r << "\n" << img;
+  }
+  EXPECT_GT(shifted, 0);
+  EXPECT_GT(flipped, 0);
+  a.split = "val";
+  const auto val = train::open_dataset(a, nullptr, &norm);
+  EXPECT_TRUE(val->batch({0}, 3).inputs.pixel_values.equal(val->batch({0}, 9).inputs.pixel_values));
+  // RGB images cannot go to a grey model.
+  train::DataOptions bad{dir.path(), "all", 0, 0, "text"};
+  bad.image.channels = 2;
+  EXPECT_NE(error_of([&] { train::open_dataset(bad, nullptr, &norm); }).find("only grey to RGB"), std::string::npos);
+}
+
 TEST(Tokenizer, ByteTokenizerSavesAndLoadsFromACheckpointDirectory) {
   TempDir dir;
   io::ByteTokenizer tok({"<|endoftext|>", "<|pad|>"});

@@ -96,6 +96,7 @@ int run_analyze(const AnalyzeCli& o) {
     d.split = o.split;
     d.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed)
                          : split_seed_of(manifest_of(o.model));
+    d.image = image_input_of(model->config(), manifest_of(o.model));
     auto data = train::open_dataset(d, nullptr, &norm);
     if (data->kind() != train::DataKind::ImageClassification) {
       throw UsageError(msg("--data ", o.data, " is not an image data set"));

@@ -63,6 +63,7 @@ ConvertData open_data(const ConvertCli& o, models::Model& source, const io::Toke
   if (!images && !tok) throw Error(msg(o.model, ": no tokenizer files; --data needs them"));
   train::DataOptions opts{o.data, images ? "test" : "val", split_seed_of(source_manifest),
                           o.seq_len, "text"};
+  if (images) opts.image = image_input_of(source.config(), source_manifest);
   if (auto* s2s = dynamic_cast<models::Seq2SeqModel*>(&source)) {
     // An encoder-decoder reads plain text as its span corruption (with the
     // noise it was pretrained with) and labelled text or pairs text to text.
@@ -125,9 +126,9 @@ void write_conversion(const ConvertCli& o, recasts::Conversion& c,
                              {"conversion", c.manifest},
                              {"error_at_init", recasts::report_json(c.report)}};
   for (const auto& [key, value] : c.extra.items()) manifest[key] = value;
-  // Carry the source's training facts (split, seq_len) so eval and finetune
-  // pick the same split.
-  for (const char* key : {"seed", "seq_len", "data", "tokenizer"}) {
+  // Carry the source's training facts (split, seq_len, image size) so eval
+  // and finetune pick the same split and input.
+  for (const char* key : {"seed", "seq_len", "data", "tokenizer", "image_size"}) {
     if (source_manifest.contains(key)) manifest[key] = source_manifest[key];
   }
   manifest["split_seed"] = split_seed_of(source_manifest);

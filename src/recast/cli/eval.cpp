@@ -217,6 +217,7 @@ int run_eval(const EvalCli& o) {
                        : split_seed_of(manifest);
   d.seq_len = o.seq_len > 0 ? o.seq_len : manifest_int(manifest, "seq_len", 128);
   d.text_field = o.text_field;
+  if (kind == train::DataKind::ImageClassification) d.image = image_input_of(model->config(), manifest);
   if (text_to_text) {
     d.text_to_text = true;
     d.pad = static_cast<const models::Seq2SeqModel&>(*model).pad_token();

@@ -41,6 +41,9 @@ struct TrainCli {
   uint64_t seed = 0;
   int64_t split_seed = -1;  // -1: pretrain 0, finetune the source model's
   bool resume = false, bf16 = false, tf32 = false, no_progress = false;
+  // Images: resize in the loader (0: as stored); training augmentation.
+  int64_t image_size = 0, crop_pad = 0;
+  bool hflip = false;
 };
 
 // Declares the options both verbs take (the registered recasts' training
@@ -73,6 +76,12 @@ std::unique_ptr<io::Tokenizer> tokenizer_of_checkpoint(const std::string& dir);
 // The image normalisation recorded in a model's config (pretrained_cfg).
 train::Normalization normalization_of(const nlohmann::json& config);
 void record_normalization(nlohmann::json& config, const train::Normalization& norm);
+
+// How a model takes images (no augmentation): the size it was trained at
+// (its run's manifest "image_size"; 0: as stored) and its input channels
+// (config model_args.in_chans / in_chans / num_channels; 0: unknown, as
+// stored), so a grey data set is repeated to RGB for a 3-channel model.
+train::ImageTransform image_input_of(const nlohmann::json& config, const nlohmann::json& manifest);
 
 // Refuses, before any work, data a model of `task` cannot take ("--data X is
 // image data; --model DIR is a language model"); `who` names the model

@@ -16,6 +16,7 @@
 
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <ctime>
 #include <functional>
 #include <filesystem>
@@ -42,6 +43,14 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
   cmd->add_option("--seq-len", o.seq_len,
                   "Tokens per language-model window / text truncation (default 128)")
       ->check(integer_in(1, 1 << 24));
+  cmd->add_option("--image-size", o.image_size,
+                  "Images: resize to N x N in the loader (bilinear); recorded in the run's manifest, so "
+                  "eval, convert and analyze give the model the same size (default: as stored)")
+      ->check(integer_in(1, 16384));
+  cmd->add_option("--crop-pad", o.crop_pad,
+                  "Images, training: random crop of the image padded by N pixels of zeros (default 0: off)")
+      ->check(integer_in(0, 4096));
+  cmd->add_flag("--hflip", o.hflip, "Images, training: random horizontal flip");
   cmd->add_option("--lr", o.lr, "Peak learning rate (default 3e-4)")->check(number_in(0, 1e30, true));
   cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr (0.1)")
       ->check(number_in(0, 1));
@@ -213,6 +222,23 @@ void record_normalization(nlohmann::json& config, const train::Normalization& no
   config["pretrained_cfg"]["std"] = norm.std;
 }
 
+train::ImageTransform image_input_of(const nlohmann::json& config, const nlohmann::json& manifest) {
+  train::ImageTransform t;
+  if (auto it = manifest.find("image_size"); it != manifest.end() && it->is_number_integer() && it->get<int64_t>() > 0) {
+    t.size = it->get<int64_t>();
+  }
+  auto channels = [](const nlohmann::json& j, const char* key) -> int64_t {
+    if (!j.is_object()) return 0;
+    auto it = j.find(key);
+    return it != j.end() && it->is_number_integer() && it->get<int64_t>() > 0 ? it->get<int64_t>() : 0;
+  };
+  const auto args = config.find("model_args");
+  if (args != config.end()) t.channels = channels(*args, "in_chans");
+  if (t.channels == 0) t.channels = channels(config, "in_chans");
+  if (t.channels == 0) t.channels = channels(config, "num_channels");
+  return t;
+}
+
 nlohmann::json manifest_of(const std::string& dir) {
   const std::string path = (fs::path(dir) / "recast_manifest.json").string();
   if (!io::is_regular_file(path)) return nlohmann::json::object();
@@ -313,10 +339,11 @@ struct Prepared {
   std::unique_ptr<train::Dataset> train, val;
   train::Normalization norm;
   train::DataKind kind;
+  int64_t image_size = 0;  // what the loader resizes images to (0: as stored)
 };
 
 Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
-                      train::Normalization norm) {
+                      train::Normalization norm, train::ImageTransform image) {
   Prepared p;
   p.kind = train::sniff_data_kind(o.data);
   const bool spans = o.objective == "span-corruption";
@@ -327,6 +354,16 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
   p.norm = std::move(norm);
   RECAST_CHECK(o.split_seed >= 0, "prepare_data: the split seed is resolved by the verb");
   train::DataOptions d{o.data, "train", static_cast<uint64_t>(o.split_seed), o.seq_len, o.text_field};
+  if (o.image_size > 0) image.size = o.image_size;
+  image.crop_pad = o.crop_pad;
+  image.hflip = o.hflip;
+  image.seed = o.seed;
+  if ((image.size > 0 || image.augments()) && p.kind != train::DataKind::ImageClassification) {
+    throw UsageError(msg(o.image_size > 0 ? "--image-size" : o.crop_pad > 0 ? "--crop-pad" : "--hflip",
+                         ": --data ", quote(o.data), " is ", train::data_kind_name(p.kind), " data, not images"));
+  }
+  d.image = image;
+  p.image_size = image.size;
   if (spans) {
     if (p.kind != train::DataKind::Text) {
       throw UsageError(msg("--objective span-corruption: --data ", quote(o.data), " is ",
@@ -356,6 +393,16 @@ Prepared prepare_data(const TrainCli& o, std::unique_ptr<io::Tokenizer> tok,
     log::warn("no validation split: ", e.what());
   }
   return p;
+}
+
+// The normalisation, and the size when the loader resizes (timm's
+// pretrained_cfg.input_size, [C, H, W]), written into the model's config.
+void record_image_input(nlohmann::json& config, const Prepared& p) {
+  record_normalization(config, p.norm);
+  if (p.image_size > 0) {
+    const at::Tensor px = p.train->batch({0}).inputs.pixel_values;
+    config["pretrained_cfg"]["input_size"] = {px.size(1), px.size(2), px.size(3)};
+  }
 }
 
 train::TrainOptions trainer_options(const TrainCli& o) {
@@ -409,6 +456,8 @@ nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const P
                       {"bf16", o.bf16}};
   if (p.tokenizer) m["tokenizer"] = p.tokenizer->kind();
   if (!o.teacher.empty()) m["teacher"] = o.teacher;
+  if (p.image_size > 0) m["image_size"] = p.image_size;
+  if (o.crop_pad > 0 || o.hflip) m["augment"] = {{"crop_pad", o.crop_pad}, {"hflip", o.hflip}};
   return m;
 }
 
@@ -443,14 +492,20 @@ int run_pretrain(TrainCli& o) {
                          seq2seq ? "an encoder-decoder (span-corruption)"
                                  : "not an encoder-decoder (span-corruption needs one: t5, mt5)"));
   }
-  Prepared p = prepare_data(o, nullptr, {});
+  // The channels the model takes: the data's, unless --set in_chans=3 asks
+  // for RGB (a grey data set is then repeated).
+  train::ImageTransform image;
+  for (const auto& kv : o.set) {
+    if (kv.rfind("in_chans=", 0) == 0) image.channels = std::atoll(kv.c_str() + 9);
+  }
+  Prepared p = prepare_data(o, nullptr, {}, image);
   nlohmann::json config = nlohmann::json::object();
   config[factory.style == models::ConfigStyle::Transformers ? "model_type" : "architecture"] = o.arch;
   fit_config_to_data(config, o.arch,
                      facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len, seq2seq), o.set, false,
                      o.data);
   models::apply_overrides(config, o.arch, o.set);
-  if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
+  if (p.kind == train::DataKind::ImageClassification) record_image_input(config, p);
   at::manual_seed(o.seed);
   models::ModelPtr model = models::create_model(o.arch, config);
   model->init_weights();
@@ -505,7 +560,7 @@ int run_finetune(TrainCli& o) {
   // The source model's split, whatever --seed says: a new split would put
   // its held-out texts into this run's training set.
   if (o.split_seed < 0) o.split_seed = static_cast<int64_t>(split_seed_of(manifest_of(o.model)));
-  Prepared p = prepare_data(o, std::move(tok), normalization_of(config));
+  Prepared p = prepare_data(o, std::move(tok), normalization_of(config), image_input_of(config, manifest_of(o.model)));
   if (p.tokenizer) {
     const int64_t vocab = models::cfg_int(config, "vocab_size", 0);
     if (vocab > 0 && p.tokenizer->vocab_size() > vocab) {
@@ -516,7 +571,7 @@ int run_finetune(TrainCli& o) {
   // A classifier head sized for this data (timm num_classes / GPT-2 score).
   fit_config_to_data(config, arch, facts_of(p.kind, p.tokenizer.get(), *p.train, o.seq_len, seq2seq), o.set,
                      true, o.data);
-  if (p.kind == train::DataKind::ImageClassification) record_normalization(config, p.norm);
+  if (p.kind == train::DataKind::ImageClassification) record_image_input(config, p);
   models::apply_overrides(config, arch, o.set);
   at::manual_seed(o.seed);
   models::ModelPtr model = models::create_model(arch, config);

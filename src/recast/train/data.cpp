@@ -343,36 +343,84 @@ class TextClassificationDataset : public Dataset {
 class ImageDataset : public Dataset {
  public:
   ImageDataset(const std::string& name, std::shared_ptr<const io::ImageSet> set,
-               std::vector<int64_t> chosen, const std::string& split, Normalization norm)
-      : set_(std::move(set)), chosen_(std::move(chosen)), norm_(std::move(norm)) {
+               std::vector<int64_t> chosen, const std::string& split, Normalization norm,
+               ImageTransform transform)
+      : set_(std::move(set)), chosen_(std::move(chosen)), norm_(std::move(norm)), t_(transform) {
     if (chosen_.empty()) throw Error(msg("data ", quote(name), " (", split, "): empty data set"));
-    RECAST_CHECK(static_cast<int64_t>(norm_.mean.size()) == set_->channels &&
+    out_channels_ = t_.channels > 0 ? t_.channels : set_->channels;
+    if (out_channels_ != set_->channels && !(set_->channels == 1 && out_channels_ == 3)) {
+      throw UsageError(msg("data ", quote(name), ": ", set_->channels, "-channel images cannot be given to a model of ",
+                           out_channels_, " channels (only grey to RGB, by repetition)"));
+    }
+    // A grey normalisation for RGB-repeated grey images: the same per channel.
+    if (out_channels_ == 3 && set_->channels == 1 && norm_.mean.size() == 1 && norm_.std.size() == 1) {
+      norm_.mean.assign(3, norm_.mean[0]);
+      norm_.std.assign(3, norm_.std[0]);
+    }
+    RECAST_CHECK(static_cast<int64_t>(norm_.mean.size()) == out_channels_ &&
                      norm_.std.size() == norm_.mean.size(),
-                 "image normalisation: expected ", set_->channels, " channel means and stds, found ",
+                 "image normalisation: expected ", out_channels_, " channel means and stds, found ",
                  norm_.mean.size(), " and ", norm_.std.size());
+    if (split != "train") t_.crop_pad = 0, t_.hflip = false;
+    RECAST_CHECK(t_.crop_pad >= 0 && t_.crop_pad <= std::min(set_->height, set_->width),
+                 "--crop-pad ", t_.crop_pad, ": expected at most the image's side (", std::min(set_->height, set_->width), ")");
     describe_ = msg(name, " (", split, "): ", with_commas(size()), " images ", set_->channels, "x",
                     set_->height, "x", set_->width, ", ", set_->classes.size(), " classes");
+    if (t_.size > 0 || out_channels_ != set_->channels) {
+      describe_ += msg(", given as ", out_channels_, "x", height(), "x", width());
+    }
+    if (t_.augments()) {
+      describe_ += msg(", augmented (", t_.crop_pad > 0 ? msg("random crop, padding ", t_.crop_pad) : std::string(),
+                       t_.crop_pad > 0 && t_.hflip ? ", " : "", t_.hflip ? "horizontal flip" : "", ")");
+    }
   }
   DataKind kind() const override { return DataKind::ImageClassification; }
   int64_t size() const override { return static_cast<int64_t>(chosen_.size()); }
   std::string describe() const override { return describe_; }
   const std::vector<std::string>& classes() const override { return set_->classes; }
 
-  Example batch(const std::vector<int64_t>& indices) const override {
+  Example batch(const std::vector<int64_t>& indices) const override { return batch(indices, 0); }
+
+  Example batch(const std::vector<int64_t>& indices, uint64_t draw) const override {
     const auto b = static_cast<int64_t>(indices.size());
-    const int64_t c = set_->channels, hw = set_->height * set_->width, per = c * hw;
-    at::Tensor raw = at::empty({b, c, set_->height, set_->width}, at::kByte);
+    const int64_t c = set_->channels, h = set_->height, w = set_->width, hw = h * w, per = c * hw;
+    at::Tensor raw = at::empty({b, c, h, w}, at::kByte);
     at::Tensor y = at::empty({b}, at::kLong);
     auto* dst = raw.data_ptr<uint8_t>();
     auto* py = y.data_ptr<int64_t>();
     for (int64_t r = 0; r < b; ++r) {
-      const int64_t i = chosen_[static_cast<size_t>(indices[static_cast<size_t>(r)])];
-      std::copy_n(set_->pixels.data() + i * per, per, dst + r * per);
+      const int64_t idx = indices[static_cast<size_t>(r)];
+      const int64_t i = chosen_[static_cast<size_t>(idx)];
+      const uint8_t* src = set_->pixels.data() + i * per;
       py[r] = set_->labels[static_cast<size_t>(i)];
+      if (!t_.augments()) {
+        std::copy_n(src, per, dst + r * per);
+        continue;
+      }
+      // This example's crop offset and flip, from (seed, draw, index).
+      uint64_t state = t_.seed ^ (draw * 0x9E3779B97F4A7C15ULL) ^ (static_cast<uint64_t>(idx) * 0xD1B54A32D192ED03ULL);
+      const int64_t span = 2 * t_.crop_pad + 1;
+      const int64_t dy = static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(span)) - t_.crop_pad;
+      const int64_t dx = static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(span)) - t_.crop_pad;
+      const bool flip = t_.hflip && (splitmix64(state) & 1) != 0;
+      uint8_t* out = dst + r * per;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        for (int64_t yy = 0; yy < h; ++yy) {
+          const int64_t sy = yy + dy;
+          for (int64_t xx = 0; xx < w; ++xx) {
+            const int64_t sx = (flip ? w - 1 - xx : xx) + dx;
+            out[ch * hw + yy * w + xx] = sy >= 0 && sy < h && sx >= 0 && sx < w ? src[ch * hw + sy * w + sx] : 0;
+          }
+        }
+      }
     }
     at::Tensor x = raw.to(at::kFloat).div_(255.0);
-    at::Tensor mean = at::tensor(norm_.mean, at::kDouble).to(at::kFloat).view({1, c, 1, 1});
-    at::Tensor stdv = at::tensor(norm_.std, at::kDouble).to(at::kFloat).view({1, c, 1, 1});
+    if (t_.size > 0 && (t_.size != h || t_.size != w)) {
+      x = at::upsample_bilinear2d(x, {t_.size, t_.size}, /*align_corners=*/false);
+    }
+    if (out_channels_ != c) x = x.repeat({1, out_channels_, 1, 1});
+    at::Tensor mean = at::tensor(norm_.mean, at::kDouble).to(at::kFloat).view({1, out_channels_, 1, 1});
+    at::Tensor stdv = at::tensor(norm_.std, at::kDouble).to(at::kFloat).view({1, out_channels_, 1, 1});
     Example ex;
     ex.inputs.pixel_values = x.sub_(mean).div_(stdv);
     ex.labels = y;
@@ -381,9 +429,14 @@ class ImageDataset : public Dataset {
   }
 
  private:
+  int64_t height() const { return t_.size > 0 ? t_.size : set_->height; }
+  int64_t width() const { return t_.size > 0 ? t_.size : set_->width; }
+
   std::shared_ptr<const io::ImageSet> set_;
   std::vector<int64_t> chosen_;
   Normalization norm_;
+  ImageTransform t_;
+  int64_t out_channels_ = 0;
   std::string describe_;
 };
 
@@ -396,13 +449,13 @@ std::unique_ptr<Dataset> open_images(const std::string& name, const io::ImageSet
     auto set = std::make_shared<const io::ImageSet>(*test_set);
     std::vector<int64_t> all(static_cast<size_t>(set->count));
     std::iota(all.begin(), all.end(), 0);
-    return std::make_unique<ImageDataset>(name, set, all, o.split, use);
+    return std::make_unique<ImageDataset>(name, set, all, o.split, use, o.image);
   }
   // With a separate test set, the file's own split gives train + val only.
   const double test_fraction = test_set ? 0.0 : 0.1;
   auto set = std::make_shared<const io::ImageSet>(train_set);
   return std::make_unique<ImageDataset>(
-      name, set, split_indices(set->count, o.seed, 0.1, test_fraction, o.split), o.split, use);
+      name, set, split_indices(set->count, o.seed, 0.1, test_fraction, o.split), o.split, use, o.image);
 }
 
 io::LabeledTexts read_spam_assassin(const std::string& dir) {

@@ -23,6 +23,23 @@ namespace recast::train {
 enum class DataKind { Text, TextClassification, ImageClassification, TextPairs };
 const char* data_kind_name(DataKind kind);
 
+// How image examples are shaped on their way out (data.cpp, ImageDataset):
+// the stored image, for training randomly cropped from it padded by
+// `crop_pad` pixels on each side (zeros) and flipped left-right (`hflip`),
+// then resized to `size` x `size` (bilinear, align_corners false, as
+// torchvision's Resize without antialiasing), a grey image repeated to
+// `channels` 3 where the model wants RGB, then normalised. The crop and the
+// flip are drawn per example from (seed, draw, example index): the same on
+// every run, rank and resume.
+struct ImageTransform {
+  int64_t size = 0;      // 0: as stored
+  int64_t channels = 0;  // 0: as stored; 3 from a grey set: repeated
+  int64_t crop_pad = 0;  // 0: no random crop
+  bool hflip = false;
+  uint64_t seed = 0;
+  bool augments() const { return crop_pad > 0 || hflip; }
+};
+
 struct DataOptions {
   std::string spec;             // named set or path (file, directory, glob)
   std::string split = "train";  // train | val | test | all
@@ -40,6 +57,9 @@ struct DataOptions {
   // (their </s> kept), padded per batch with `pad` (labels with -100).
   bool text_to_text = false;
   int64_t pad = 0;
+  // Images: resize / channels for every split, the augmentation for the
+  // train split only.
+  ImageTransform image = {};
 };
 
 // A batch: model inputs plus targets ([B, T] next tokens for LMs, [B] labels
@@ -75,6 +95,12 @@ class Dataset {
   // Examples in this split (LM: windows of seq_len + 1 tokens).
   virtual int64_t size() const = 0;
   virtual Example batch(const std::vector<int64_t>& indices) const = 0;
+  // The same, for the `draw`-th batch of a training run (it seeds the random
+  // augmentation of data sets that have one; the others ignore it).
+  virtual Example batch(const std::vector<int64_t>& indices, uint64_t draw) const {
+    (void)draw;
+    return batch(indices);
+  }
   // "sotu (train): 4,123 windows of 128 tokens from 210 documents"
   virtual std::string describe() const = 0;
   // Class names (classifiers), empty for LMs.
