@@ -111,6 +111,7 @@ for job in "$@"; do
       seeds=${user_seeds:-"0 1 2"}
       arch=(--arch resnet50)
       dev=(--device cuda --bf16)
+      fast=(--channels-last)
       base_steps=${BASE_STEPS:-2100}  # ~10 epochs at batch 256
       ft_steps=${FT_STEPS:-633}       # 3 epochs
       every=${EVAL_EVERY:-211}
@@ -118,9 +119,10 @@ for job in "$@"; do
         size=32 base_steps=4 ft_steps=2 every=2 seeds=${user_seeds:-"0"}
         arch=(--arch resnet18 --set 'channels=[4,8,8,8]')
         dev=(--device cpu --threads 2)
+        fast=()
         recast=${RECAST:-build/recast}
       fi
-      g=(--data fashion-mnist --image-size "$size" --batch-size "${BATCH:-128}" "${dev[@]}" --no-progress
+      g=(--data fashion-mnist --image-size "$size" --batch-size "${BATCH:-128}" "${dev[@]}" "${fast[@]}" --no-progress
          --eval-batches "${EVAL_BATCHES:-24}")
       aug=(--crop-pad $((size / 8)) --hflip)
       gft=("${g[@]}" "${aug[@]}" --steps "$ft_steps" --lr 5e-4 --warmup 30 --weight-decay 0.05 --eval-every "$every")

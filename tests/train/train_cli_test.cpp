@@ -460,6 +460,36 @@ TEST_F(TrainCli, FinetuneSwapsTheClassifierHeadForNewClasses) {
                         "is a classifier");
 }
 
+// --channels-last keeps the convolutions' weights and the image batches in
+// NHWC memory: the same training up to rounding, the saved model the same
+// format (a plain model that loads and evaluates without the option).
+TEST_F(TrainCli, ChannelsLastTrainsTheSameModel) {
+  TempDir t;
+  image_folder(t.file("imgs"), 2);
+  auto train_loss = [&](const std::string& out, bool channels_last) {
+    std::vector<std::string> args = {"pretrain", "--arch", "resnet18", "--set", "channels=[4,8,8,8]", "--data",
+                                     t.file("imgs"), "--steps", "3", "--batch-size", "4", "--out", t.file(out),
+                                     "--no-progress", "--threads", "2"};
+    if (channels_last) args.push_back("--channels-last");
+    Result r = run(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    std::ifstream in(t.file(out + "/metrics.jsonl"));
+    std::string line;
+    double loss = -1;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["split"] == "train") loss = j["loss"].get<double>();
+    }
+    return loss;
+  };
+  const double plain = train_loss("plain", false), nhwc = train_loss("nhwc", true);
+  EXPECT_GT(plain, 0);
+  EXPECT_NEAR(nhwc, plain, 1e-4 * std::max(1.0, plain));
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(t.file("nhwc/recast_manifest.json")))["channels_last"], true);
+  Result ev = run({"eval", "--model", t.file("nhwc"), "--data", t.file("imgs"), "--split", "all", "--json"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+}
+
 // A fine-tune's --seed changes the data order, not the split: a new split
 // would train on the source model's held-out texts and evaluate on its
 // training texts.

@@ -43,7 +43,7 @@ struct TrainCli {
   bool resume = false, bf16 = false, tf32 = false, no_progress = false;
   // Images: resize in the loader (0: as stored); training augmentation.
   int64_t image_size = 0, crop_pad = 0;
-  bool hflip = false;
+  bool hflip = false, channels_last = false;
 };
 
 // Declares the options both verbs take (the registered recasts' training

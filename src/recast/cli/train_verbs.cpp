@@ -51,6 +51,9 @@ void add_train_options(CLI::App* cmd, TrainCli& o) {
                   "Images, training: random crop of the image padded by N pixels of zeros (default 0: off)")
       ->check(integer_in(0, 4096));
   cmd->add_flag("--hflip", o.hflip, "Images, training: random horizontal flip");
+  cmd->add_flag("--channels-last", o.channels_last,
+                "Images: 4-D weights and batches in channels-last (NHWC) memory, the layout fast GPU "
+                "convolutions want (same results up to rounding)");
   cmd->add_option("--lr", o.lr, "Peak learning rate (default 3e-4)")->check(number_in(0, 1e30, true));
   cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr (0.1)")
       ->check(number_in(0, 1));
@@ -432,6 +435,7 @@ train::TrainOptions trainer_options(const TrainCli& o) {
   t.temperature = o.temperature;
   t.dist_timeout_s = o.dist_timeout;
   t.shard_optimizer = o.shard_optimizer;
+  t.channels_last = o.channels_last;
   return t;
 }
 
@@ -454,6 +458,7 @@ nlohmann::json base_manifest(const std::string& verb, const TrainCli& o, const P
                       {"train", o.train_regex.empty() ? ".*" : o.train_regex},
                       {"device", o.device},
                       {"bf16", o.bf16}};
+  if (o.channels_last) m["channels_last"] = true;
   if (p.tokenizer) m["tokenizer"] = p.tokenizer->kind();
   if (!o.teacher.empty()) m["teacher"] = o.teacher;
   if (p.image_size > 0) m["image_size"] = p.image_size;

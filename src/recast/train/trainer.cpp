@@ -154,6 +154,9 @@ void Trainer::select_parameters() {
   for (auto& item : model_.named_parameters(true)) {
     if (first_name.empty()) first_name = item.key();
     const bool on = !pattern || std::regex_search(item.key(), *pattern);
+    if (o_.channels_last && item.value().dim() == 4) {
+      item.value().set_data(item.value().data().contiguous(at::MemoryFormat::ChannelsLast));
+    }
     item.value().set_requires_grad(on);
     if (on) {
       trainable_.emplace_back(item.key(), item.value());
@@ -179,7 +182,7 @@ void Trainer::select_parameters() {
             dp_ ? msg(" (", world_, " ranks x ", o_.batch_size, ", ", o_.comm->backend(), ")") : "",
             ", lr ", o_.lr,
             " (warmup ", o_.warmup, ", cosine to ", o_.lr * o_.min_lr_ratio, "), ", o_.device.str(),
-            o_.bf16 ? " bf16 autocast" : " fp32");
+            o_.bf16 ? " bf16 autocast" : " fp32", o_.channels_last ? ", channels-last" : "");
 }
 
 void Trainer::create_optimizer() {
@@ -279,6 +282,9 @@ StepStats Trainer::step(double lr, const signals::StopScope* signals) {
     Example dev = ex;
     dev.inputs = to_device(ex.inputs, o_.device, /*non_blocking=*/true);
     dev.labels = ex.labels.defined() ? ex.labels.to(o_.device, /*non_blocking=*/true) : ex.labels;
+    if (o_.channels_last && dev.inputs.pixel_values.defined() && dev.inputs.pixel_values.dim() == 4) {
+      dev.inputs.pixel_values = dev.inputs.pixel_values.contiguous(at::MemoryFormat::ChannelsLast);
+    }
     at::Tensor loss;
     {
       AutocastGuard autocast(o_.bf16);

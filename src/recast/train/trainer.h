@@ -48,6 +48,9 @@ struct TrainOptions {
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double clip = 1.0;  // <= 0: no clipping
+  // 4-D weights and image batches in channels-last (NHWC) memory: the
+  // layout tensor-core convolutions want; the same numbers either way.
+  bool channels_last = false;
   int64_t save_every = 0;  // 0: only at the end (and on a signal)
   int64_t eval_every = 0;  // 0: only at the end
   int64_t eval_batches = 20;
