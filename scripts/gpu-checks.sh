@@ -16,6 +16,8 @@
 #                                         batch context graph|eager|profile" per line)
 #   scripts/gpu-checks.sh decode-peers    transformers' generate (eager, static + torch.compile) on the
 #                                         same weights, and the measured copy bandwidth
+#   scripts/gpu-checks.sh decode-kernel   the CUDA decode-attention kernels' tests and ms/token with and
+#                                         without them (RECAST_DECODE_KERNEL=1; after decode)
 #   scripts/gpu-checks.sh spm-fixtures    make_fixtures.py --spm-classes-only into $OUT/checks/fixtures
 #   scripts/gpu-checks.sh dist            NCCL through `recast launch` on one GPU (WORLD_SIZE=1) and
 #                                         under torchrun --no-python: GPT-2-small shape, bf16, tokens/s
@@ -153,6 +155,23 @@ for l in open(sys.argv[1]):
             print(f'      {t["us_per_token"]:8.1f} us {t["per_token"]:5.1f}x {t["name"][:110]}')
 PY
       ;;
+    decode-kernel)
+      # ops/cuda/attention_decode (opt-in, RECAST_DECODE_KERNEL=1): its test against the
+      # reference, the graph steps through it, then ms/token with and without it (after decode).
+      RECAST_DECODE_KERNEL=1 build-gpu/tests/test_models \
+        --gtest_filter='Attention.*:FixedSteps.*:StaticCache.*:SampleOnDevice.*' > "$out/decode-kernel-tests.log" 2>&1 ||
+        echo "decode kernel tests FAILED"
+      grep -E "^\[  (PASSED|FAILED) |Failure|OK \] Attention.Cuda" "$out/decode-kernel-tests.log" | head -20
+      d=/tmp/recast-decode
+      for ctx in ${DECODE_CONTEXTS:-1024 4096 16384}; do
+        for on in 0 1; do
+          RECAST_DECODE_KERNEL=$on timeout 150 build-gpu/recast bench decode --model "$d/softmax" --context "$ctx" \
+            --new-tokens 64 --device cuda --dtype bf16 --json |
+            python3 -c 'import json,sys; r=json.load(sys.stdin); r["decode_kernel"]=sys.argv[1]=="1"; print(json.dumps(r))' "$on" |
+            tee -a "$out/decode-kernel.jsonl"
+        done
+      done
+      ;;
     decode-peers)
       # transformers' generate (DECODE_HF_MODES: eager, compile) on DECODE_HF_MODELS at DECODE_HF_CONTEXT,
       # and the copy bandwidth, in the same run as decode-bench.
@@ -173,6 +192,6 @@ for _ in range(20): y.copy_(x)
 torch.cuda.synchronize(); print(json.dumps({"copy_GBps": 2 * 20 * 2**30 / (time.perf_counter() - t) / 1e9, "device": torch.cuda.get_device_name(0)}))' | tee "$out/decode-bandwidth.json"
       echo "nsys: $(command -v nsys || echo none); ncu: $(command -v ncu || echo none)" | tee -a "$out/decode-bandwidth.json.txt"
       ;;
-    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, spm-fixtures, decode, decode-bench, decode-peers, dist)" >&2; exit 2 ;;
+    *) echo "gpu-checks: unknown job '$job' (resume-stress, linear-bench, decoders, tokenizers, spm-fixtures, decode, decode-bench, decode-kernel, decode-peers, dist)" >&2; exit 2 ;;
   esac
 done

@@ -110,7 +110,8 @@ for job in "$@"; do
       size=${IMAGE_SIZE:-112}
       seeds=${user_seeds:-"0 1 2"}
       arch=(--arch resnet50)
-      dev=(--device cuda --bf16)
+      dev=(--device cuda --bf16)   # training
+      where=(--device cuda)        # convert, eval (fp32)
       fast=(--channels-last)
       base_steps=${BASE_STEPS:-2100}  # ~10 epochs at batch 256
       ft_steps=${FT_STEPS:-633}       # 3 epochs
@@ -119,6 +120,7 @@ for job in "$@"; do
         size=32 base_steps=4 ft_steps=2 every=2 seeds=${user_seeds:-"0"}
         arch=(--arch resnet18 --set 'channels=[4,8,8,8]')
         dev=(--device cpu --threads 2)
+        where=("${dev[@]}")
         fast=()
         recast=${RECAST:-build/recast}
       fi
@@ -127,7 +129,7 @@ for job in "$@"; do
       aug=(--crop-pad $((size / 8)) --hflip)
       gft=("${g[@]}" "${aug[@]}" --steps "$ft_steps" --lr 5e-4 --warmup 30 --weight-decay 0.05 --eval-every "$every")
       pre=("${g[@]}" "${aug[@]}" --lr 2e-3 --weight-decay 0.05 --warmup 100 --eval-every "$every")
-      ev=(--data fashion-mnist --split test "${dev[@]}" --batch-size 250)
+      ev=(--data fashion-mnist --split test "${where[@]}" --batch-size 250)
       [[ -n ${SMOKE:-} ]] && ev+=(--max-batches 1)
       evaluate_g() {  # name dir [baseline dir]
         "$recast" eval --model "$2" "${ev[@]}" --json > "$out/$1-eval.json"
@@ -151,7 +153,7 @@ for job in "$@"; do
           layers='layer4\.'
           [[ $v == l34 ]] && layers='layer[34]\.'
           "$recast" convert --recipe tcnn --model "$r/base" --out "$r/conv-$v" --layers "$layers" \
-            --data fashion-mnist "${dev[@]}" > "$out/g$size-convert-$v-$seed.txt" 2>&1
+            --data fashion-mnist "${where[@]}" > "$out/g$size-convert-$v-$seed.txt" 2>&1
           timed "g$size-tcnn-$v-ft-$seed" "$recast" finetune --model "$r/conv-$v" "${gft[@]}" --seed "$seed" \
             --out "$r/tcnn-$v"
           evaluate_g "g$size-tcnn-$v-ft-$seed" "$r/tcnn-$v" "$r/cnn-ft"
@@ -167,7 +169,7 @@ for job in "$@"; do
         timed "g$size-half-base-$seed" "$recast" pretrain "${arch[@]}" "${pre[@]}" --steps $((base_steps / 2)) \
           --seed "$seed" --out "$r/half"
         "$recast" convert --recipe tcnn --model "$r/half" --out "$r/half-conv" --layers 'layer[34]\.' \
-          --data fashion-mnist "${dev[@]}" > "$out/g$size-convert-half-$seed.txt" 2>&1
+          --data fashion-mnist "${where[@]}" > "$out/g$size-convert-half-$seed.txt" 2>&1
         timed "g$size-half-tcnn-l34-$seed" "$recast" finetune --model "$r/half-conv" "${g[@]}" "${aug[@]}" \
           --steps $((base_steps - base_steps / 2 + ft_steps)) --lr 1e-3 --warmup 30 --weight-decay 0.05 \
           --eval-every "$every" --seed "$seed" --out "$r/half-tcnn"
@@ -176,7 +178,7 @@ for job in "$@"; do
       first=${seeds%% *}
       q=$((size / 2))
       "$recast" analyze --model "$runs/g$size-$first/tcnn-l34" --index 0 --data fashion-mnist --query "$q,$q" \
-        --out "$out/g$size-analyze-l34.svg" --json > "$out/g$size-analyze-l34.json"
+        --device "${where[1]}" --out "$out/g$size-analyze-l34.svg" --json > "$out/g$size-analyze-l34.json"
       pack
       ;;
     bench)

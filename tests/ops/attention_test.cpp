@@ -2,12 +2,18 @@
 // path against a loop over queries and keys in fp64, for grouped-query heads,
 // causal masks with a cache offset, and key padding; forward and backward.
 
+#include "recast/core/version.h"
 #include "recast/ops/attention.h"
+#if RECAST_WITH_CUDA
+#include "recast/ops/cuda/attention_decode.h"
+#endif
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace recast::testing {
 namespace {
@@ -110,6 +116,82 @@ TEST(Attention, FixedShapeStepEqualsTheKeysHeld) {
     EXPECT_LE(max_error(ops::attention(q, k, v, fixed), expected), 1e-5) << "window " << window;
     EXPECT_LE(max_error(ops::attention_reference(q, k, v, fixed), expected), 1e-5);
   }
+}
+
+// The CUDA decode kernels (flash-decoding: chunks, then their combination)
+// against the reference: fp32 / bf16 / fp16, head sizes that are and are not
+// multiples of 32 (and dv != d), GQA, key padding, causal offsets with a
+// window, the fixed-shape slot with a window, keys longer than one chunk,
+// strided views of a larger cache buffer, and inside a CUDA graph.
+TEST(Attention, CudaDecodeKernelsMatchTheReference) {
+#if RECAST_WITH_CUDA
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (runs on the GPU machine)";
+  torch::manual_seed(11);
+  const auto gpu = at::TensorOptions().device(at::kCUDA);
+  struct Case {
+    int64_t b, h, hkv, t, d, dv;
+    bool padding, causal, slot;
+    int64_t window;
+  };
+  for (const Case& c : {Case{2, 4, 4, 9, 64, 64, false, false, false, 0}, Case{2, 8, 2, 300, 80, 48, true, true, false, 0},
+                        Case{1, 12, 12, 5000, 64, 64, false, true, false, 700},
+                        Case{3, 6, 3, 2100, 128, 128, true, false, true, 0},
+                        Case{2, 4, 1, 1500, 32, 32, true, false, true, 257}}) {
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(::testing::Message() << "t " << c.t << " d " << c.d << " dtype " << dtype);
+      // k, v: views of a buffer with room for more keys than held.
+      at::Tensor kbuf = at::randn({c.b, c.hkv, c.t + 37, c.d}, gpu).to(dtype);
+      at::Tensor vbuf = at::randn({c.b, c.hkv, c.t + 37, c.dv}, gpu).to(dtype);
+      at::Tensor k = kbuf.narrow(2, 0, c.t), v = vbuf.narrow(2, 0, c.t);
+      at::Tensor q = at::randn({c.b, c.h, 1, c.d}, gpu).to(dtype);
+      ops::AttentionMask m;
+      const int64_t slot = c.t - 11;
+      if (c.padding) {
+        m.key_padding = at::rand({c.b, c.t}, gpu) > 0.3;
+        m.key_padding.narrow(1, slot, 1).fill_(true);  // the query's own key
+      }
+      if (c.causal) m.causal = true, m.query_offset = slot, m.window = c.window;
+      if (c.slot) {
+        at::Tensor held = at::arange(c.t, gpu.dtype(at::kLong)) <= slot;
+        m.key_padding = (m.key_padding.defined() ? m.key_padding : at::ones({c.b, c.t}, gpu.dtype(at::kBool))) &
+                        held.unsqueeze(0);
+        m.causal = true, m.window = c.window;
+        m.slot = at::full({1}, slot, gpu.dtype(at::kLong));
+      }
+      const double s = 1.0 / std::sqrt(static_cast<double>(c.d));
+      const at::Tensor want = ops::attention_reference(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), m, s);
+      const ops::cuda::DecodeMask dm{m.key_padding, m.slot, m.causal, m.query_offset, m.key_offset, m.window};
+      ASSERT_TRUE(ops::cuda::attention_decode_supported(q, k, v, dm));
+      const at::Tensor got = ops::cuda::attention_decode(q, k, v, dm, s);
+      ASSERT_EQ(got.sizes(), (std::vector<int64_t>{c.b, c.h, 1, c.dv}));
+      const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+      EXPECT_LE(max_error(got, want), tol * std::max(1.0, want.abs().max().item<double>()));
+      // ops::attention takes the kernel on CUDA (no gradient, no bias) when
+      // RECAST_DECODE_KERNEL=1 (gpu-checks.sh decode-kernel runs it so).
+      const char* on = std::getenv("RECAST_DECODE_KERNEL");
+      if (on != nullptr && std::string(on) == "1") {
+        torch::NoGradGuard no_grad;
+        EXPECT_TRUE(ops::attention(q, k, v, m).equal(got));
+      }
+    }
+  }
+  // The slot and the key mask are read from device memory at each launch
+  // (what a replayed CUDA graph relies on; FixedSteps.CudaGraphReplaysTheEagerSteps
+  // replays it): moving them moves the result as the reference's.
+  at::Tensor k = at::randn({1, 2, 64, 32}, gpu), v = at::randn({1, 2, 64, 32}, gpu), q = at::randn({1, 4, 1, 32}, gpu);
+  at::Tensor valid = at::zeros({1, 64}, gpu.dtype(at::kBool));
+  at::Tensor slot = at::zeros({1}, gpu.dtype(at::kLong));
+  const ops::cuda::DecodeMask dm{valid, slot, true, 0, 0, 5};
+  for (int64_t at_slot : {9, 19}) {
+    valid.narrow(1, 0, at_slot + 1).fill_(true);
+    slot.fill_(at_slot);
+    ops::AttentionMask m;
+    m.causal = true, m.key_padding = valid.clone(), m.window = 5, m.slot = slot.clone();
+    EXPECT_LE(max_error(ops::cuda::attention_decode(q, k, v, dm, 0.2), ops::attention_reference(q, k, v, m, 0.2)), 1e-5);
+  }
+#else
+  GTEST_SKIP() << "built without the CUDA kernels";
+#endif
 }
 
 TEST(Attention, GradientsOfBothPathsAgree) {

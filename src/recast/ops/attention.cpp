@@ -2,9 +2,14 @@
 
 #include "recast/core/error.h"
 #include "recast/core/torch_compat.h"
+#if RECAST_WITH_CUDA
+#include "recast/ops/cuda/attention_decode.h"
+#endif
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 namespace recast::ops {
 
@@ -99,6 +104,22 @@ at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k, const at::
   RECAST_CHECK(q.size(2) == 1, "attention_decode: expected one query, found ", q.size(2));
   const int64_t b = q.size(0), h = q.size(1), hkv = k.size(1), g = h / hkv, tk = k.size(2);
   const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+#if RECAST_WITH_CUDA
+  // Inference on CUDA: the fused kernels (two launches; masked keys unread).
+  // They have no backward, so never where a gradient is wanted. Opt-in
+  // (RECAST_DECODE_KERNEL=1) until tests/ops/attention_test.cpp's
+  // CudaDecodeKernelsMatchTheReference has passed on the GPU machine.
+  static const bool enabled = [] {
+    const char* e = std::getenv("RECAST_DECODE_KERNEL");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  const bool grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  if (enabled && q.is_cuda() && !grad && !mask.bias.defined()) {
+    const cuda::DecodeMask dm{mask.key_padding, mask.slot, mask.causal, mask.query_offset, mask.key_offset,
+                              mask.window};
+    if (cuda::attention_decode_supported(q, k, v, dm)) return cuda::attention_decode(q, k, v, dm, s);
+  }
+#endif
   // The query heads of one key / value head as rows of one product: the
   // keys are read once, never repeated.
   const at::Tensor qg = q.reshape({b, hkv, g, q.size(3)});

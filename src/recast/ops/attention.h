@@ -50,7 +50,10 @@ at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const a
 
 // One query per sequence (decoding): each key / value head's query heads in
 // one product, the keys read once (no repeat for grouped-query attention).
-// Agrees with attention_reference.
+// Agrees with attention_reference. On CUDA without a gradient or a bias, and
+// with RECAST_DECODE_KERNEL=1 (opt-in until verified on the GPU machine):
+// ops/cuda/attention_decode.h's two kernels (a row with no visible key
+// gives zeros there, which decoding never has: the query's own key is held).
 at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const AttentionMask& mask, std::optional<double> scale = std::nullopt);
 
