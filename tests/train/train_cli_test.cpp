@@ -490,6 +490,29 @@ TEST_F(TrainCli, ChannelsLastTrainsTheSameModel) {
   ASSERT_EQ(ev.code, 0) << ev.err;
 }
 
+// bench decode --profile: a Kineto trace and the kernels per token where
+// LibTorch has Kineto (the GPU machine's), else one line saying so; nothing
+// left behind either way, and a missing directory is refused before any work.
+TEST_F(TrainCli, BenchDecodeProfileWritesATraceOrSaysWhyNot) {
+  TempDir t;
+  const std::string trace = t.file("trace.json");
+  Result r = run({"bench", "decode", "--model", dir_->file("reference"), "--context", "8", "--new-tokens", "3",
+                  "--json", "--profile", trace, "--threads", "2"});
+  if (r.code == 0) {
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["profile"]["trace"], trace);
+    EXPECT_GT(j["profile"]["events_per_token"].get<double>(), 0.0);
+    EXPECT_FALSE(j["profile"]["top"].empty());
+    EXPECT_TRUE(nlohmann::json::parse(read_bytes(trace)).contains("traceEvents"));
+  } else {
+    expect_one_line_error(r, 1, "--profile: LibTorch's Kineto profiler failed");
+    EXPECT_TRUE(fs::is_empty(t.path())) << "a partial trace was left";
+  }
+  expect_one_line_error(run({"bench", "decode", "--model", dir_->file("reference"), "--profile",
+                             t.file("no/such/trace.json")}),
+                        2, "does not exist");
+}
+
 // A fine-tune's --seed changes the data order, not the split: a new split
 // would train on the source model's held-out texts and evaluate on its
 // training texts.

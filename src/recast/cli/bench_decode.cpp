@@ -127,6 +127,16 @@ int run_bench_decode(const BenchDecodeCli& o) {
   check_compute_dtype(dtype, device);
   RECAST_CHECK(o.context >= 1 && o.new_tokens >= 1 && o.batch >= 1,
                "--context, --new-tokens and --batch must be >= 1");
+  if (!o.profile.empty()) {
+    const std::filesystem::path parent = std::filesystem::path(o.profile).parent_path();
+    const std::string dir = parent.empty() ? "." : parent.string();
+    if (!io::is_directory(dir)) {
+      throw UsageError(msg("--profile ", quote(o.profile), ": its directory ", quote(dir), " does not exist"));
+    }
+    if (io::is_directory(o.profile)) {
+      throw UsageError(msg("--profile ", quote(o.profile), ": is a directory; expected a file name"));
+    }
+  }
   models::ModelPtr model = models::load_model(o.model);
   if (model->task() != models::Task::CausalLM) {
     throw UsageError(msg("--model ", o.model, " is not a language model"));
