@@ -67,6 +67,14 @@ __global__ void partial_kernel(const T* __restrict__ q, const T* __restrict__ k,
   for (int64_t j = lo + warp; j < hi; j += kWarps) {
     if (pad != nullptr && !pad[static_cast<int64_t>(b) * p.tk + j]) continue;  // the same j on every lane
     const T* kp = kb + j * p.ks_t;
+    const T* vp = vb + j * p.vs_t;
+    // The value row is loaded before the score's reduction, to overlap the two reads.
+    float vr[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      vr[i] = d < p.dv ? static_cast<float>(vp[d]) : 0.f;
+    }
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
@@ -78,12 +86,8 @@ __global__ void partial_kernel(const T* __restrict__ q, const T* __restrict__ k,
     const float c = __expf(m - m_new);  // 0 while m is -inf
     const float e = __expf(s - m_new);
     l = l * c + e;
-    const T* vp = vb + j * p.vs_t;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < p.dv) acc[i] = acc[i] * c + e * static_cast<float>(vp[d]);
-    }
+    for (int i = 0; i < kPerLane; ++i) acc[i] = acc[i] * c + e * vr[i];
     m = m_new;
   }
   if (lane == 0) shared_m[warp] = m, shared_l[warp] = l;
