@@ -73,12 +73,14 @@ nlohmann::json profile_steps(const std::function<void()>& step, int64_t steps, c
       throw Error(msg("--profile: LibTorch's Kineto profiler failed: ", e.what_without_backtrace()));
     }
   }
+  // LibTorch's own output, read leniently (Kineto's writer is not held to
+  // the strict reader's no-duplicate-keys rule); unparsable: said, no file left.
   nlohmann::json trace;
   try {
-    trace = io::read_json_file(tmp);
-  } catch (...) {
+    trace = nlohmann::json::parse(io::read_file_capped(tmp, size_t{1} << 30));
+  } catch (const std::exception& e) {
     std::filesystem::remove(tmp);
-    throw;
+    throw Error(msg("--profile: the profiler's trace could not be read (", e.what(), ")"));
   }
   std::filesystem::rename(tmp, path);
   // name -> (count, microseconds)
