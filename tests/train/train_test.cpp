@@ -385,9 +385,9 @@ TEST(Data, ImageTransformResizesRepeatsAndAugmentsDeterministically) {
   auto train_set = train::open_dataset(a, nullptr, &norm);
   EXPECT_NE(train_set->describe().find("random crop, padding 2, horizontal flip"), std::string::npos);
   const std::vector<int64_t> rows = {0, 1, 2, 3, 4, 5, 6, 7};
-  const at::Tensor one = train_set->batch(rows, 3).inputs.pixel_values;
-  EXPECT_TRUE(one.equal(train_set->batch(rows, 3).inputs.pixel_values));
-  EXPECT_FALSE(one.equal(train_set->batch(rows, 4).inputs.pixel_values));
+  const at::Tensor one = train_set->training_batch(rows, 3).inputs.pixel_values;
+  EXPECT_TRUE(one.equal(train_set->training_batch(rows, 3).inputs.pixel_values));
+  EXPECT_FALSE(one.equal(train_set->training_batch(rows, 4).inputs.pixel_values));
   // Each augmented image is the stored one shifted by at most 2 pixels and
   // maybe mirrored, zeros where it came from outside.
   const at::Tensor src = plain[0][0];
@@ -419,7 +419,7 @@ TEST(Data, ImageTransformResizesRepeatsAndAugmentsDeterministically) {
   EXPECT_GT(flipped, 0);
   a.split = "val";
   const auto val = train::open_dataset(a, nullptr, &norm);
-  EXPECT_TRUE(val->batch({0}, 3).inputs.pixel_values.equal(val->batch({0}, 9).inputs.pixel_values));
+  EXPECT_TRUE(val->training_batch({0}, 3).inputs.pixel_values.equal(val->training_batch({0}, 9).inputs.pixel_values));
   // RGB images cannot go to a grey model.
   train::DataOptions bad{dir.path(), "all", 0, 0, "text"};
   bad.image.channels = 2;

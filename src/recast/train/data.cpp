@@ -379,9 +379,9 @@ class ImageDataset : public Dataset {
   std::string describe() const override { return describe_; }
   const std::vector<std::string>& classes() const override { return set_->classes; }
 
-  Example batch(const std::vector<int64_t>& indices) const override { return batch(indices, 0); }
+  Example batch(const std::vector<int64_t>& indices) const override { return training_batch(indices, 0); }
 
-  Example batch(const std::vector<int64_t>& indices, uint64_t draw) const override {
+  Example training_batch(const std::vector<int64_t>& indices, uint64_t draw) const override {
     const auto b = static_cast<int64_t>(indices.size());
     const int64_t c = set_->channels, h = set_->height, w = set_->width, hw = h * w, per = c * hw;
     at::Tensor raw = at::empty({b, c, h, w}, at::kByte);

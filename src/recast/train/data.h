@@ -97,7 +97,7 @@ class Dataset {
   virtual Example batch(const std::vector<int64_t>& indices) const = 0;
   // The same, for the `draw`-th batch of a training run (it seeds the random
   // augmentation of data sets that have one; the others ignore it).
-  virtual Example batch(const std::vector<int64_t>& indices, uint64_t draw) const {
+  virtual Example training_batch(const std::vector<int64_t>& indices, uint64_t draw) const {
     (void)draw;
     return batch(indices);
   }

@@ -278,7 +278,7 @@ StepStats Trainer::step(double lr, const signals::StopScope* signals) {
                                   rows.begin() + (rank_ + 1) * o_.batch_size);
     }
     // The draw seeds the data's augmentation: restored with step_ on --resume.
-    const Example ex = train_.batch(rows, static_cast<uint64_t>(step_ * o_.grad_accum + micro));
+    const Example ex = train_.training_batch(rows, static_cast<uint64_t>(step_ * o_.grad_accum + micro));
     Example dev = ex;
     dev.inputs = to_device(ex.inputs, o_.device, /*non_blocking=*/true);
     dev.labels = ex.labels.defined() ? ex.labels.to(o_.device, /*non_blocking=*/true) : ex.labels;
