@@ -324,6 +324,13 @@ void BpeTokenizer::save(const std::string& dir) const {
 
 namespace {
 
+bool config_flag(const nlohmann::json& config, const std::string& config_path, const char* key, bool fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) throw Error(msg(config_path, ": ", key, ": expected true or false, found ", it->dump()));
+  return it->get<bool>();
+}
+
 // What transformers adds around a SentencePiece model run as one:
 // T5Tokenizer (spiece.model, or any model of a T5-family checkpoint) appends
 // </s> and has `extra_ids` sentinels (100 unless the config says otherwise);
@@ -333,16 +340,8 @@ SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config,
                                                    const std::string& cls) {
   SentencePieceConventions c;
   c.file = file;
-  auto flag = [&](const char* key, bool fallback) {
-    auto it = config.find(key);
-    if (it == config.end() || it->is_null()) return fallback;
-    if (!it->is_boolean()) throw Error(msg(config_path, ": ", key, ": expected true or false"));
-    return it->get<bool>();
-  };
-  // transformers 5 adds <s> / </s> to other SentencePiece models only where
-  // tokenizer_config.json asks.
-  c.add_bos = flag("add_bos_token", false);
-  c.add_eos = flag("add_eos_token", t5);
+  c.add_bos = config_flag(config, config_path, "add_bos_token", false);
+  c.add_eos = config_flag(config, config_path, "add_eos_token", t5);
   c.tokenizer_class = cls.empty() ? (t5 ? "T5Tokenizer" : "LlamaTokenizer") : cls;
   if (t5) {
     c.extra_ids = 100;
@@ -358,12 +357,6 @@ SentencePieceConventions sentencepiece_conventions(const nlohmann::json& config,
   return c;
 }
 
-bool config_flag(const nlohmann::json& config, const std::string& config_path, const char* key, bool fallback) {
-  auto it = config.find(key);
-  if (it == config.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) throw Error(msg(config_path, ": ", key, ": expected true or false, found ", it->dump()));
-  return it->get<bool>();
-}
 
 // A named token of tokenizer_config.json: a string or {"content": ...}.
 std::string config_token(const nlohmann::json& config, const std::string& config_path, const char* key,
